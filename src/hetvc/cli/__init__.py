@@ -1,0 +1,34 @@
+"""The ``hetvc`` command line: one click group, one module per sub-command family."""
+
+import sys
+
+import click
+
+from ..errors import HetvcError
+
+
+class _Group(click.Group):
+    """A click group that turns hetvc errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HetvcError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hetvc")
+def main():
+    """Multivariate mixed models with location-specific genetic variance components."""
+
+
+def _register():
+    from . import simulate as _simulate
+
+    for command in _simulate.COMMANDS:
+        main.add_command(command)
+
+
+_register()

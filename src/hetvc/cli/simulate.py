@@ -1,0 +1,3 @@
+"""`hetvc simulate` and `hetvc kinship` (filled in by the genotype/simulation work)."""
+
+COMMANDS = []

@@ -232,13 +232,13 @@ def read_genotypes(path: str | os.PathLike, *, id_column: str | None = None, ids
         finally:
             src.close()
         return pd.DataFrame(values, index=src.ids.rename("id"), columns=src.snps)
+    if not p.exists():
+        raise InputError(f"genotype file {p} does not exist (nor {p}.bed); give a .bed path or prefix, or a .csv")
     sep = _csv_sep(p)
     if sep is None:
         raise InputError(
             f"cannot tell the format of {p}: give a PLINK .bed file (or its prefix) or a .csv/.tsv dosage table"
         )
-    if not p.exists():
-        raise InputError(f"genotype file {p} does not exist")
     frame = _read_dosage_csv(p, sep, id_column)
     if ids is not None:
         check_ids(ids, frame.index, what="the requested ids", where=str(p))

@@ -76,6 +76,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# pandas < 3 needs float_precision="round_trip" to read floats back exactly; pandas 3 does so
+# by default and deprecates the argument.
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
 METHODS = ("standardized", "vanraden")
 DEFAULT_BLOCK_SIZE = 1024
 
@@ -228,7 +232,7 @@ def read_genotypes(path: str | os.PathLike, *, id_column: str | None = None, ids
     if bed is not None:
         src = _BedSource(bed, ids=ids)
         try:
-            values = src.block(0, src.shape[1]).astype(dtype, copy=False)
+            values = src.block(0, src.shape[1]).astype(dtype)
         finally:
             src.close()
         return pd.DataFrame(values, index=src.ids.rename("id"), columns=src.snps)
@@ -243,7 +247,7 @@ def read_genotypes(path: str | os.PathLike, *, id_column: str | None = None, ids
     if ids is not None:
         check_ids(ids, frame.index, what="the requested ids", where=str(p))
         frame = frame.loc[[str(i) for i in ids]]
-    return frame.astype(dtype, copy=False)
+    return frame.astype(dtype)
 
 
 def _read_dosage_csv(p: Path, sep: str, id_column: str | None) -> pd.DataFrame:
@@ -258,7 +262,7 @@ def _read_dosage_csv(p: Path, sep: str, id_column: str | None) -> pd.DataFrame:
     elif id_column not in header:
         raise InputError(f"genotype table {p} has no column {id_column!r} (columns: {_fmt_ids(list(header))})")
     try:
-        frame = pd.read_csv(p, sep=sep, dtype={id_column: str}, float_precision="round_trip")
+        frame = pd.read_csv(p, sep=sep, dtype={id_column: str}, **_EXACT_FLOATS)
     except Exception as err:
         raise InputError(f"cannot read genotype table {p}: {err}".replace("\n", " ")) from err
     if frame[id_column].isna().any():
@@ -633,7 +637,7 @@ def read_kinship(path: str | os.PathLike, *, check: bool = True, jitter: float |
         sep = _csv_sep(p)
         try:
             header = pd.read_csv(p, sep=sep, nrows=0).columns
-            K = pd.read_csv(p, sep=sep, index_col=0, dtype={header[0]: str}, float_precision="round_trip")
+            K = pd.read_csv(p, sep=sep, index_col=0, dtype={header[0]: str}, **_EXACT_FLOATS)
         except Exception as err:
             raise InputError(f"cannot read kinship {p}: {err}".replace("\n", " ")) from err
     return check_kinship(K, jitter=jitter, name=str(p)) if check else K

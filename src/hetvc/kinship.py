@@ -60,6 +60,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import scipy.linalg
+import scipy.linalg.blas
 
 from .errors import InputError
 from .io_utils import atomic_path, atomic_write
@@ -408,7 +409,9 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
         n, p = src.shape
         if n == 0 or p == 0:
             raise InputError(f"genotypes are empty ({n} individuals × {p} SNPs)")
-        K = np.zeros((n, n), dtype=np.float64)
+        # Only the upper triangle is accumulated, in place, with BLAS syrk: memory stays at one
+        # n×n matrix plus one block (no n×n temporaries).
+        K = np.zeros((n, n), dtype=np.float64, order="F")
         used = mono = allmiss = missing = blocks = 0
         denom = 0.0
         what = getattr(src, "what", None) or str(getattr(src, "path", "genotypes"))
@@ -428,7 +431,8 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
                 Z /= np.sqrt(var)
             else:
                 denom += float(var.sum())
-            K += Z @ Z.T
+            Z = np.ascontiguousarray(Z)
+            scipy.linalg.blas.dsyrk(1.0, Z.T, beta=1.0, c=K, trans=1, lower=0, overwrite_c=1)
     finally:
         src.close()
     if used == 0:
@@ -438,16 +442,26 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
     if method == "standardized":
         denom = float(used)
     K /= denom
-    # Z @ Z.T is symmetric up to rounding; make it exactly so.
-    K = (K + K.T) / 2.0
+    _mirror_upper(K)
     info = GRMInfo(method=method, n=n, snps=p, snps_used=used, monomorphic=mono,
                    all_missing=allmiss, missing_calls=missing, blocks=blocks, denominator=denom)
     log.info(info.summary())
     out = K
     if labelled and src.ids is not None:
         labels = pd.Index(src.ids, dtype=object, name="id")
-        out = pd.DataFrame(K, index=labels, columns=pd.Index(src.ids, dtype=object))
+        out = pd.DataFrame(K, index=labels, columns=pd.Index(src.ids, dtype=object), copy=False)
     return (out, info) if return_info else out
+
+
+def _mirror_upper(K: np.ndarray, chunk: int = 1024) -> None:
+    """Copy the upper triangle of K onto its lower triangle, in place, chunk by chunk."""
+    n = len(K)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        K[s:e, :s] = K[:s, s:e].T
+        blk = K[s:e, s:e]
+        low = np.tril_indices(e - s, -1)
+        blk[low] = blk.T[low]
 
 
 def _standardized_genotypes(X: np.ndarray):

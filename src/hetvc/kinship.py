@@ -31,10 +31,13 @@ and monomorphic SNPs (all observed dosages equal: they carry no information and 
 by zero), are dropped; p' is the number of SNPs kept.  Counts of dropped SNPs and imputed
 calls are logged (logger ``hetvc.kinship``) and returned by ``grm(..., return_info=True)``.
 
-The sum runs over blocks of ``block_size`` SNPs, so memory is one n×n float64 matrix plus
-one n×block_size block: 20,000 individuals need 3.2 GB for K plus 0.16 GB per 1,024-SNP
-block.  Pass a ``.bed`` path to :func:`grm` to stream SNP blocks from disk instead of
-loading all genotypes.
+The sum runs over blocks of ``block_size`` SNPs and accumulates the upper triangle in place
+(BLAS syrk), so memory is one n×n float64 matrix plus a few n×block_size work arrays
+(about 6·n·block_size·8 bytes): 20,000 individuals need 3.2 GB for K plus about 1 GB at
+the default 1,024-SNP blocks, whatever the number of SNPs.  Pass a ``.bed`` path to
+:func:`grm` to stream SNP blocks from disk instead of loading all genotypes.  (Measured:
+4,000 × 20,000 SNPs from a .bed took 17 s on 2 cores with a 0.5 GB peak; time grows as
+n²·p.)
 
 Kinship files
 -------------
@@ -362,8 +365,6 @@ def _prepare_block(X: np.ndarray, start: int, ids=None, snps=None, what="genotyp
         raise InputError(
             f"{what}: genotype of {who} at SNP {snp} is {X[j, k]:g}; dosages must lie in [0, 2] (NaN for missing)"
         )
-    if np.isinf(X).any():  # pragma: no cover - caught by the range check above
-        raise InputError(f"{what}: infinite genotype value")
     count = obs.sum(axis=0)
     n_missing = int(X.size - count.sum())
     Xf = np.where(obs, X, 0.0)

@@ -546,16 +546,14 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
     scale = float(np.abs(values).max())
     if scale == 0.0:
         raise InputError(f"{name} is all zeros: it carries no relationship information")
-    asym = np.abs(values - values.T)
-    worst = float(asym.max())
+    worst, (i, j) = _worst_asymmetry(values)
     if worst > 1e-8 * scale:
-        i, j = np.unravel_index(int(np.argmax(asym)), asym.shape)
         raise InputError(
             f"{name} is not symmetric: {name}[{rows[i]!r}, {rows[j]!r}] = {values[i, j]:.10g} but "
             f"{name}[{rows[j]!r}, {rows[i]!r}] = {values[j, i]:.10g}; symmetrise it, e.g. (K + K.T)/2"
         )
-    values = (values + values.T) / 2.0
-    diag = np.diag(values)
+    _symmetrize(values)
+    diag = np.diag(values).copy()
     if diag.max() <= 0:
         raise InputError(f"{name} has no positive diagonal entry: it is not a relationship matrix")
     tol = 1e-8 * float(diag.max())
@@ -585,6 +583,30 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
     if ids is not None:
         check_ids(ids, rows, what="the phenotype table", where=name)
     return out
+
+
+def _worst_asymmetry(values: np.ndarray, chunk: int = 1024):
+    """max |K − K'| and where, computed in row chunks (no n×n temporaries)."""
+    n = len(values)
+    worst, where = -1.0, (0, 0)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        d = np.abs(values[s:e, :] - values[:, s:e].T)
+        k = int(np.argmax(d))
+        if d.flat[k] > worst:
+            worst, where = float(d.flat[k]), (s + k // n, k % n)
+    return worst, where
+
+
+def _symmetrize(values: np.ndarray, chunk: int = 1024) -> None:
+    """values ← (values + values')/2 in place, chunk by chunk."""
+    n = len(values)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        # rows s:e against columns ≥ s: average the pair once, write both halves
+        upper = (values[s:e, s:] + values[s:, s:e].T) / 2.0
+        values[s:e, s:] = upper
+        values[s:, s:e] = upper.T
 
 
 def _min_eigenvalue_if_not_psd(values: np.ndarray, tol: float) -> float | None:

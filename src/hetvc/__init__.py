@@ -1,5 +1,21 @@
-"""hetvc: multivariate mixed models with location-specific genetic variance components."""
+"""hetvc: multivariate mixed models with location-specific genetic variance components.
 
+    y = X b + Z u + e,   Cov(u[j,l,i], u[j',l',i']) = K[j,j'] · ΣG[(l,i),(l',i')]
+
+fitted by REML with the average-information algorithm.  Start with :func:`fit`.
+"""
+
+from .compare import compare
 from .errors import ConvergenceError, HetvcError, InputError
+from .fit import fit
+from .results import FitResult, load
 
-__all__ = ["HetvcError", "InputError", "ConvergenceError"]
+__all__ = ["fit", "compare", "load", "read_kinship", "FitResult", "HetvcError", "InputError", "ConvergenceError"]
+
+
+def __getattr__(name):  # kinship I/O lives in hetvc.kinship; imported lazily
+    if name in ("read_kinship", "write_kinship", "grm", "read_genotypes"):
+        from . import kinship
+
+        return getattr(kinship, name)
+    raise AttributeError(name)

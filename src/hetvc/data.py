@@ -1,0 +1,243 @@
+"""Records, traits, environments and ids → a validated design (DESIGN.md §1).
+
+The design holds one row per *observed* trait value o = 1..N (missing values drop out, the
+record keeps its other traits): y_o, its record, genotype (a row of K), environment and trait,
+and the fixed-effect matrix X (one mean per trait × environment, plus any covariates of the
+formula with a slope per trait).  Every problem a user can cause is reported here as a
+one-line :class:`~hetvc.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+
+@dataclass
+class Design:
+    """Observed values of a multi-trait, multi-environment data set, in long form."""
+
+    y: np.ndarray  # (N,) observed trait values
+    X: np.ndarray  # (N, p) fixed effects, full column rank
+    x_names: list
+    record: np.ndarray  # (N,) record (row of the data) of each value
+    geno: np.ndarray  # (N,) row of K of each value
+    env: np.ndarray  # (N,) environment index
+    trait: np.ndarray  # (N,) trait index
+    K: np.ndarray  # (q, q) relationship matrix of every genotype in K
+    ids: list  # labels of K's rows
+    envs: list  # environment labels, in model order
+    traits: list  # trait names, in model order
+    n_records: int
+    notes: list = field(default_factory=list)
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.y)
+
+    def trait_scale(self) -> np.ndarray:
+        """Phenotypic variance of each trait (within-environment, pooled), for scaling."""
+        scale = np.empty(len(self.traits))
+        for i in range(len(self.traits)):
+            sel = self.trait == i
+            resid = self.y[sel] - _group_means(self.y[sel], self.env[sel])
+            scale[i] = max(resid.var(), 1e-12 * max(self.y[sel].var(), 1e-300), 1e-300)
+        return scale
+
+    def cell_variance(self) -> np.ndarray:
+        """Phenotypic variance of every (environment, trait) cell, pooled where a cell is thin."""
+        pooled = self.trait_scale()
+        out = np.tile(pooled, (len(self.envs), 1))
+        for l in range(len(self.envs)):
+            for i in range(len(self.traits)):
+                v = self.y[(self.env == l) & (self.trait == i)]
+                if len(v) >= 3 and v.var() > 0:
+                    out[l, i] = v.var()
+        return out
+
+
+def _group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    sums = np.bincount(groups, weights=values)
+    counts = np.bincount(groups)
+    return (sums / np.maximum(counts, 1))[groups]
+
+
+def _env_levels(column: pd.Series) -> list:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        present = set(column.dropna().unique())
+        return [c for c in column.cat.categories if c in present]
+    return sorted(column.dropna().unique(), key=lambda v: (str(type(v)), v))
+
+
+def _check_columns(data: pd.DataFrame, traits: list, env: str | None, id: str) -> None:
+    if not isinstance(data, pd.DataFrame):
+        raise InputError("data must be a pandas DataFrame (read your file with pandas first)")
+    if data.shape[0] == 0:
+        raise InputError("the data table has no rows")
+    if data.columns.duplicated().any():
+        dup = data.columns[data.columns.duplicated()][0]
+        raise InputError(f"column {dup!r} appears more than once in the data; rename one")
+    if not traits:
+        raise InputError("no traits given; name at least one trait column")
+    if len(set(traits)) != len(traits):
+        dup = next(t for t in traits if traits.count(t) > 1)
+        raise InputError(f"trait {dup!r} is named twice; name each trait once")
+    needed = [id] + list(traits) + ([env] if env is not None else [])
+    missing = [c for c in needed if c not in data.columns]
+    if missing:
+        raise InputError(
+            f"column(s) {', '.join(map(repr, missing))} not in the data; "
+            f"available: {', '.join(map(str, data.columns[:12]))}"
+        )
+
+
+def _trait_values(data: pd.DataFrame, trait: str) -> np.ndarray:
+    col = data[trait]
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna() & (col.astype(str).str.strip() != "")
+    if bad.any():
+        row = bad.to_numpy().nonzero()[0][0]
+        raise InputError(
+            f"trait column {trait!r} is not numeric: row {row + 1} holds {col.iloc[row]!r}; "
+            "fix or blank that value"
+        )
+    values = values.to_numpy(dtype=float)
+    inf = np.isinf(values)
+    if inf.any():
+        row = inf.nonzero()[0][0]
+        raise InputError(f"trait column {trait!r} holds an infinite value in row {row + 1}")
+    return values
+
+
+def _match_ids(data: pd.DataFrame, id: str, ids: list) -> np.ndarray:
+    col = data[id]
+    blank = col.isna() | (col.astype(str).str.strip() == "")
+    if blank.any():
+        row = blank.to_numpy().nonzero()[0][0]
+        raise InputError(f"id column {id!r} is blank in row {row + 1}; every record needs an id")
+    labels = col.astype(str).to_numpy()
+    position = {label: j for j, label in enumerate(ids)}
+    absent = [lab for lab in pd.unique(labels) if lab not in position]
+    if absent:
+        shown = ", ".join(map(repr, absent[:5]))
+        raise InputError(
+            f"{len(absent)} id(s) of column {id!r} are not in the kinship matrix "
+            f"(first: {shown}); ids are matched by exact label"
+        )
+    return np.array([position[lab] for lab in labels], dtype=int)
+
+
+def _covariate_matrix(data: pd.DataFrame, fixed: str | None) -> tuple[np.ndarray, list]:
+    """Record-level covariates from a formula such as ``"~ rep + block"`` (no intercept)."""
+    if fixed is None or not str(fixed).strip() or str(fixed).strip() in ("~1", "~ 1"):
+        return np.zeros((len(data), 0)), []
+    from formulaic import model_matrix
+
+    formula = str(fixed).strip()
+    if not formula.startswith("~"):
+        formula = "~ " + formula
+    try:
+        mm = model_matrix(formula + " + 1", data, na_action="raise")
+    except Exception as err:  # formulaic raises many types; report them as one line
+        raise InputError(f"cannot build fixed effects from {fixed!r}: {err}".splitlines()[0])
+    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
+    return mm.to_numpy(dtype=float), [str(c) for c in mm.columns]
+
+
+def build_design(
+    data: pd.DataFrame,
+    K: np.ndarray,
+    ids: list,
+    traits: list,
+    env: str | None,
+    id: str,
+    fixed: str | None = None,
+) -> Design:
+    """Validate the data and lay out every observed value with its genotype, environment, trait."""
+    traits = list(traits)
+    _check_columns(data, traits, env, id)
+    data = data.reset_index(drop=True)
+    values = np.column_stack([_trait_values(data, t) for t in traits])
+    geno_of_record = _match_ids(data, id, [str(i) for i in ids])
+    if env is None:
+        envs = ["all"]
+        env_of_record = np.zeros(len(data), dtype=int)
+    else:
+        col = data[env]
+        if col.isna().any():
+            row = col.isna().to_numpy().nonzero()[0][0]
+            raise InputError(f"environment column {env!r} is blank in row {row + 1}")
+        envs = _env_levels(col)
+        env_of_record = pd.Categorical(col, categories=envs).codes.astype(int)
+    covariates, cov_names = _covariate_matrix(data, fixed)
+
+    observed = ~np.isnan(values)
+    notes = []
+    empty = ~observed.any(axis=1)
+    if empty.all():
+        raise InputError(f"no trait values observed in columns {', '.join(traits)}")
+    if empty.any():
+        notes.append(f"{int(empty.sum())} record(s) with no observed trait were ignored")
+    for i, t in enumerate(traits):
+        if not observed[:, i].any():
+            raise InputError(f"trait {t!r} has no observed values; drop it from the traits")
+
+    rec, tr = np.nonzero(observed)  # record-major order
+    e = env_of_record[rec]
+    # fixed effects: a mean per (environment, trait) cell with data, a slope per trait per covariate
+    cells = sorted(set(zip(e.tolist(), tr.tolist())))
+    cell_col = {c: k for k, c in enumerate(cells)}
+    X_mean = np.zeros((len(rec), len(cells)))
+    X_mean[np.arange(len(rec)), [cell_col[c] for c in zip(e.tolist(), tr.tolist())]] = 1.0
+    x_names = [f"mu[{envs[l]}][{traits[i]}]" if env is not None else f"mu[{traits[i]}]"
+               for l, i in cells]
+    X_cov = np.zeros((len(rec), len(cov_names) * len(traits)))
+    for i, t in enumerate(traits):
+        sel = tr == i
+        X_cov[sel, i * len(cov_names):(i + 1) * len(cov_names)] = covariates[rec[sel]]
+        x_names += [f"{c}[{t}]" for c in cov_names]
+    X = np.hstack([X_mean, X_cov])
+    _check_rank(X, x_names)
+
+    return Design(
+        y=values[rec, tr],
+        X=X,
+        x_names=x_names,
+        record=rec,
+        geno=geno_of_record[rec],
+        env=e,
+        trait=tr,
+        K=K,
+        ids=list(ids),
+        envs=list(envs),
+        traits=traits,
+        n_records=len(data),
+        notes=notes,
+    )
+
+
+def _check_rank(X: np.ndarray, names: list) -> None:
+    if X.shape[1] >= X.shape[0]:
+        raise InputError(
+            f"{X.shape[1]} fixed effects for {X.shape[0]} observed values: too few data"
+        )
+    scale = np.linalg.norm(X, axis=0)
+    scale[scale == 0] = 1.0
+    Xs = X / scale
+    s = np.linalg.svd(Xs, compute_uv=False)
+    tol = s[0] * max(X.shape) * np.finfo(float).eps * 10
+    rank = int((s > tol).sum())
+    if rank < X.shape[1]:
+        # name a column that is a combination of the earlier ones
+        for k in range(1, X.shape[1] + 1):
+            sk = np.linalg.svd(Xs[:, :k], compute_uv=False)
+            if (sk > tol).sum() < k:
+                raise InputError(
+                    f"fixed effects are rank deficient: {names[k - 1]!r} is a linear "
+                    "combination of earlier columns (e.g. a covariate constant within an "
+                    "environment); drop it from the formula"
+                )

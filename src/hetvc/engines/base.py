@@ -1,0 +1,60 @@
+"""What every engine computes for a model at a given θ (DESIGN.md §2–3).
+
+An engine answers two questions and holds no other state than its precomputations:
+
+* :meth:`Engine.evaluate` — ℓ (REML or ML), the score ∂ℓ/∂θ and the average information;
+* :meth:`Engine.solve` — BLUEs with their covariance, BLUPs of u for every genotype in K,
+  and, on request, the prediction error variances of the BLUPs.
+
+With P = V⁻¹ − V⁻¹X(X'V⁻¹X)⁻¹X'V⁻¹ (REML; ML uses V⁻¹ in the trace and AI terms):
+
+    ℓ_REML = −½ [(N−p) log 2π + log|V| + log|X'V⁻¹X| + y'Py]
+    ℓ_ML   = −½ [N log 2π + log|V| + y'Py]
+    ∂ℓ/∂θ_k = −½ [tr(P V_k) − y'P V_k P y]
+    AI[k,l] = ½ y'P V_k P V_l P y
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+class NotPositiveDefinite(ArithmeticError):
+    """V (or X'V⁻¹X) is not positive definite at this θ."""
+
+
+@dataclass
+class Evaluation:
+    loglik: float
+    score: np.ndarray | None = None
+    ai: np.ndarray | None = None
+
+
+@dataclass
+class Solution:
+    beta: np.ndarray  # (p,) BLUEs
+    beta_cov: np.ndarray  # (p, p) (X'V⁻¹X)⁻¹
+    blup: np.ndarray  # (q, dG) û for every genotype in K and every row of ΣG
+    fitted: np.ndarray  # (N,) X b̂ + Z û
+    pev: np.ndarray | None = None  # (q, dG) Var(u − û)
+
+
+def restricted_constant(n_obs: int, rank_x: int, method: str) -> float:
+    """The 2π term of ℓ: (N − p) log 2π for REML, N log 2π for ML."""
+    return (n_obs - rank_x if method == "reml" else n_obs) * LOG_2PI
+
+
+class Engine:
+    """Interface of an engine; see the module docstring for the quantities."""
+
+    name = "abstract"
+
+    def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+        raise NotImplementedError
+
+    def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
+        raise NotImplementedError

@@ -1,0 +1,156 @@
+"""``hetvc.fit``: data + kinship + structures → a fitted :class:`~hetvc.results.FitResult`.
+
+The steps: validate the data and K (:mod:`hetvc.data`, :mod:`hetvc.kinship`), lay out the
+model (:mod:`hetvc.model`), choose an engine (:mod:`hetvc.engines`), maximise ℓ by AI-REML
+(:mod:`hetvc.optimize`), then compute BLUEs/BLUPs and wrap everything as plain data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .data import build_design
+from .engines import choose_engine
+from .errors import InputError
+from .model import Model
+from .optimize import FLOOR, maximize, newton_step
+from .results import FitResult
+
+
+def _kinship(K, jitter):
+    from .kinship import check_kinship, read_kinship
+
+    if isinstance(K, (str, bytes)) or hasattr(K, "__fspath__"):
+        K = read_kinship(K)
+    if not isinstance(K, pd.DataFrame):
+        raise InputError(
+            "K must be a labelled pandas DataFrame (index and columns = genotype ids) or a "
+            "path to one; use hetvc.read_kinship"
+        )
+    K = check_kinship(K, jitter=jitter)
+    return K.to_numpy(dtype=float), [str(i) for i in K.index]
+
+
+def _start_theta(model: Model, start) -> np.ndarray:
+    if start is None:
+        return model.start()
+    if isinstance(start, FitResult):
+        return _theta_from_result(model, start)
+    if isinstance(start, dict):
+        try:
+            return model.join(np.asarray(start["G"], float), np.asarray(start["E"], float))
+        except (KeyError, IndexError, ValueError) as err:
+            raise InputError(f"start must be {{'G': matrix, 'E': matrix}} of the model's sizes: {err}") from None
+    theta = np.asarray(start, dtype=float).ravel()
+    if theta.size != model.n_params:
+        raise InputError(f"start has {theta.size} values, the model has {model.n_params} parameters")
+    return theta
+
+
+def _theta_from_result(model: Model, result: FitResult) -> np.ndarray:
+    """Start from another fit's ΣG and ΣE (e.g. the homogeneous fit for the heterogeneous one)."""
+    G, E = result._full(result.theta)
+    L = len(model.design.envs)
+    m = len(model.design.traits)
+    if not model.genetic.env_specific:
+        G = sum(G[l * m:(l + 1) * m, l * m:(l + 1) * m] for l in range(L)) / L
+    if not model.residual.env_specific:
+        E = sum(E[l * m:(l + 1) * m, l * m:(l + 1) * m] for l in range(L)) / L
+    return model.join(G, E)
+
+
+def fit(
+    data: pd.DataFrame,
+    K,
+    traits,
+    env: str | None = None,
+    id: str = "id",
+    genetic: str = "heterogeneous",
+    residual: str = "homogeneous",
+    fixed: str | None = None,
+    method: str = "reml",
+    engine: str = "auto",
+    start=None,
+    jitter: float | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 200,
+    pev: bool = True,
+) -> FitResult:
+    """Fit the multivariate mixed model y = Xb + Zu + e by AI-REML (or ML).
+
+    Parameters
+    ----------
+    data : one row per record (plot, animal): ``id``, ``env`` and the trait columns.
+    K : labelled relationship matrix (DataFrame) or a path to one.
+    traits : trait column names (a single name is allowed).
+    env : environment column; ``None`` for a single environment.
+    genetic : ``"homogeneous"`` (one Σg everywhere), ``"heterogeneous"`` (Σg_l per
+        environment, no covariance across) or ``"unstructured"`` (full G×E).
+    residual : ``"homogeneous"`` or ``"heterogeneous"`` (ΣE_l per environment).
+    fixed : formula of record-level covariates, each with a slope per trait
+        (``"~ rep + x"``); a mean per trait × environment is always included.
+    method : ``"reml"`` or ``"ml"``.
+    engine : ``"auto"`` or ``"dense"``.
+    start : ``{"G": ..., "E": ...}``, a θ vector or another :class:`FitResult`.
+    jitter : add ``jitter``·mean(diag K)·I to a K that is not positive semi-definite.
+    tol : convergence tolerance on the Newton decrement ½·score'·AI⁻¹·score.
+    pev : compute prediction error variances of the BLUPs.
+    """
+    if isinstance(traits, str):
+        traits = [traits]
+    if env is None and genetic == "heterogeneous":
+        genetic = "homogeneous"
+    if env is None and residual == "heterogeneous":
+        residual = "homogeneous"
+    Kmat, ids = _kinship(K, jitter)
+    design = build_design(data, Kmat, ids, traits, env, id, fixed)
+    model = Model.build(design, genetic, residual, method)
+    if model.n_params >= design.n_obs - design.X.shape[1]:
+        raise InputError(
+            f"{model.n_params} covariance parameters but only {design.n_obs - design.X.shape[1]} "
+            "residual degrees of freedom; use a simpler structure or more data"
+        )
+    eng, reason = choose_engine(model, engine)
+    theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=tol, max_iter=max_iter)
+    _, _, ai_inv = newton_step(ev.ai, ev.score)
+    solution = eng.solve(theta, pev=pev)
+    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, fixed)
+
+
+def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fixed) -> FitResult:
+    d = model.design
+    L, m = len(d.envs), len(d.traits)
+    counts = np.zeros((L, m))
+    np.add.at(counts, (d.env, d.trait), 1)
+    boundary = _boundary_blocks(model, theta)
+    notes = list(d.notes)
+    singular = np.isnan(np.diag(ai_inv)) | (np.diag(ai_inv) == 0)
+    if singular.any():
+        names = [model.param_names()[k] for k in np.nonzero(singular)[0][:5]]
+        notes.append(f"parameters without information in the data (SE not available): {', '.join(names)}")
+    cov = np.where(np.outer(~singular, ~singular), ai_inv, np.nan)
+    return FitResult(
+        traits=list(d.traits), envs=list(d.envs), ids=list(d.ids),
+        genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=fixed,
+        theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
+        engine=engine_name, engine_reason=reason, record=record.to_dict(),
+        x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,
+        blup=solution.blup, pev=solution.pev, env_share=counts / counts.sum(0, keepdims=True),
+        observed=dict(record=d.record, id=np.asarray(d.ids)[d.geno], env=np.asarray(d.envs, dtype=object)[d.env],
+                      trait=np.asarray(d.traits, dtype=object)[d.trait], y=d.y, fitted=solution.fitted),
+        boundary=boundary, notes=notes,
+    )
+
+
+def _boundary_blocks(model: Model, theta: np.ndarray) -> list[str]:
+    """Names of the ΣG/ΣE blocks whose smallest scaled eigenvalue sits at the floor."""
+    out = []
+    G, E = model.split(theta)
+    for s, M, scale in zip((model.genetic, model.residual), (G, E), model.scales()):
+        for blk in s.blocks:
+            w = np.linalg.eigvalsh(M[np.ix_(blk, blk)] / np.sqrt(np.outer(scale[blk], scale[blk])))[0]
+            if w <= 10 * FLOOR:
+                env = s.labels[blk[0]][0]
+                out.append(f"{s.prefix}[{env}]" if env is not None else s.prefix)
+    return out

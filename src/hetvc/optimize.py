@@ -1,0 +1,270 @@
+"""Average-information Newton–Raphson for REML/ML that never leaves the parameter space.
+
+Each iteration takes the AI step (Gilmour et al. 1995, DESIGN.md §2)
+
+    θ ← θ + α · AI⁻¹ · score
+
+in the natural parameters θ (the elements of ΣG and ΣE), as an *active-set* method on the
+cone of positive semi-definite blocks.  Every block C of ΣG or ΣE is looked at in its scaled
+form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test is unit-free):
+
+* **boundary** — an eigenvector q of C̃ whose eigenvalue sits at ``FLOOR`` and along which ℓ
+  increases outwards (q' ∂ℓ/∂C̃ q < 0) is *active*: the step keeps q' δC̃ q = 0 (the tangent
+  space of that face of the PSD cone; the null space may rotate), and the candidate is
+  projected back onto the cone (eigenvalues clipped at ``FLOOR``);
+* **step to the boundary** — α is cut to the largest value that keeps every block's scaled
+  eigenvalues ≥ ``FLOOR`` (the block then lands on the boundary, and the next iteration
+  activates that direction);
+* **halving** — α is halved until ℓ does not decrease (beyond rounding);
+* **pseudo-inverse** — AI is equilibrated to unit diagonal and inverted on its eigenvalues
+  above 1e-12 of the largest, so an unidentified direction gets no step.
+
+If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
+halving, or ``AI_ITERATIONS`` pass), the fit switches to **L-BFGS in log-Cholesky
+coordinates** φ (each block C̃ = LL', log L_aa on the diagonal: every φ is positive definite;
+gradient J'·score with J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
+
+Convergence: the Newton decrement ½·s'·AI⁺·s of the (restricted) step is below ``tol`` — the
+ℓ still to gain under the quadratic model, with the active directions held on the boundary
+(their gradient points outwards, which is the KKT condition there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .engines import Engine, Evaluation, NotPositiveDefinite
+from .errors import InputError
+from .model import Model
+
+FLOOR = 1e-8  # smallest scaled eigenvalue of an estimate: the boundary of the parameter space
+MAX_HALVINGS = 40
+AI_ITERATIONS = 40  # AI iterations before the L-BFGS fallback
+POOR_STEPS = 3  # consecutive heavily halved steps (α < 1/32) before the fallback
+
+
+@dataclass
+class Iteration:
+    iteration: int
+    loglik: float
+    step: float  # step length α actually taken (0 at the start)
+    decrement: float  # ½ s' AI⁻¹ s at the start of the iteration (restricted to free directions)
+    active: int  # number of boundary directions held at the start of the iteration
+    safeguard: str  # "", "to boundary", "halved", combinations joined by "+"
+
+
+@dataclass
+class OptimizationRecord:
+    """What happened during a fit: start, end, evaluations, tolerances and the iteration log."""
+
+    status: str  # "converged", "iteration limit", "stalled"
+    converged: bool
+    iterations: int
+    evaluations: int
+    tol: float
+    max_iter: int
+    start: list
+    seconds: float = 0.0
+    message: str = ""
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def newton_step(ai: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """(AI⁺·score, ½·score'·AI⁺·score, AI⁺) with AI⁺ the equilibrated pseudo-inverse."""
+    d = np.sqrt(np.abs(np.diag(ai)))
+    d[d == 0] = 1.0
+    eq = ai / d[:, None] / d[None, :]
+    vals, vecs = np.linalg.eigh((eq + eq.T) / 2)
+    keep = vals > 1e-12 * max(vals.max(), 0.0)
+    inv_vals = np.where(keep, 1.0 / np.where(keep, vals, 1.0), 0.0)
+    inv_eq = (vecs * inv_vals) @ vecs.T
+    score_eq = score / d
+    step_eq = inv_eq @ score_eq
+    return step_eq / d, 0.5 * float(score_eq @ step_eq), inv_eq / d[:, None] / d[None, :]
+
+
+def _noise(loglik: float) -> float:
+    """Rounding-level change in ℓ that does not count as a decrease."""
+    return 1e-11 * max(1.0, abs(loglik))
+
+
+def _tangent_basis(vecs: np.ndarray, active: np.ndarray) -> list[np.ndarray]:
+    """Symmetric matrices Q E_ij Q' (Q the eigenvectors) except those with both i and j
+    active: the tangent space of the PSD-cone face that keeps the active eigenvalues fixed
+    to first order (rotations of the null space stay allowed)."""
+    dim = len(active)
+    out = []
+    for i in range(dim):
+        for j in range(i + 1):
+            if active[i] and active[j]:
+                continue
+            e = np.outer(vecs[:, i], vecs[:, j])
+            out.append(e + e.T if i != j else e)
+    return out
+
+
+def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np.ndarray, float, list]:
+    """AI step restricted to the free directions: (step, decrement, active count per block).
+
+    A direction q of a block at the floor is active when ℓ increases outwards along it
+    (q' ∂ℓ/∂C̃ q < 0) or when the step would take it outwards (q' δC̃ q < 0); the step is
+    recomputed until no free direction at the floor moves outwards.  Active directions keep
+    q' δC̃ q = 0 but may rotate; the projection after the step puts them back on the floor."""
+    eig = []
+    for blk in model.blocks():
+        vals, vecs = np.linalg.eigh(blk.scaled(theta))
+        at_floor = vals <= FLOOR * (1 + 1e-6)
+        outward = np.einsum("ik,ij,jk->k", vecs, blk.scaled_gradient(ev.score), vecs) < 0
+        eig.append((blk, vecs, at_floor, at_floor & outward))
+    while True:
+        columns = []
+        for blk, vecs, _, active in eig:
+            for e in _tangent_basis(vecs, active):
+                col = np.zeros(model.n_params)
+                col[blk.theta_index] = blk.unscaled_theta(e)
+                columns.append(col)
+        B = np.column_stack(columns) if columns else np.zeros((model.n_params, 0))
+        eta, decrement, _ = newton_step(B.T @ ev.ai @ B, B.T @ ev.score)
+        step = B @ eta
+        added = False
+        for blk, vecs, at_floor, active in eig:
+            moves = np.einsum("ik,ij,jk->k", vecs, blk.scaled(step), vecs)
+            grow = at_floor & ~active & (moves < -1e-12 * max(1.0, np.abs(moves).max()))
+            if grow.any():
+                active |= grow
+                added = True
+        if not added:
+            return step, decrement, [int(a.sum()) for *_, a in eig]
+
+
+def max_feasible_step(model: Model, theta: np.ndarray, step: np.ndarray, active: list) -> float:
+    """Largest α ≤ 1 keeping every block's free scaled eigenvalues ≥ FLOOR at θ + α·step
+    (a block with k active directions: its (k+1)-th smallest; the k lowest are projected)."""
+    alpha = 1.0
+    for blk, k in zip(model.blocks(), active):
+        C, dC = blk.scaled(theta), blk.scaled(step)
+        if k >= blk.dim or np.linalg.eigvalsh(C + dC)[k] >= FLOOR:
+            continue
+        lo, hi = 0.0, 1.0  # feasible at lo (up to rounding at the floor), infeasible at hi
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if np.linalg.eigvalsh(C + mid * dC)[k] >= FLOOR:
+                lo = mid
+            else:
+                hi = mid
+        alpha = min(alpha, lo)
+    return alpha
+
+
+def _evaluate(engine: Engine, theta: np.ndarray) -> Evaluation | None:
+    if not np.all(np.isfinite(theta)):
+        return None
+    try:
+        ev = engine.evaluate(theta)
+    except NotPositiveDefinite:
+        return None
+    return ev if np.isfinite(ev.loglik) else None
+
+
+def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
+    """J[k, j] = ∂θ_k/∂φ_j, exact by complex-step differentiation."""
+    jac = np.empty((len(phi), len(phi)))
+    for j in range(len(phi)):
+        p = phi.astype(complex)
+        p[j] += 1e-20j
+        jac[:, j] = np.imag(model.from_cholesky(p)) / 1e-20
+    return jac
+
+
+def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluation, record) -> tuple:
+    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ; (θ, evaluation)."""
+    from scipy.optimize import minimize
+
+    best = {"theta": theta, "ev": ev}
+
+    def objective(phi):
+        th = model.from_cholesky(phi)
+        e = _evaluate(engine, th)
+        record.evaluations += 1
+        if e is None:
+            return 1e100, np.zeros_like(phi)
+        if e.loglik > best["ev"].loglik:
+            best.update(theta=th, ev=e)
+        return -e.loglik, -(cholesky_jacobian(model, phi).T @ e.score)
+
+    minimize(objective, model.to_cholesky(theta), jac=True, method="L-BFGS-B",
+             options=dict(maxiter=2000, maxfun=4000, ftol=1e-15, gtol=1e-10))
+    return best["theta"], best["ev"]
+
+
+def maximize(
+    engine: Engine, model: Model, theta0: np.ndarray, tol: float = 1e-8, max_iter: int = 200
+) -> tuple[np.ndarray, Evaluation, OptimizationRecord]:
+    """AI-REML from θ0 to the maximum of ℓ; returns θ̂, the evaluation there, and the record."""
+    t0 = time.perf_counter()
+    theta = np.asarray(theta0, dtype=float).copy()
+    if not np.all(np.isfinite(theta)):
+        raise InputError("starting values must be finite")
+    theta = model.project(theta, FLOOR)
+    ev = _evaluate(engine, theta)
+    if ev is None:
+        raise InputError(
+            "the starting values give a covariance matrix V that is not positive definite; "
+            "give positive definite starting ΣG and ΣE"
+        )
+    record = OptimizationRecord(
+        status="iteration limit", converged=False, iterations=0, evaluations=1, tol=tol,
+        max_iter=max_iter, start=theta.tolist(),
+    )
+    record.history.append(Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
+    poor, switched = 0, False
+    for it in range(1, max_iter + 1):
+        if not switched and (poor >= POOR_STEPS or it > AI_ITERATIONS):
+            switched = True
+            theta, ev = lbfgs_cholesky(engine, model, theta, ev, record)
+            record.history.append(Iteration(it - 1, ev.loglik, float("nan"), float("nan"), 0, "L-BFGS (log-Cholesky)"))
+        step, decrement, active = restricted_step(model, theta, ev)
+        record.history[-1].decrement = decrement
+        record.history[-1].active = sum(active)
+        if decrement < tol:
+            record.status, record.converged = "converged", True
+            break
+        safeguard = []
+        alpha = max_feasible_step(model, theta, step, active)
+        if alpha < 1.0:
+            safeguard.append("to boundary")
+        first_alpha, accepted = alpha, None
+        for _ in range(MAX_HALVINGS):
+            cand = model.project(theta + alpha * step, FLOOR)
+            ev_c = _evaluate(engine, cand)
+            record.evaluations += 1
+            if ev_c is not None and ev_c.loglik >= ev.loglik - _noise(ev.loglik):
+                accepted = (cand, ev_c)
+                break
+            alpha /= 2
+        if accepted is None and not switched:
+            poor = POOR_STEPS
+            continue
+        if accepted is None:
+            record.status = "stalled"
+            record.message = (
+                f"no step along the AI direction increased the likelihood at iteration {it} "
+                f"(Newton decrement {decrement:.2e}); try other starting values"
+            )
+            break
+        if alpha < first_alpha:
+            safeguard.append("halved")
+        poor = poor + 1 if alpha < 1 / 32 else 0
+        theta, ev = accepted
+        record.iterations = it
+        record.history.append(Iteration(it, ev.loglik, alpha, float("nan"), 0, "+".join(safeguard)))
+    else:
+        record.message = f"no convergence within {max_iter} iterations; raise max_iter or check the model"
+    record.seconds = time.perf_counter() - t0
+    return theta, ev, record

@@ -76,6 +76,7 @@ def fit(
     tol: float = 1e-8,
     max_iter: int = 200,
     pev: bool = True,
+    eigen=None,
 ) -> FitResult:
     """Fit the multivariate mixed model y = Xb + Zu + e by AI-REML (or ML).
 
@@ -111,7 +112,7 @@ def fit(
             f"{model.n_params} covariance parameters but only {design.n_obs - design.X.shape[1]} "
             "residual degrees of freedom; use a simpler structure or more data"
         )
-    eng, reason = choose_engine(model, engine)
+    eng, reason = choose_engine(model, engine, eigen=eigen)
     theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=tol, max_iter=max_iter)
     _, _, ai_inv = newton_step(ev.ai, ev.score)
     solution = eng.solve(theta, pev=pev)

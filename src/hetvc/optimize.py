@@ -20,7 +20,7 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
   above 1e-12 of the largest, so an unidentified direction gets no step.
 
 If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
-halving, or ``AI_ITERATIONS`` pass), the fit switches to **L-BFGS in log-Cholesky
+halving, a step fails, or ``AI_ITERATIONS`` pass), the fit runs **L-BFGS in log-Cholesky
 coordinates** φ (each block C̃ = LL', log L_aa on the diagonal: every φ is positive definite;
 gradient J'·score with J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
 
@@ -223,10 +223,10 @@ def maximize(
         max_iter=max_iter, start=theta.tolist(),
     )
     record.history.append(Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
-    poor, switched = 0, False
+    poor, fallback_at = 0, None
     for it in range(1, max_iter + 1):
-        if not switched and (poor >= POOR_STEPS or it > AI_ITERATIONS):
-            switched = True
+        if poor >= POOR_STEPS or it == AI_ITERATIONS + 1:
+            poor, fallback_at = 0, it
             theta, ev = lbfgs_cholesky(engine, model, theta, ev, record)
             record.history.append(Iteration(it - 1, ev.loglik, float("nan"), float("nan"), 0, "L-BFGS (log-Cholesky)"))
         step, decrement, active = restricted_step(model, theta, ev)
@@ -248,7 +248,7 @@ def maximize(
                 accepted = (cand, ev_c)
                 break
             alpha /= 2
-        if accepted is None and not switched:
+        if accepted is None and fallback_at != it:
             poor = POOR_STEPS
             continue
         if accepted is None:

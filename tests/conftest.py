@@ -1,0 +1,34 @@
+"""Shared fixtures: small seeded problems and the shared/ data folder (skipped when absent)."""
+
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+# The tests solve many small systems: one BLAS thread is several times faster for them on a
+# busy 2-core machine than OpenBLAS's default threading (and makes timings repeatable).
+threadpool_limits(1)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def shared_data():
+    """Path of ../shared/data; the test is skipped when the folder is not there."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data not available")
+    return path
+
+
+def dense_model(data, K, traits, genetic, residual, method="reml", fixed=None, env="env"):
+    """(model, dense engine) for a data set, built through hetvc's own validation."""
+    from hetvc.data import build_design
+    from hetvc.engines import DenseEngine
+    from hetvc.fit import _kinship
+    from hetvc.model import Model
+
+    Kmat, ids = _kinship(K, None)
+    design = build_design(data, Kmat, ids, traits, env, "id", fixed)
+    model = Model.build(design, genetic, residual, method)
+    return model, DenseEngine(model)

@@ -25,10 +25,12 @@ def main():
 
 
 def _register():
+    from . import fit as _fit
     from . import simulate as _simulate
 
-    for command in _simulate.COMMANDS:
-        main.add_command(command)
+    for module in (_fit, _simulate):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

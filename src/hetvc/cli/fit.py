@@ -1,0 +1,3 @@
+"""`hetvc fit`, `hetvc example` (filled in by the real-data work)."""
+
+COMMANDS = []

@@ -183,7 +183,11 @@ def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
 
 
 def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluation, record) -> tuple:
-    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ; (θ, evaluation)."""
+    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ.
+
+    Returns (θ, evaluation, stationary): ``stationary`` when L-BFGS reports convergence or
+    its gradient in φ is below 1e-6 (at a boundary the φ-gradient of a vanishing direction
+    vanishes too, so this is the KKT condition in these coordinates)."""
     from scipy.optimize import minimize
 
     best = {"theta": theta, "ev": ev}
@@ -198,9 +202,10 @@ def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluati
             best.update(theta=th, ev=e)
         return -e.loglik, -(cholesky_jacobian(model, phi).T @ e.score)
 
-    minimize(objective, model.to_cholesky(theta), jac=True, method="L-BFGS-B",
-             options=dict(maxiter=2000, maxfun=4000, ftol=1e-15, gtol=1e-10))
-    return best["theta"], best["ev"]
+    res = minimize(objective, model.to_cholesky(theta), jac=True, method="L-BFGS-B",
+                   options=dict(maxiter=2000, maxfun=4000, ftol=1e-15, gtol=1e-10))
+    stationary = bool(res.success) or float(np.abs(res.jac).max()) < 1e-6
+    return best["theta"], best["ev"], stationary
 
 
 def maximize(
@@ -223,11 +228,11 @@ def maximize(
         max_iter=max_iter, start=theta.tolist(),
     )
     record.history.append(Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
-    poor, fallback_at = 0, None
+    poor, fallback_at, stationary = 0, None, False
     for it in range(1, max_iter + 1):
         if poor >= POOR_STEPS or it == AI_ITERATIONS + 1:
             poor, fallback_at = 0, it
-            theta, ev = lbfgs_cholesky(engine, model, theta, ev, record)
+            theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record)
             record.history.append(Iteration(it - 1, ev.loglik, float("nan"), float("nan"), 0, "L-BFGS (log-Cholesky)"))
         step, decrement, active = restricted_step(model, theta, ev)
         record.history[-1].decrement = decrement
@@ -251,6 +256,11 @@ def maximize(
         if accepted is None and fallback_at != it:
             poor = POOR_STEPS
             continue
+        if accepted is None and stationary:
+            record.status, record.converged = "converged", True
+            record.message = ("converged by L-BFGS in log-Cholesky coordinates; AI steps could not "
+                              f"improve ℓ on the boundary (AI decrement {decrement:.2e})")
+            break
         if accepted is None:
             record.status = "stalled"
             record.message = (

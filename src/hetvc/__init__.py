@@ -10,11 +10,12 @@ from .errors import ConvergenceError, HetvcError, InputError
 from .fit import fit
 from .results import FitResult, load
 
-__all__ = ["fit", "compare", "load", "read_kinship", "FitResult", "HetvcError", "InputError", "ConvergenceError"]
+_KINSHIP = ("read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes")
+__all__ = ["fit", "compare", "load", "FitResult", "HetvcError", "InputError", "ConvergenceError", *_KINSHIP]
 
 
-def __getattr__(name):  # kinship I/O lives in hetvc.kinship; imported lazily
-    if name in ("read_kinship", "write_kinship", "grm", "read_genotypes"):
+def __getattr__(name):  # kinship and genotype I/O live in hetvc.kinship; imported lazily
+    if name in _KINSHIP:
         from . import kinship
 
         return getattr(kinship, name)

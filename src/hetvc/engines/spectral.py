@@ -429,7 +429,7 @@ class SpectralEngine(Engine):
                 low = np.linalg.cholesky(Eb + s0 * Gb)
             except np.linalg.LinAlgError:
                 raise NotPositiveDefinite("a row covariance H_j is not positive definite") from None
-        linv = sla.solve_triangular(low, np.eye(b.d), lower=True, check_finite=False)
+        linv = np.linalg.inv(low)
         M = linv @ Gb @ linv.T
         lam, Q = np.linalg.eigh((M + M.T) / 2)
         phi = linv.T @ Q
@@ -452,10 +452,10 @@ class SpectralEngine(Engine):
             delta, delta0 = 1.0 / den, 1.0 / den0
             logdet += b.n * logdet0 + float(np.log(den).sum()) + (b.n0 * float(np.log(den0).sum()) if b.n0 else 0.0)
             # X'V⁻¹X: (Φ⊗I) blockdiag_i(Σ_j δ_ji x̃x̃') (Φ'⊗I)
-            Mi = np.einsum("ji,jk,jl->ikl", delta, b.xt, b.xt, optimize=True)
+            Mi = np.stack([(b.xt * delta[:, i:i + 1]).T @ b.xt for i in range(b.d)])
             if b.n0:
                 Mi += delta0[:, None, None] * b.Gxx[None]
-            Mb = np.einsum("ai,ikl,bi->akbl", phi, Mi, phi, optimize=True).reshape(b.d * b.c, b.d * b.c)
+            Mb = np.einsum("ai,ikl,bi->akbl", phi, Mi, phi).reshape(b.d * b.c, b.d * b.c)
             xvx += b.T.T @ Mb @ b.T
             Z = (delta * (b.yt @ phi)) @ phi.T
             xz = b.xt.T @ Z  # (c, d)
@@ -507,33 +507,37 @@ class SpectralEngine(Engine):
                 A_e += np.diag(b.n0 * st.delta0) - svv
             if reml:
                 Qb = b.T @ C @ b.T.T
-                Qh = np.einsum("ai,akbl,bI->ikIl", phi, Qb.reshape(d, c, d, c), phi, optimize=True)
-                xq = np.einsum("jk,ikIl->jiIl", b.xt, Qh, optimize=True)
-                Rh = np.einsum("jiIl,jl->jiI", xq, b.xt, optimize=True)
+                Qh = np.einsum("ai,akbl,bI->ikIl", phi, Qb.reshape(d, c, d, c), phi)
+                if c == 1:
+                    Rh = (b.xt[:, 0] ** 2)[:, None, None] * Qh[None, :, 0, :, 0]
+                else:
+                    xq = (b.xt @ Qh.transpose(1, 0, 2, 3).reshape(c, -1)).reshape(-1, d, d, c)
+                    Rh = np.einsum("jiIl,jl->jiI", xq, b.xt)
                 dRd = delta[:, :, None] * Rh * delta[:, None, :]
                 A_g -= np.einsum("j,jiI->iI", b.s, dRd)
                 A_e -= dRd.sum(0)
                 if b.n0:
                     A_e -= np.outer(st.delta0, st.delta0) * np.einsum("ikIl,kl->iI", Qh, b.Gxx)
-            Dh = np.einsum("ai,kab,bI->kiI", phi, b.pats, phi, optimize=True)  # Φ'D^kΦ
+            Dh = phi.T @ b.pats @ phi  # Φ'D^kΦ, (k, d, d)
             score[b.kidx] += -0.5 * np.where(
                 b.genetic, np.einsum("kiI,iI->k", Dh, A_g), np.einsum("kiI,iI->k", Dh, A_e))
             # AI: Fh[j, i, k] = Φ' ∂H_j^k W_j r_j
-            Fh = np.einsum("kiI,jI->jik", Dh, vh, optimize=True)
+            Fh = np.tensordot(vh, Dh, axes=([1], [2])).transpose(0, 2, 1)  # (r, d, k)
             Fh[:, :, b.genetic] *= b.s[:, None, None]
+            Fh = np.ascontiguousarray(Fh)
             Af = Fh.reshape(-1, len(b.kidx))
             fwf[np.ix_(b.kidx, b.kidx)] += (Af * delta.reshape(-1, 1)).T @ Af
             if b.n0:
                 res = ~b.genetic
                 if res.any():
                     Dr = Dh[res]
-                    blockv = np.einsum("i,kiI,IJ,lJi->kl", st.delta0, Dr, svv, Dr, optimize=True)
+                    blockv = np.einsum("i,kiI,IJ,lJi->kl", st.delta0, Dr, svv, Dr)
                     rk = b.kidx[res]
                     fwf[np.ix_(rk, rk)] += blockv
             if reml:
                 G1 = delta[:, :, None] * Fh
-                tmp = np.einsum("jc,jin->cin", b.xt, G1, optimize=True)
-                wf = np.einsum("ai,cin->acn", phi, tmp, optimize=True).reshape(d * c, -1)
+                tmp = (b.xt.T @ G1.reshape(len(b.s), -1)).reshape(c, d, -1)
+                wf = np.tensordot(phi, tmp, axes=([1], [1])).reshape(d * c, -1)
                 if b.n0 and (~b.genetic).any():
                     res = np.flatnonzero(~b.genetic)
                     Sxv = (b.Gxy - b.Gxx @ st.B) @ phi * st.delta0[None, :]  # Σ_null x̃ vh'
@@ -581,7 +585,7 @@ class SpectralEngine(Engine):
             w = delta @ sig ** 2  # (r, dG)
             w0 = st.delta0 @ sig ** 2
             # X part: Ycoef[j, a, k, g] = x̃_jk · [Φ (δ_j ∘ σ̂_g)]_a
-            ws = np.einsum("ai,ji,ig->jag", phi, delta, sig, optimize=True)
+            ws = np.einsum("ai,ji,ig->jag", phi, delta, sig, optimize=True)  # (r, d, dG)
             ycoef = (ws[:, :, None, :] * b.xt[:, None, :, None]).reshape(len(s), -1)
             if b.n0:
                 xperp = b.Xs - U @ (U.T @ b.Xs)
@@ -594,7 +598,7 @@ class SpectralEngine(Engine):
                 if kx is not None:  # null-space part: X_⊥'k_g ⊗ Φ(δ0 ∘ σ̂_g)
                     first[rows] += kperp_sq[:, None] * w0[None, :]
                     hb += ws0[None, :, None, :] * kx[:, None, :, None]
-                h[rows] += np.einsum("pac,racg->rpg", TT, hb, optimize=True)
+                h[rows] += np.tensordot(hb, TT, axes=([1, 2], [1, 2])).transpose(0, 2, 1)
 
             add(b.genos, U * s[None, :])  # genotypes of the block: K_b U = U diag(s), null part 0
             inblock = np.zeros(q, dtype=bool)

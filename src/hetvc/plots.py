@@ -1,0 +1,280 @@
+"""Figures of a fit (PNG, matplotlib's Agg backend, no display needed).
+
+Every function takes fitted models (:class:`~hetvc.results.FitResult`) and a path, draws one
+figure and writes it atomically (:func:`hetvc.io_utils.atomic_path`); it returns the path.
+They read only what a fit stores, so they work as well on a fit reloaded with
+:func:`hetvc.load`.
+
+* :func:`phenotypic_correlations` — trait-by-trait phenotypic correlation in each environment
+  (the paper's Figure 2): scatter plots with r for two traits, a correlation heat map per
+  environment for more;
+* :func:`genetic_correlations` — the estimated genetic correlation matrix between traits in
+  each environment (colour), with the genetic covariances written in the cells;
+* :func:`environment_correlations` — genetic correlations between environments, one heat map
+  per trait (``unstructured`` fits);
+* :func:`heritability` — h² per environment with ±1 SE error bars (and the pooled h²), one
+  panel per trait, one series per model;
+* :func:`observed_fitted` — observed against fitted values (Xb̂ + Zû), one panel per trait.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)  # no display; a no-op when pyplot is already set up
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .io_utils import atomic_path  # noqa: E402
+
+__all__ = [
+    "phenotypic_correlations", "genetic_correlations", "environment_correlations",
+    "heritability", "observed_fitted", "write_figures",
+]
+
+DPI = 110
+_COLORS = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057",
+           "#f18f01", "#6b717e", "#a23b72"]
+_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _figure(ncols: int, nrows: int, w: float, h: float) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(w * ncols, h * nrows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    return fig, axes
+
+
+def _grid(n: int, max_cols: int = 5) -> tuple[int, int]:
+    ncols = min(n, max_cols)
+    return ncols, int(math.ceil(n / ncols))
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def _wide_phenotypes(fit) -> pd.DataFrame:
+    """One row per record: env and one column per trait (NaN where not observed)."""
+    obs = pd.DataFrame({k: np.asarray(fit.observed[k]) for k in ("record", "env", "trait", "y")})
+    wide = obs.pivot_table(index=["record", "env"], columns="trait", values="y", aggfunc="first")
+    wide = wide.reset_index()
+    return wide[["env"] + [t for t in fit.traits if t in wide.columns]]
+
+
+def _corr_heatmap(ax, R: np.ndarray, labels, title: str, cells=None, fontsize=9):
+    im = ax.imshow(R, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(labels)), labels, fontsize=fontsize)
+    ax.set_title(title, fontsize=10)
+    n = len(labels)
+    if n <= 8:
+        for i in range(n):
+            for j in range(n):
+                text = f"{R[i, j]:.2f}" if np.isfinite(R[i, j]) else "–"
+                if cells is not None:
+                    text += f"\n{cells[i][j]}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize - 1,
+                        color="white" if np.isfinite(R[i, j]) and abs(R[i, j]) > 0.6 else "black")
+    return im
+
+
+def _fmt_cov(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def _hide_unused(axes, used: int):
+    for ax in axes[used:]:
+        ax.set_visible(False)
+
+
+# -- figures ------------------------------------------------------------------------------------
+def phenotypic_correlations(fit, path) -> Path:
+    """Trait-by-trait phenotypic correlation within each environment (paper Fig. 2)."""
+    wide = _wide_phenotypes(fit)
+    envs, traits = list(fit.envs), list(fit.traits)
+    ncols, nrows = _grid(len(envs), 5 if len(traits) == 2 else 4)
+    if len(traits) == 1:
+        fig, axes = _figure(1, 1, 4.2, 3.2)
+        ax = axes[0]
+        data = [wide.loc[wide["env"] == e, traits[0]].dropna() for e in envs]
+        key = "tick_labels" if _mpl_has_tick_labels() else "labels"
+        ax.boxplot(data, **{key: envs})
+        ax.set_ylabel(traits[0])
+        ax.set_title(f"{traits[0]} by environment (one trait: no correlation to show)", fontsize=10)
+        ax.tick_params(axis="x", rotation=45)
+        return _save(fig, path)
+    if len(traits) == 2:
+        fig, axes = _figure(ncols, nrows, 3.2, 3.0)
+        a, b = traits
+        for k, e in enumerate(envs):
+            ax = axes[k]
+            sub = wide.loc[wide["env"] == e, [a, b]].dropna()
+            ax.scatter(sub[a], sub[b], s=9, alpha=0.6, color=_COLORS[k % len(_COLORS)], edgecolor="none")
+            r = sub[a].corr(sub[b]) if len(sub) > 2 else np.nan
+            if len(sub) > 2 and sub[a].std() > 0:
+                slope, icpt = np.polyfit(sub[a], sub[b], 1)
+                xs = np.linspace(sub[a].min(), sub[a].max(), 2)
+                ax.plot(xs, icpt + slope * xs, color="black", lw=1)
+            ax.set_title(f"{e}: r = {r:.2f} (n = {len(sub)})", fontsize=10)
+            ax.set_xlabel(a)
+            ax.set_ylabel(b)
+        _hide_unused(axes, len(envs))
+        fig.suptitle("Phenotypic correlation between traits in each environment", fontsize=11)
+        return _save(fig, path)
+    fig, axes = _figure(ncols, nrows, 3.3, 3.1)
+    im = None
+    for k, e in enumerate(envs):
+        sub = wide.loc[wide["env"] == e, traits]
+        R = sub.corr(min_periods=3).to_numpy()
+        im = _corr_heatmap(axes[k], R, traits, f"{e} (n = {len(sub)})", fontsize=8)
+    _hide_unused(axes, len(envs))
+    fig.colorbar(im, ax=list(axes[:len(envs)]), shrink=0.8, label="phenotypic r")
+    fig.suptitle("Phenotypic correlations between traits in each environment", fontsize=11)
+    return _save(fig, path)
+
+
+def _mpl_has_tick_labels() -> bool:
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return (major, minor) >= (3, 9)
+
+
+def _genetic_matrix(fit):
+    G = fit.genetic_covariance().to_numpy()
+    sd = np.sqrt(np.clip(np.diag(G), 0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        R = G / np.outer(sd, sd)
+    return G, R
+
+
+def genetic_correlations(fit, path) -> Path:
+    """Genetic correlations between traits in each environment (colour) with the genetic
+    covariances in the cells; a single panel when ΣG is the same everywhere."""
+    G, R = _genetic_matrix(fit)
+    envs, traits = list(fit.envs), list(fit.traits)
+    m = len(traits)
+    shared = fit.genetic == "homogeneous"
+    panels = ["all environments"] if shared else envs
+    ncols, nrows = _grid(len(panels), 5)
+    fig, axes = _figure(ncols, nrows, max(2.8, 0.8 * m + 1.4), max(2.6, 0.8 * m + 1.2))
+    im = None
+    for k, e in enumerate(panels):
+        l = 0 if shared else envs.index(e)
+        blk = slice(l * m, (l + 1) * m)
+        Gl, Rl = G[blk, blk], R[blk, blk]
+        cells = [[_fmt_cov(Gl[i, j]) for j in range(m)] for i in range(m)]
+        im = _corr_heatmap(axes[k], Rl, traits, str(e), cells=cells if m <= 4 else None)
+    _hide_unused(axes, len(panels))
+    fig.colorbar(im, ax=list(axes[:len(panels)]), shrink=0.8, label="genetic r")
+    fig.suptitle(f"Genetic correlation (colour) and covariance (cells): {fit.genetic}/{fit.residual}",
+                 fontsize=10)
+    return _save(fig, path)
+
+
+def environment_correlations(fit, path) -> Path:
+    """Genetic correlations between environments, one heat map per trait."""
+    G, R = _genetic_matrix(fit)
+    envs, traits = list(fit.envs), list(fit.traits)
+    m, L = len(traits), len(envs)
+    ncols, nrows = _grid(m, 3)
+    side = max(3.4, 0.35 * L + 2.0)
+    fig, axes = _figure(ncols, nrows, side, side * 0.9)
+    im = None
+    for i, t in enumerate(traits):
+        idx = [l * m + i for l in range(L)]
+        im = _corr_heatmap(axes[i], R[np.ix_(idx, idx)], envs, f"{t}", fontsize=8 if L > 6 else 9)
+    _hide_unused(axes, m)
+    fig.colorbar(im, ax=list(axes[:m]), shrink=0.8, label="genetic r between environments")
+    fig.suptitle(f"Genetic correlation between environments ({fit.genetic}/{fit.residual})", fontsize=10)
+    return _save(fig, path)
+
+
+def heritability(fits, path) -> Path:
+    """h² per environment (±1 SE) and pooled, one panel per trait, one series per model.
+
+    ``fits``: a FitResult or a dict name → FitResult (same traits and environments)."""
+    if not isinstance(fits, dict):
+        fits = {f"{fits.genetic}/{fits.residual}": fits}
+    first = next(iter(fits.values()))
+    envs, traits = list(first.envs), list(first.traits)
+    ncols, nrows = _grid(len(traits), 3)
+    fig, axes = _figure(ncols, nrows, max(3.6, 0.55 * (len(envs) + 1) * max(1, len(fits) / 3) + 1.5), 3.3)
+    xs = np.arange(len(envs) + 1)
+    width = 0.8 / max(len(fits), 1)
+    for i, t in enumerate(traits):
+        ax = axes[i]
+        for k, (name, f) in enumerate(fits.items()):
+            h = f.heritability()
+            h = h[h["trait"] == t].set_index("env").reindex(envs)
+            p = f.pooled_heritability().set_index("trait").loc[t]
+            y = np.append(h["h2"].to_numpy(), p["h2"])
+            se = np.append(h["se"].to_numpy(), p["se"])
+            off = (k - (len(fits) - 1) / 2) * width
+            ax.errorbar(xs + off, y, yerr=np.where(np.isfinite(se), se, 0), fmt=_MARKERS[k % len(_MARKERS)],
+                        color=_COLORS[k % len(_COLORS)], ms=5, capsize=2, lw=1, label=name)
+        ax.axvline(len(envs) - 0.5, color="grey", lw=0.6, ls=":")
+        ax.set_xticks(xs, envs + ["pooled"], rotation=45 if len(envs) > 3 else 0, ha="right" if len(envs) > 3 else "center")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("h²")
+        ax.set_title(t, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    _hide_unused(axes, len(traits))
+    axes[0].legend(fontsize=7, loc="best", frameon=False)
+    fig.suptitle("Heritability per environment (±1 SE) and pooled", fontsize=11)
+    return _save(fig, path)
+
+
+def observed_fitted(fit, path) -> Path:
+    """Observed against fitted values (Xb̂ + Zû), one panel per trait, coloured by environment."""
+    obs = fit.fitted()
+    traits, envs = list(fit.traits), list(fit.envs)
+    ncols, nrows = _grid(len(traits), 3)
+    fig, axes = _figure(ncols, nrows, 3.4, 3.2)
+    for i, t in enumerate(traits):
+        ax = axes[i]
+        sub = obs[obs["trait"] == t]
+        for k, e in enumerate(envs):
+            s = sub[sub["env"] == e]
+            ax.scatter(s["fitted"], s["y"], s=7, alpha=0.6, color=_COLORS[k % len(_COLORS)],
+                       edgecolor="none", label=str(e))
+        lo = float(min(sub["fitted"].min(), sub["y"].min()))
+        hi = float(max(sub["fitted"].max(), sub["y"].max()))
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+        r = np.corrcoef(sub["fitted"], sub["y"])[0, 1] if len(sub) > 2 else np.nan
+        ax.set_title(f"{t}: r = {r:.2f}", fontsize=10)
+        ax.set_xlabel("fitted")
+        ax.set_ylabel("observed")
+    _hide_unused(axes, len(traits))
+    if len(envs) <= 10:
+        axes[0].legend(fontsize=7, markerscale=1.5, frameon=False)
+    fig.suptitle(f"Observed vs fitted ({fit.genetic}/{fit.residual})", fontsize=11)
+    return _save(fig, path)
+
+
+def write_figures(fits: dict, selected: str, folder) -> list[Path]:
+    """Every figure for a set of fits into ``folder``: phenotypic correlations, the selected
+    model's genetic correlations (and between-environment correlations when it is
+    ``unstructured``), h² of all models, observed vs fitted of the selected model."""
+    folder = Path(folder)
+    best = fits[selected]
+    out = [
+        phenotypic_correlations(best, folder / "phenotypic_correlations.png"),
+        genetic_correlations(best, folder / "genetic_correlations.png"),
+        heritability(fits, folder / "heritability.png"),
+        observed_fitted(best, folder / "observed_fitted.png"),
+    ]
+    unstructured = [n for n, f in fits.items() if f.genetic == "unstructured"]
+    if unstructured:
+        name = selected if best.genetic == "unstructured" else unstructured[0]
+        out.append(environment_correlations(fits[name], folder / "environment_correlations.png"))
+    return out

@@ -229,7 +229,9 @@ def heritability(fits, path) -> Path:
         ax.set_title(t, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     _hide_unused(axes, len(traits))
-    axes[0].legend(fontsize=7, loc="best", frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8,
+               frameon=False)
     fig.suptitle("Heritability per environment (±1 SE) and pooled", fontsize=11)
     return _save(fig, path)
 

@@ -223,7 +223,7 @@ def _md_table(df: pd.DataFrame, formats: dict | None = None) -> str:
     formats = formats or {}
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |",
-             "|" + "|".join("---" if df[c].dtype == object else "---:" for c in cols) + "|"]
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in cols) + "|"]
     for _, row in df.iterrows():
         cells = [formats[c](row[c]) if c in formats else _num(row[c]) for c in cols]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
@@ -235,6 +235,19 @@ def _est_se(v, se, digits=2) -> str:
         return "–"
     s = f"{v:.{digits}f}"
     return s + (f" ({se:.{digits}f})" if se is not None and np.isfinite(se) else " (–)")
+
+
+def _boundary(f) -> str:
+    """Boundary blocks by name; an unstructured ΣG is one block, whatever its first label."""
+    names = []
+    for b in f.boundary:
+        if b.startswith("G") and f.genetic == "unstructured":
+            names.append("ΣG (the whole unstructured matrix is singular)")
+        elif b.startswith("E") and f.residual == "homogeneous" or b.startswith("G") and f.genetic == "homogeneous":
+            names.append(f"Σ{b[0]} (shared by all environments)")
+        else:
+            names.append(b)
+    return ", ".join(dict.fromkeys(names))
 
 
 def _h2_wide(f) -> pd.DataFrame:
@@ -352,7 +365,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
               f"- {rec['status']} after {rec['iterations']} iterations ({rec['seconds']:.2f} s); "
               f"engine: {best.engine} ({best.engine_reason})"]
     if best.boundary:
-        lines.append(f"- on the boundary (a singular covariance block): {', '.join(best.boundary)}")
+        lines.append(f"- on the boundary (a singular covariance block): {_boundary(best)}")
     lines += [f"- note: {n}" for n in best.notes]
     lines += ["", "### Heritability per environment (SE)", "",
               "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i]); pooled: weighted by each environment's "
@@ -380,7 +393,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
             line = (f"- **{n}**: ℓ = {f.loglik:.2f}, k = {f.n_params}; {r['status']} after "
                     f"{r['iterations']} iterations ({r['seconds']:.2f} s, {f.engine})")
             if f.boundary:
-                line += f"; boundary: {', '.join(f.boundary)}"
+                line += f"; boundary: {_boundary(f)}"
             lines.append(line)
             lines += [f"  - note: {x}" for x in f.notes]
         lines.append("")
@@ -396,7 +409,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         }
         for p in figures:
             name = Path(p).name
-            lines += [f"![{captions.get(name, name)}]({name})", "", f"*{captions.get(name, name)}*", ""]
+            lines += [f"![{name}]({name})", "", f"*{captions.get(name, name)}*", ""]
 
     lines += ["## Files", "",
               "`fit.json` (the selected model; `hetvc.load('fit.json')`), "

@@ -1,0 +1,264 @@
+"""End-to-end tests of `hetvc fit` and `hetvc example` (click's CliRunner, no subprocess).
+
+The bundled SoyNAM example is fitted once per session (two models, dense engine); a small
+simulated data set covers the readers, --genotypes, --fixed, the JSON schema and exit codes.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import hetvc
+from hetvc.cli import main
+from hetvc.examples import example_path, load_example
+from hetvc.report import MODEL_KEYS, SUMMARY_KEYS
+
+TABLES = {
+    "comparison.csv": {"model", "genetic", "residual", "k", "logLik", "AIC", "BIC", "dAIC", "dBIC", "lrt_p"},
+    "variance_components.csv": {"model", "name", "component", "estimate", "se"},
+    "heritability.csv": {"model", "env", "trait", "h2", "se"},
+    "genetic_correlations.csv": {"model", "between", "env1", "env2", "trait1", "trait2", "r", "se"},
+    "blups.csv": {"model", "id", "env", "trait", "blup", "pev", "n_obs"},
+    "blues.csv": {"model", "effect", "estimate", "se"},
+    "fitted.csv": {"model", "id", "env", "trait", "y", "fitted", "residual"},
+}
+FIGURES = ("phenotypic_correlations.png", "genetic_correlations.png", "heritability.png", "observed_fitted.png")
+COMPARISON_KEYS = {"model", "genetic", "residual", "k", "logLik", "AIC", "BIC", "dAIC", "dBIC",
+                   "converged", "lrt_vs", "lrt_stat", "lrt_df", "lrt_p"}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 200 and height > 150 and len(data) > 5000, (path, width, height, len(data))
+
+
+def assert_outputs(out, models, figures=True):
+    """Every output file is present, loadable and consistent with the fits."""
+    for name, columns in TABLES.items():
+        df = pd.read_csv(out / name)
+        assert len(df) > 0, name
+        assert columns <= set(df.columns), (name, columns - set(df.columns))
+    comp = pd.read_csv(out / "comparison.csv")
+    assert list(comp["model"]) == models
+    best = hetvc.load(out / "fit.json")
+    assert f"{best.genetic}/{best.residual}" in models
+    if len(models) > 1:
+        for m in models:
+            f = hetvc.load(out / "fits" / f"{m.replace('/', '-')}.json")
+            row = comp[comp["model"] == m].iloc[0]
+            assert f.loglik == pytest.approx(row["logLik"], rel=1e-12)
+            assert f.n_params == row["k"]
+    blups = pd.read_csv(out / "blups.csv", dtype={"id": str})
+    # every genotype in K, in every environment, for every trait
+    assert len(blups) == len(best.ids) * len(best.envs) * len(best.traits)
+    assert blups["pev"].notna().all() and (blups["pev"] >= -1e-8).all()
+    report = (out / "report.md").read_text()
+    assert "## Model comparison" in report and "Heritability per environment" in report
+    for m in models:
+        assert f"| {m} |" in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    for f in summary["files"]:
+        assert (out / f).exists(), f
+    if figures:
+        for name in FIGURES:
+            assert_png(out / name)
+            assert f"({name})" in report
+    return best, summary
+
+
+# -- the bundled example ---------------------------------------------------------------------
+def test_load_example():
+    pheno, K, roles = load_example()
+    assert roles == {"traits": ["yield", "height"], "env": "env", "id": "genotype"}
+    assert K.shape == (180, 180) and np.diag(K).mean() == pytest.approx(1.0)
+    assert set(pheno["genotype"]) < set(K.index)
+    assert sorted(pheno["env"].unique()) == ["IL_2012", "IN_2012", "NE_2012"]
+    assert pheno[roles["traits"]].notna().sum().sum() == 984  # N observed values
+    folder = example_path()
+    for name in ("README.md", "COPYING", "pheno.csv", "kinship.csv", "markers.csv.gz"):
+        assert (folder / name).is_file(), name
+    assert "GPL-3" in (folder / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("example") / "report"
+    res = run("example", "--out", out, "--compare", "homogeneous,heterogeneous")
+    return out, res
+
+
+def test_example_end_to_end(example_run):
+    out, res = example_run
+    assert res.exit_code == 0, res.output
+    best, summary = assert_outputs(out, ["homogeneous/homogeneous", "heterogeneous/homogeneous"])
+    # hetvc.load(fit.json) reproduces the summary printed by the command
+    assert best.summary() in res.stdout
+    assert "Model comparison" in res.stdout and "selected" in res.stdout
+    # data quirks are reported: repeated plots, missing values, untested genotypes, singular K
+    notes = " ".join(summary["data"]["notes"])
+    for word in ("repeated plots", "missing trait values", "no records", "singular"):
+        assert word in notes, word
+    blups = pd.read_csv(out / "blups.csv", dtype={"id": str})
+    assert (blups.groupby("id")["n_obs"].sum() == 0).sum() == 20  # untested lines predicted
+
+
+def test_example_table2_matches_api(example_run):
+    """The CLI fits are the library's fits: same ℓ as hetvc.fit on load_example()."""
+    out, _ = example_run
+    pheno, K, roles = load_example()
+    direct = hetvc.fit(pheno, K, genetic="homogeneous", residual="homogeneous", pev=False, **roles)
+    comp = pd.read_csv(out / "comparison.csv").set_index("model")
+    assert comp.loc["homogeneous/homogeneous", "logLik"] == pytest.approx(direct.loglik, abs=1e-6)
+    assert comp.loc["heterogeneous/homogeneous", "k"] == 12 and comp.loc["homogeneous/homogeneous", "k"] == 6
+
+
+# -- a small simulated trial --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    from hetvc.simulate import simulate
+
+    folder = tmp_path_factory.mktemp("sim")
+    s = simulate(n=90, traits=2, locations=3, snps=150, h2=0.5, w=0.5, rho=0.5, design="full",
+                 missing=0.03, seed=11)
+    s.to_dir(folder)
+    pheno = pd.read_csv(folder / "pheno.csv", dtype={"id": str})
+    pheno["block"] = pheno["env"] + "_" + (pheno.index % 2).astype(str)  # nested in env
+    pheno.to_csv(folder / "pheno.csv", index=False)
+    s.genotypes.rename_axis("id").reset_index().to_csv(folder / "markers.csv", index=False)
+    return folder
+
+
+def fit_args(sim, *extra):
+    return ("fit", sim / "pheno.csv", "--kinship", sim / "kinship.csv", "--traits", "t1,t2",
+            "--env", "env", "--id", "id", *extra)
+
+
+def test_fit_compare_with_residual_structures(sim, tmp_path):
+    out = tmp_path / "out"
+    res = run(*fit_args(sim, "--compare", "homogeneous,heterogeneous/heterogeneous,unstructured",
+                        "--out", out))
+    assert res.exit_code == 0, res.output
+    models = ["homogeneous/homogeneous", "heterogeneous/heterogeneous", "unstructured/homogeneous"]
+    best, _ = assert_outputs(out, models)
+    assert best.summary() in res.stdout
+    assert_png(out / "environment_correlations.png")  # an unstructured model was fitted
+    comp = pd.read_csv(out / "comparison.csv").set_index("model")
+    # homogeneous ⊂ unstructured: the LRT is there; heterogeneous/heterogeneous is not nested in it
+    assert comp.loc["unstructured/homogeneous", "lrt_vs"] == "homogeneous/homogeneous"
+    assert pd.isna(comp.loc["heterogeneous/heterogeneous", "lrt_vs"])
+
+
+def test_json_schema_is_stable(sim):
+    res = run(*fit_args(sim, "--genetic", "heterogeneous", "--json", "--quiet"))
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)  # stdout holds only the JSON
+    assert tuple(summary) == SUMMARY_KEYS
+    assert summary["format"] == "hetvc-summary/1" and summary["converged"] is True
+    assert summary["selected"] == "heterogeneous/homogeneous" and summary["out"] is None
+    (model,) = summary["models"]
+    assert tuple(model) == MODEL_KEYS
+    assert model["n_params"] == 3 * 3 + 3 and model["engine"] in ("dense", "spectral")
+    assert {"name", "estimate", "se"} <= set(model["variance_components"][0])
+    assert set(model["heritability"][0]) == {"env", "trait", "h2", "se"}
+    assert set(model["pooled_heritability"][0]) == {"trait", "h2", "se"}
+    assert set(model["genetic_correlations"][0]) == {"between", "env1", "env2", "trait1", "trait2", "r", "se"}
+    assert set(summary["comparison"][0]) == COMPARISON_KEYS
+    for key in ("traits", "env", "id", "method", "n_records", "n_phenotyped", "n_kinship",
+                "kinship", "notes", "command", "pheno"):
+        assert key in summary["data"], key
+    assert summary["data"]["traits"] == ["t1", "t2"]
+
+
+def test_readers_agree(sim, tmp_path):
+    """CSV, TSV, semicolon with decimal commas and Parquet give the same fit; the GRM built
+    from --genotypes equals --kinship with the same K."""
+    pheno = pd.read_csv(sim / "pheno.csv", dtype={"id": str})
+    pheno.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    pheno.to_csv(tmp_path / "p.txt", sep=";", decimal=",", index=False)
+    pheno.to_parquet(tmp_path / "p.parquet")
+    base = ["--kinship", sim / "kinship.csv", "--traits", "t1,t2", "--env", "env", "--id", "id",
+            "--genetic", "homogeneous", "--json", "--quiet"]
+    logliks = []
+    for path in (sim / "pheno.csv", tmp_path / "p.tsv", tmp_path / "p.txt", tmp_path / "p.parquet"):
+        res = run("fit", path, *base)
+        assert res.exit_code == 0, (path, res.output)
+        logliks.append(json.loads(res.stdout)["models"][0]["loglik"])
+    assert np.allclose(logliks, logliks[0], rtol=0, atol=1e-8), logliks
+    res = run("fit", sim / "pheno.csv", "--genotypes", sim / "markers.csv", *base[2:])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert s["data"]["genotypes"].endswith("markers.csv")
+    assert s["models"][0]["loglik"] == pytest.approx(logliks[0], abs=1e-6)
+
+
+def test_nested_fixed_factor_is_handled(sim):
+    """A blocking factor nested in environments (like SoyNAM's set_env) is aliased with the
+    environment means: the aliased columns are dropped with a note instead of an error."""
+    res = run(*fit_args(sim, "--genetic", "homogeneous", "--fixed", "~ block", "--json", "--quiet"))
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert any("aliased" in n for n in s["data"]["notes"])
+    assert s["data"]["fixed"] == "~ block"
+
+
+def test_no_convergence_exits_3_and_still_writes(sim, tmp_path):
+    out = tmp_path / "out"
+    res = run(*fit_args(sim, "--genetic", "unstructured", "--max-iter", "1", "--no-figures", "--out", out))
+    assert res.exit_code == 3, res.output
+    assert "did not converge" in res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["converged"] is False and s["models"][0]["converged"] is False
+    assert hetvc.load(out / "fit.json").converged is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--traits", "t1,nope"), "'nope' not in the data"),
+    (("--traits", "t1", "--compare", "homogeneous,bogus"), "unknown genetic structure 'bogus'"),
+    (("--traits", "t1", "--compare", "homogeneous/sometimes"), "unknown residual structure"),
+    (("--traits", "t1", "--genotypes", "markers.csv"), "exactly one of --kinship"),
+])
+def test_bad_input_exits_2(sim, args, message):
+    args = tuple(sim / a if a == "markers.csv" else a for a in args)
+    res = run("fit", sim / "pheno.csv", "--kinship", sim / "kinship.csv", "--env", "env", "--id", "id", *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_files_exit_2(sim, tmp_path):
+    res = run("fit", tmp_path / "missing.csv", "--kinship", sim / "kinship.csv", "--traits", "t1")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = run("fit", sim / "pheno.csv", "--traits", "t1", "--env", "env")
+    assert res.exit_code == 2 and "exactly one of --kinship" in res.output
+    K = pd.read_csv(sim / "kinship.csv", index_col=0, dtype={"id": str})
+    K.iloc[:5, :5].to_csv(tmp_path / "small.csv")  # most ids absent from K
+    res = run("fit", sim / "pheno.csv", "--kinship", tmp_path / "small.csv", "--traits", "t1", "--env", "env")
+    assert res.exit_code == 2 and "not in the kinship" in res.output
+
+
+# -- real data from ../shared (skipped when absent) ------------------------------------------------
+def test_drops_maize_subset(shared_data, tmp_path):
+    """DROPS maize: a numeric-looking id ('11430') stays text, the inbred GRM (diagonal ≈ 2)
+    is rescaled, the balanced design goes to the fast engine."""
+    src = shared_data / "drops_maize"
+    pheno = pd.read_csv(src / "pheno_long.csv", dtype={"genotype": str})
+    pheno[pheno["env"].isin(["Gai12W", "Kar12W", "Ner12R"])].to_csv(tmp_path / "p.csv", index=False)
+    res = run("fit", tmp_path / "p.csv", "--kinship", src / "grm_vanraden.csv", "--traits",
+              "grain_yield,plant_height", "--env", "env", "--id", "genotype", "--genetic", "heterogeneous",
+              "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert s["data"]["kinship_mean_diagonal"] == pytest.approx(1.97, abs=0.02)
+    assert any("mean diagonal" in n for n in s["data"]["notes"])
+    h2 = pd.DataFrame(s["models"][0]["heritability"])
+    assert h2["h2"].between(0, 1).all() and len(h2) == 6

@@ -94,18 +94,30 @@ def _noise(loglik: float) -> float:
     return 1e-11 * max(1.0, abs(loglik))
 
 
-def _tangent_basis(vecs: np.ndarray, active: np.ndarray) -> list[np.ndarray]:
-    """Symmetric matrices Q E_ij Q' (Q the eigenvectors) except those with both i and j
-    active: the tangent space of the PSD-cone face that keeps the active eigenvalues fixed
-    to first order (rotations of the null space stay allowed)."""
-    dim = len(active)
+def _tangent_basis(vals, vecs, grad, active) -> list[tuple[np.ndarray, float]]:
+    """Basis of the steps along the face of the PSD cone that holds the active directions.
+
+    The symmetric matrices Q E_ij Q' (Q the eigenvectors of C̃), except those with i and j
+    both active: each active eigenvalue stays fixed to first order, but the null space may
+    rotate.  Rotating active k towards free j by b lowers λ_k by b²/(λ_j − λ_k); the projection
+    back onto the face costs ℓ that much times μ_k = −q_k'(∂ℓ/∂C̃)q_k ≥ 0, so that basis
+    direction carries the extra curvature 2μ_k/(λ_j − λ_k) (the Hessian of the Lagrangian).
+    Returns (matrix, extra curvature) pairs."""
+    mu = -np.einsum("ik,ij,jk->k", vecs, grad, vecs)
     out = []
-    for i in range(dim):
+    for i in range(len(vals)):
         for j in range(i + 1):
             if active[i] and active[j]:
                 continue
             e = np.outer(vecs[:, i], vecs[:, j])
-            out.append(e + e.T if i != j else e)
+            if i == j:
+                out.append((e, 0.0))
+                continue
+            curvature = 0.0
+            if active[i] != active[j]:
+                k, f = (i, j) if active[i] else (j, i)
+                curvature = 2.0 * max(mu[k], 0.0) / max(vals[f] - vals[k], 1e-300)
+            out.append((e + e.T, curvature))
     return out
 
 
@@ -115,25 +127,28 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
     A direction q of a block at the floor is active when ℓ increases outwards along it
     (q' ∂ℓ/∂C̃ q < 0) or when the step would take it outwards (q' δC̃ q < 0); the step is
     recomputed until no free direction at the floor moves outwards.  Active directions keep
-    q' δC̃ q = 0 but may rotate; the projection after the step puts them back on the floor."""
+    q' δC̃ q = 0 but may rotate (with the face's curvature added to AI); the projection after
+    the step puts them back on the floor."""
     eig = []
     for blk in model.blocks():
         vals, vecs = np.linalg.eigh(blk.scaled(theta))
+        grad = blk.scaled_gradient(ev.score)
         at_floor = vals <= FLOOR * (1 + 1e-6)
-        outward = np.einsum("ik,ij,jk->k", vecs, blk.scaled_gradient(ev.score), vecs) < 0
-        eig.append((blk, vecs, at_floor, at_floor & outward))
+        outward = np.einsum("ik,ij,jk->k", vecs, grad, vecs) < 0
+        eig.append((blk, vals, vecs, grad, at_floor, at_floor & outward))
     while True:
-        columns = []
-        for blk, vecs, _, active in eig:
-            for e in _tangent_basis(vecs, active):
+        columns, extra = [], []
+        for blk, vals, vecs, grad, _, active in eig:
+            for e, curvature in _tangent_basis(vals, vecs, grad, active):
                 col = np.zeros(model.n_params)
                 col[blk.theta_index] = blk.unscaled_theta(e)
                 columns.append(col)
+                extra.append(curvature)
         B = np.column_stack(columns) if columns else np.zeros((model.n_params, 0))
-        eta, decrement, _ = newton_step(B.T @ ev.ai @ B, B.T @ ev.score)
+        eta, decrement, _ = newton_step(B.T @ ev.ai @ B + np.diag(extra), B.T @ ev.score)
         step = B @ eta
         added = False
-        for blk, vecs, at_floor, active in eig:
+        for blk, vals, vecs, grad, at_floor, active in eig:
             moves = np.einsum("ik,ij,jk->k", vecs, blk.scaled(step), vecs)
             grow = at_floor & ~active & (moves < -1e-12 * max(1.0, np.abs(moves).max()))
             if grow.any():

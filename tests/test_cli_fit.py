@@ -30,6 +30,18 @@ COMPARISON_KEYS = {"model", "genetic", "residual", "k", "logLik", "AIC", "BIC", 
                    "converged", "lrt_vs", "lrt_stat", "lrt_df", "lrt_p"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: these small dense problems are several times faster with it on a busy
+    2-core machine.  (numpy/scipy must be loaded before the limit is set, or it reaches no
+    library.)"""
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

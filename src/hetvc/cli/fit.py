@@ -74,7 +74,7 @@ def _decimal_commas(frame: pd.DataFrame, columns) -> list[str]:
     fixed = []
     pattern = re.compile(r"^\s*-?\d+(,\d+)?\s*$")
     for c in columns:
-        if c in frame.columns and frame[c].dtype == object:
+        if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c]):
             vals = frame[c].dropna().astype(str)
             vals = vals[vals.str.strip() != ""]
             if len(vals) and vals.str.match(pattern).all() and vals.str.contains(",").any():

@@ -233,6 +233,23 @@ def test_no_convergence_exits_3_and_still_writes(sim, tmp_path):
     assert hetvc.load(out / "fit.json").converged is False
 
 
+def test_trait_missing_in_a_whole_environment(sim, tmp_path):
+    """--compare skips the structures that need the trait's variance in that environment (and
+    says so); asking for one of them alone is a one-line input error."""
+    pheno = pd.read_csv(sim / "pheno.csv", dtype={"id": str})
+    pheno.loc[pheno["env"] == "L2", "t2"] = np.nan
+    pheno.to_csv(tmp_path / "p.csv", index=False)
+    base = ("fit", tmp_path / "p.csv", "--kinship", sim / "kinship.csv", "--traits", "t1,t2", "--env", "env")
+    res = run(*base, "--compare", "all", "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert [m["model"] for m in s["models"]] == ["homogeneous/homogeneous"]
+    assert any("not fitted" in n for n in s["data"]["notes"])
+    assert s["data"]["empty_cells"] == [["t2", "L2"]]
+    res = run(*base, "--genetic", "heterogeneous")
+    assert res.exit_code == 2 and "no values in environment 'L2'" in res.output
+
+
 @pytest.mark.parametrize("args, message", [
     (("--traits", "t1,nope"), "'nope' not in the data"),
     (("--traits", "t1", "--compare", "homogeneous,bogus"), "unknown genetic structure 'bogus'"),

@@ -207,8 +207,9 @@ def heritability(fits, path) -> Path:
         fits = {f"{fits.genetic}/{fits.residual}": fits}
     first = next(iter(fits.values()))
     envs, traits = list(first.envs), list(first.traits)
-    ncols, nrows = _grid(len(traits), 3)
-    fig, axes = _figure(ncols, nrows, max(3.6, 0.55 * (len(envs) + 1) * max(1, len(fits) / 3) + 1.5), 3.3)
+    width = float(np.clip(0.45 * (len(envs) + 1) * max(1.0, len(fits) / 4) + 1.5, 3.6, 11.0))
+    ncols, nrows = _grid(len(traits), 1 if width > 6 else 3)
+    fig, axes = _figure(ncols, nrows, width, 3.0)
     xs = np.arange(len(envs) + 1)
     width = 0.8 / max(len(fits), 1)
     for i, t in enumerate(traits):

@@ -261,10 +261,15 @@ def data_notes(data: pd.DataFrame, K: pd.DataFrame, traits, env, id) -> tuple[di
         notes.append(f"missing trait values ({per}): each record keeps its observed traits")
         if env is not None:
             whole = miss.groupby(data[env].astype(str)).all()
-            for t in present:
-                for e in whole.index[whole[t]]:
-                    notes.append(f"trait {t!r} is missing in the whole of environment {e!r}: only "
-                                 f"homogeneous genetic and residual structures can be fitted for it")
+            empty = [(t, e) for t in present for e in whole.index[whole[t]]]
+            if empty:
+                facts["empty_cells"] = [list(c) for c in empty]
+                shown = ", ".join(f"{t!r} in {e!r}" for t, e in empty[:4])
+                notes.append(
+                    f"{len(empty)} trait × environment cell(s) without any value ({shown}"
+                    f"{', ...' if len(empty) > 4 else ''}): the genetic and residual variances of a trait "
+                    f"in an environment where it was not measured cannot be estimated, so only "
+                    f"homogeneous genetic and residual structures can be fitted")
     return facts, notes
 
 
@@ -299,6 +304,18 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
 
     data, formula, fixed_notes = resolve_fixed(data, fixed, env)
     notes = notes + fixed_notes
+    if facts.get("empty_cells") and len(models) > 1:
+        # env-specific structures cannot be estimated: skip them (a single model fails in fit)
+        feasible = [(g, r) for g, r in models if g == "homogeneous" and r == "homogeneous"]
+        skipped = [f"{g}/{r}" for g, r in models if (g, r) not in feasible]
+        if not feasible:
+            t, e = facts["empty_cells"][0]
+            raise InputError(
+                f"trait {t!r} has no values in environment {e!r}: none of the models asked for can be "
+                f"fitted; add homogeneous/homogeneous to --compare or drop that trait")
+        if skipped:
+            notes = notes + [f"not fitted (a trait has no values in a whole environment): {', '.join(skipped)}"]
+            models = feasible
     console, bar = _progress()
     fits = {}
     with bar:

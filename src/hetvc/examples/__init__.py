@@ -6,6 +6,7 @@ a genomic relationship matrix of those lines and 20 more that have no phenotypes
 GPL-3 (the SoyNAM R package); see ``soynam/README.md`` for source, attribution and how the
 subset was made.
 
+    >>> import hetvc
     >>> from hetvc.examples import load_example
     >>> pheno, K, roles = load_example()
     >>> fit = hetvc.fit(pheno, K, **roles)           # traits, env and id columns

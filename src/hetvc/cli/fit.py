@@ -428,9 +428,8 @@ def _apply(options):
               help='Extra fixed effects as a formula, a slope per trait: "~ set_env" or "~ x + z" '
                    "(a mean per trait × environment is always in).")
 @click.option("--compare", default=None, metavar="LIST",
-              help="Fit several models: genetic structures (with --residual) or genetic/residual pairs, "
-                   "comma separated, or 'all': homogeneous,heterogeneous,unstructured or "
-                   "heterogeneous/heterogeneous,unstructured/homogeneous.")
+              help="Fit and compare several models: comma-separated genetic structures (each with "
+                   "--residual), genetic/residual pairs such as heterogeneous/heterogeneous, or all.")
 @click.option("--sep", default=None, help="Delimiter of PHENO [default: detected].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for fit.json, tables, figures and report.md (created).")

@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
+import numpy  # noqa: F401  (load BLAS before limiting its threads)
 import pytest
+import scipy.linalg  # noqa: F401
 from threadpoolctl import threadpool_limits
 
 # The tests solve many small systems: one BLAS thread is several times faster for them on a
-# busy 2-core machine than OpenBLAS's default threading (and makes timings repeatable).
+# busy 2-core machine than OpenBLAS's default threading.  The libraries must be loaded first,
+# or there is nothing to limit.
 threadpool_limits(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

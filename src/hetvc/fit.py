@@ -152,6 +152,6 @@ def _boundary_blocks(model: Model, theta: np.ndarray) -> list[str]:
         for blk in s.blocks:
             w = np.linalg.eigvalsh(M[np.ix_(blk, blk)] / np.sqrt(np.outer(scale[blk], scale[blk])))[0]
             if w <= 10 * FLOOR:
-                env = s.labels[blk[0]][0]
+                env = s.labels[blk[0]][0] if len(s.blocks) > 1 else None
                 out.append(f"{s.prefix}[{env}]" if env is not None else s.prefix)
     return out

@@ -866,62 +866,80 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
                        backend=backend.describe() if backend else "none", files=files)
 
 
+class _PoolBroken(Exception):
+    """Internal: the worker pool died (raised by submit or by a future's result)."""
+
+
 def _drive(backend, todo: list[Task], rf: ResultsFile, prog, max_restarts: int) -> int:
+    """Keep at most 2 × slots tasks in flight; append each finished task's rows; restart a
+    broken local pool and resubmit what it lost; on Ctrl-C keep what finished."""
     queue = deque(todo)
     pending: dict = {}
     window = 2 * backend.slots
     restarts = written = 0
+
+    def keep(rows):
+        nonlocal written
+        rf.append(rows)
+        written += len(rows)
+        if prog:
+            prog.advance(len(rows))
+
+    def finished_ok(f) -> bool:
+        try:
+            return f.done() and not f.cancelled() and f.exception() is None
+        except Exception:  # noqa: BLE001 - e.g. a cancelled Dask future
+            return False
+
     try:
         while queue or pending:
-            while queue and len(pending) < window:
-                t = queue.popleft()
-                pending[backend.submit(t)] = t
-            for fut in backend.wait_any(list(pending)):
-                if fut not in pending:
-                    continue
-                task = pending.pop(fut)
-                try:
-                    rows = fut.result()
-                except Exception as err:  # noqa: BLE001
-                    if not backend.broken(err):
-                        raise StudyError(f"task {task.key} failed in the {backend.name} backend: "
+            try:
+                while queue and len(pending) < window:
+                    t = queue[0]
+                    try:
+                        fut = backend.submit(t)
+                    except Exception as err:  # noqa: BLE001
+                        if backend.broken(err):
+                            raise _PoolBroken(err) from err
+                        raise
+                    queue.popleft()
+                    pending[fut] = t
+                for fut in backend.wait_any(list(pending)):
+                    if fut not in pending:
+                        continue
+                    try:
+                        rows = fut.result()
+                    except Exception as err:  # noqa: BLE001
+                        if backend.broken(err):
+                            raise _PoolBroken(err) from err
+                        raise StudyError(f"task {pending[fut].key} failed in the {backend.name} backend: "
                                          f"{type(err).__name__}: {err}; run again to resume") from err
-                    restarts += 1
-                    lost = [task]
-                    for f, t in pending.items():  # keep what finished before the pool broke
-                        if f.done() and not f.cancelled() and f.exception() is None:
-                            rows = f.result()
-                            rf.append(rows)
-                            written += len(rows)
-                            if prog:
-                                prog.advance(len(rows))
-                        else:
-                            lost.append(t)
-                    pending.clear()
-                    if restarts > max_restarts:
-                        raise StudyError(
-                            f"the worker pool died {restarts} times (last: {err}); a task may be killing "
-                            f"its worker (memory?); finished fits are kept, run again to resume") from err
-                    if prog:
-                        prog.message(f"a worker process died ({err}); restarting the pool and "
-                                     f"resubmitting {len(lost)} unfinished task(s)")
-                    backend.restart()
-                    queue.extendleft(reversed(lost))
-                    break
-                rf.append(rows)
-                written += len(rows)
+                    del pending[fut]
+                    keep(rows)
+            except _PoolBroken as broken:
+                err = broken.__cause__
+                restarts += 1
+                lost = []
+                for f, t in pending.items():  # keep what finished before the pool broke
+                    if finished_ok(f):
+                        keep(f.result())
+                    else:
+                        lost.append(t)
+                pending.clear()
+                queue.extendleft(reversed(lost))
+                if restarts > max_restarts:
+                    raise StudyError(
+                        f"the worker pool died {restarts} times (last: {err}); a task may be killing "
+                        f"its worker (memory?); finished fits are kept, run again to resume") from err
                 if prog:
-                    prog.advance(len(rows))
+                    prog.message(f"a worker process died ({err}); restarting the pool and "
+                                 f"resubmitting {len(lost)} unfinished task(s)")
+                backend.restart()
     except KeyboardInterrupt:
         backend.cancel(list(pending))
-        for fut, task in pending.items():  # keep what finished while we were stopping
-            try:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    rows = fut.result()
-                    rf.append(rows)
-                    written += len(rows)
-            except Exception:  # noqa: BLE001
-                pass
+        for fut in pending:  # keep what finished while we were stopping
+            if finished_ok(fut):
+                keep(fut.result())
         if prog:
             prog.message(f"interrupted: {written} fits written this run; run the same command again to resume")
         raise

@@ -27,8 +27,9 @@ def main():
 def _register():
     from . import fit as _fit
     from . import simulate as _simulate
+    from . import study as _study
 
-    for module in (_fit, _simulate):
+    for module in (_fit, _simulate, _study):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -181,10 +181,12 @@ def _evaluate(engine: Engine, theta: np.ndarray) -> Evaluation | None:
     if not np.all(np.isfinite(theta)):
         return None
     try:
-        ev = engine.evaluate(theta)
+        with np.errstate(all="ignore"):  # a degenerate trial point is rejected, not warned about
+            ev = engine.evaluate(theta)
     except NotPositiveDefinite:
         return None
-    return ev if np.isfinite(ev.loglik) else None
+    finite = np.isfinite(ev.loglik) and np.all(np.isfinite(ev.score)) and np.all(np.isfinite(ev.ai))
+    return ev if finite else None
 
 
 def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:

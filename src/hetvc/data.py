@@ -89,9 +89,18 @@ def _check_columns(data: pd.DataFrame, traits: list, env: str | None, id: str) -
     needed = [id] + list(traits) + ([env] if env is not None else [])
     missing = [c for c in needed if c not in data.columns]
     if missing:
+        # a whole header in one column name: the file was read with the wrong delimiter
+        glued = [str(c) for c in data.columns
+                 if any(d in str(c) for d in ",;\t|")
+                 and sum(str(m) in str(c) for m in missing) >= min(2, len(missing))]
+        hint = ""
+        if glued:
+            d = next(d for d in ",;\t|" if d in glued[0])
+            hint = (f"; column {glued[0][:60]!r} holds several names: was the file read with the "
+                    f"wrong delimiter? (e.g. pd.read_csv(path, sep={d!r}))")
         raise InputError(
             f"column(s) {', '.join(map(repr, missing))} not in the data; "
-            f"available: {', '.join(map(str, data.columns[:12]))}"
+            f"available: {', '.join(map(str, data.columns[:12]))}{hint}"
         )
 
 
@@ -123,10 +132,13 @@ def _match_ids(data: pd.DataFrame, id: str, ids: list) -> np.ndarray:
     position = {label: j for j, label in enumerate(ids)}
     absent = [lab for lab in pd.unique(labels) if lab not in position]
     if absent:
+        from .kinship import near_match_hint
+
         shown = ", ".join(map(repr, absent[:5]))
+        hint = near_match_hint(absent, ids)
         raise InputError(
             f"{len(absent)} id(s) of column {id!r} are not in the kinship matrix "
-            f"(first: {shown}); ids are matched by exact label"
+            f"(first: {shown})" + (hint or "; ids are matched by exact label")
         )
     return np.array([position[lab] for lab in labels], dtype=int)
 

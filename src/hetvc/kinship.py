@@ -97,20 +97,42 @@ def _fmt_ids(ids: Sequence, k: int = 3) -> str:
     return shown + (", ..." if len(ids) > k else "")
 
 
+def _loose(label: str) -> str:
+    return "".join(str(label).split()).casefold()
+
+
+def near_match_hint(missing: Sequence, available: Iterable) -> str:
+    """'' or a hint naming an id of ``missing`` that equals one of ``available`` but for
+    case or whitespace (e.g. ``'G03 '`` for ``'g03'``), and how many such ids there are."""
+    loose = {}
+    for a in map(str, available):
+        loose.setdefault(_loose(a), a)
+    pairs = [(m, loose[_loose(m)]) for m in map(str, missing) if _loose(m) in loose]
+    if not pairs:
+        return ""
+    m, a = pairs[0]
+    more = f" ({len(pairs)} ids are like this)" if len(pairs) > 1 else ""
+    return (f"; did you mean {a!r} for {m!r}? they differ only in case or whitespace{more}, "
+            f"and ids are matched by exact label")
+
+
 def check_ids(ids: Iterable, available: Iterable, *, what: str = "the phenotype table",
               where: str = "the kinship") -> None:
     """Raise :class:`InputError` unless every id of ``ids`` is among ``available``.
 
-    Ids are compared as strings.  The message names how many are missing and the first few.
+    Ids are compared as strings.  The message names how many are missing and the first few,
+    and hints at an available id that differs only in case or whitespace.
     """
-    have = set(map(str, available))
+    available = list(map(str, available))
+    have = set(available)
     missing = [str(i) for i in ids if str(i) not in have]
     if missing:
         # keep first occurrences, in order
         missing = list(dict.fromkeys(missing))
+        hint = near_match_hint(missing, available)
         raise InputError(
-            f"{len(missing)} id(s) of {what} are not in {where} (first: {_fmt_ids(missing)}); "
-            f"ids are matched by label: check that both use the same ids"
+            f"{len(missing)} id(s) of {what} are not in {where} (first: {_fmt_ids(missing)})"
+            + (hint or "; ids are matched by label: check that both use the same ids")
         )
 
 
@@ -672,11 +694,22 @@ def read_kinship(path: str | os.PathLike, *, check: bool = True, jitter: float |
         K = pd.DataFrame(values, index=pd.Index(labels, dtype=object), columns=pd.Index(labels, dtype=object))
     else:
         sep = _csv_sep(p)
+        if p.stat().st_size == 0:
+            raise InputError(f"kinship file {p} is empty")
         try:
             header = pd.read_csv(p, sep=sep, nrows=0).columns
             K = pd.read_csv(p, sep=sep, index_col=0, dtype={header[0]: str}, **_EXACT_FLOATS)
         except Exception as err:
             raise InputError(f"cannot read kinship {p}: {err}".replace("\n", " ")) from err
+        if len(header) < 2:
+            other = [d for d in ",;\t| " if d != sep and d in str(header[0]).strip()]
+            named = {"\t": "tabs", " ": "spaces"}
+            seen = f", its header looks delimited by {named.get(other[0], repr(other[0]))}" if other else ""
+            kind, delim = (".tsv", "tab") if sep == "\t" else (".csv", "comma")
+            raise InputError(
+                f"kinship {p} has a single column{seen}: a {kind} kinship must be {delim} delimited "
+                f"(ids in the first column and the header)"
+            )
     return check_kinship(K, jitter=jitter, name=str(p)) if check else K
 
 

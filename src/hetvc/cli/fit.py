@@ -101,6 +101,9 @@ def read_table(path, *, text_columns=(), numeric_columns=(), sep: str | None = N
         for c in text_columns:
             if c in frame.columns:
                 frame[c] = frame[c].map(lambda v: None if pd.isna(v) else str(v))
+        _check_header(p, [str(c).strip() for c in frame.columns])
+        if len(frame) == 0:
+            raise InputError(f"{p} has no data rows")
         return frame, notes
     delim = sep or sniff_delimiter(p)
     try:
@@ -112,14 +115,32 @@ def read_table(path, *, text_columns=(), numeric_columns=(), sep: str | None = N
         raise InputError(f"{p} is not UTF-8 text; save it as CSV (UTF-8) or Parquet") from None
     except Exception as err:
         raise InputError(f"cannot read {p} as a table (delimiter {delim!r}): {err}".splitlines()[0]) from None
-    frame.columns = [str(c).strip() for c in frame.columns]
     if len(frame.columns) < 2:
         raise InputError(f"{p} has a single column (delimiter {delim!r}); use --sep to name the delimiter")
+    try:  # the header as written (pandas renames a repeated name y1 → y1.1)
+        raw = pd.read_csv(p, sep=delim, header=None, nrows=1, dtype=str, encoding="utf-8-sig",
+                          skipinitialspace=True, keep_default_na=False).iloc[0]
+    except Exception:
+        raw = frame.columns
+    _check_header(p, [str(c).strip() for c in raw])
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame) == 0:
+        raise InputError(f"{p} has a header but no data rows")
     if delim == ";":
         converted = _decimal_commas(frame, numeric_columns)
         if converted:
             notes.append(f"decimal commas read as decimal points in {', '.join(converted)}")
     return frame, notes
+
+
+def _check_header(path: Path, names: list) -> None:
+    """A column name that appears twice (pandas would silently rename the second) is an error."""
+    seen = set()
+    for k, name in enumerate(names, 1):
+        if name and name in seen:
+            raise InputError(f"{path}: column {name!r} appears more than once in the header "
+                             f"(again as column {k}); rename or drop one")
+        seen.add(name)
 
 
 # -- kinship ------------------------------------------------------------------------------------

@@ -268,3 +268,20 @@ def test_low_rank_detection_can_be_switched_off():
     theta = _thetas(model)[1]
     a, b = low.evaluate(theta), full.evaluate(theta)
     assert abs(a.loglik - b.loglik) < 1e-8 and _rel(a.ai, b.ai) < 1e-7
+
+
+def test_low_rank_path_refuses_an_indefinite_block():
+    """dpstrf stops early on an indefinite matrix; the residual probe sends it to eigh."""
+    from hetvc.engines.spectral import _low_rank_eigen
+
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(100, 5))
+    K = np.zeros((102, 102))
+    K[:100, :100] = W @ W.T
+    K[100, 101] = K[101, 100] = 1.0
+    assert _low_rank_eigen(K, "k") is None
+    eig = EigenCache().decompose(K)
+    assert eig.method == "eigh" and eig.values.min() < -0.5
+    psd = _low_rank_eigen(W @ W.T, "k")
+    assert psd.rank == 5
+    np.testing.assert_allclose((psd.vectors * psd.values) @ psd.vectors.T, W @ W.T, atol=1e-12)

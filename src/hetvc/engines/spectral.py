@@ -157,7 +157,7 @@ class EigenCache:
 
 
 def _full_eigen(Kb: np.ndarray, key: str) -> KinshipEigen:
-    values, vectors = sla.eigh(Kb, driver="evr", check_finite=False)
+    values, vectors = sla.eigh(Kb, driver="evd", check_finite=False)  # D&C: ~5× faster than MRRR here
     return KinshipEigen(values, vectors, key, "eigh")
 
 
@@ -179,6 +179,12 @@ def _low_rank_eigen(Kb: np.ndarray, key: str) -> KinshipEigen | None:
     low = np.zeros((n, rank))
     low[piv - 1] = np.tril(c[:, :rank])
     del c
+    # For a PSD K the dropped Schur complement R is PSD with diagonal ≤ tol, so ‖R‖ ≤ n·tol.
+    # An indefinite K can stop dpstrf early with a large R: probe ‖R z‖ with random z.
+    z = np.random.default_rng(0).standard_normal((n, 2))
+    resid = Kb @ z - low @ (low.T @ z)
+    if np.linalg.norm(resid) > 2 * n * tol * np.linalg.norm(z):
+        return None
     u, sv, _ = sla.svd(low, full_matrices=False, check_finite=False, lapack_driver="gesdd")
     order = np.argsort(sv ** 2)
     return KinshipEigen(sv[order] ** 2, np.ascontiguousarray(u[:, order]), key,
@@ -322,7 +328,7 @@ def _factor_fixed(X: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarra
 class _Block:
     """Precomputations of one block: rotated data, patterns of the parameters it carries."""
 
-    def __init__(self, bp: BlockPlan, model: Model, eig: KinshipEigen):
+    def __init__(self, bp: BlockPlan, model: Model, eig: KinshipEigen, fixed: tuple):
         d = model.design
         self.plan = bp
         self.genos = bp.genos
@@ -333,7 +339,7 @@ class _Block:
         U = eig.vectors
         self.s = eig.values
         self.Y = d.y[bp.obs]  # (n, d)
-        self.Xs, self.T = _factor_fixed(d.X, bp.obs)
+        self.Xs, self.T = fixed
         self.c = self.Xs.shape[1]
         self.yt = U.T @ self.Y
         self.xt = U.T @ self.Xs
@@ -388,20 +394,21 @@ class SpectralEngine(Engine):
         d = model.design
         self.const = restricted_constant(d.n_obs, d.X.shape[1], model.method)
         self.n_params = model.n_params
-        before = self.cache.misses
-        self.blocks = []
-        for bp in spectral_plan.blocks:
-            Kb = d.K[np.ix_(bp.genos, bp.genos)]
-            self.blocks.append(_Block(bp, model, self.cache.decompose(Kb)))
-            del Kb
-        self.computed = self.cache.misses - before
-        for b in self.blocks:
-            if b.d * b.c > MAX_FIXED_COLUMNS:
+        fixed = [_factor_fixed(d.X, bp.obs) for bp in spectral_plan.blocks]
+        for bp, (xs, _) in zip(spectral_plan.blocks, fixed):
+            if bp.obs.shape[1] * xs.shape[1] > MAX_FIXED_COLUMNS:
                 from ..errors import InputError
 
                 raise InputError(
-                    f"the spectral engine does not apply: block {b.plan.label!r} needs {b.c} fixed-effect "
-                    f"columns per cell ({b.d * b.c} in all, more than {MAX_FIXED_COLUMNS}); use engine='dense'")
+                    f"the spectral engine does not apply: block {bp.label!r} needs {xs.shape[1]} fixed-effect "
+                    f"columns per cell ({bp.obs.shape[1] * xs.shape[1]} in all, more than {MAX_FIXED_COLUMNS})")
+        before = self.cache.misses
+        self.blocks = []
+        for bp, fx in zip(spectral_plan.blocks, fixed):
+            Kb = d.K[np.ix_(bp.genos, bp.genos)]
+            self.blocks.append(_Block(bp, model, self.cache.decompose(Kb), fx))
+            del Kb
+        self.computed = self.cache.misses - before
 
     def summary(self) -> str:
         """Eigendecompositions used: how many computed, reused, low-rank."""

@@ -102,7 +102,7 @@ def small_problems(draw):
         draw(st.sampled_from(["homogeneous", "heterogeneous"]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(__import__("os").environ.get("HETVC_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_problems())
 def test_any_small_problem_fits_or_gives_a_hetvc_error(problem):
     data, K, genetic, residual = problem

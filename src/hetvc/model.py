@@ -197,7 +197,10 @@ class Model:
         for blk in self.blocks():
             low = np.zeros((blk.dim, blk.dim), dtype=theta.dtype)
             v = phi[blk.theta_index]
-            low[blk.ia, blk.ib] = np.where(blk.ia == blk.ib, np.exp(v), v)
+            diag = blk.ia == blk.ib
+            entries = v.copy()
+            entries[diag] = np.exp(v[diag])
+            low[blk.ia, blk.ib] = entries
             theta[blk.theta_index] = ((low @ low.T) * np.outer(blk.sd, blk.sd))[blk.ia, blk.ib]
         return theta
 

@@ -202,6 +202,7 @@ def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
 def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluation, record) -> tuple:
     """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ.
 
+    The result is projected back onto the floor of the parameter space.
     Returns (θ, evaluation, stationary): ``stationary`` when L-BFGS reports convergence or
     its gradient in φ is below 1e-6 (at a boundary the φ-gradient of a vanishing direction
     vanishes too, so this is the KKT condition in these coordinates)."""
@@ -210,7 +211,8 @@ def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluati
     best = {"theta": theta, "ev": ev}
 
     def objective(phi):
-        th = model.from_cholesky(phi)
+        with np.errstate(over="ignore", invalid="ignore"):  # exp overflow → rejected below
+            th = model.from_cholesky(phi)
         e = _evaluate(engine, th)
         record.evaluations += 1
         if e is None:
@@ -222,7 +224,13 @@ def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluati
     res = minimize(objective, model.to_cholesky(theta), jac=True, method="L-BFGS-B",
                    options=dict(maxiter=2000, maxfun=4000, ftol=1e-15, gtol=1e-10))
     stationary = bool(res.success) or float(np.abs(res.jac).max()) < 1e-6
-    return best["theta"], best["ev"], stationary
+    # L-BFGS may approach the boundary closer than FLOOR: put θ back on the floor
+    theta = model.project(best["theta"], FLOOR)
+    ev = _evaluate(engine, theta) if not np.array_equal(theta, best["theta"]) else best["ev"]
+    record.evaluations += 1
+    if ev is None:
+        return best["theta"], best["ev"], stationary
+    return theta, ev, stationary
 
 
 def maximize(

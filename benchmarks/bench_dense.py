@@ -4,7 +4,11 @@ The paper's design (heterogeneous genetic, homogeneous residual, 3 traits, 4 loc
 individual in one location), at N = 1000, 3000 and 6000 observed values.  The floor is one
 ``scipy.linalg.cholesky`` of an N×N positive definite matrix, timed in the same run.
 
-    python benchmarks/bench_dense.py [--sizes 1000,3000,6000] [--engine dense]
+    python benchmarks/bench_dense.py [--sizes 1000,3000,6000] [--engine dense] [--threads 1]
+
+``--threads`` limits the BLAS threads (threadpoolctl) for the fits and the floor alike: on a
+machine where another process holds a core, OpenBLAS's spinning threads can be 20× slower than
+one thread.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,3000,6000")
     parser.add_argument("--engine", default="dense")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: library default)")
     args = parser.parse_args()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
     rng = np.random.default_rng(0)
     print(f"{'N':>6} {'n':>5} {'k':>3} {'iter':>4} {'evals':>5} {'fit s':>8} {'s/iter':>8} "
           f"{'chol s':>8} {'iter/chol':>9} {'status':>10}")

@@ -204,12 +204,6 @@ class Model:
             theta[blk.theta_index] = ((low @ low.T) * np.outer(blk.sd, blk.sd))[blk.ia, blk.ib]
         return theta
 
-    def min_eigenvalue(self, theta: np.ndarray) -> float:
-        """Smallest scaled eigenvalue of any block of ΣG or ΣE (≥ 0 on the parameter space)."""
-        G, E = self.split(theta)
-        sg, se = self.scales()
-        return min(self.genetic.min_scaled_eigenvalue(G, sg), self.residual.min_scaled_eigenvalue(E, se))
-
     def project(self, theta: np.ndarray, floor: float) -> np.ndarray:
         """θ with every block's scaled eigenvalues clipped at ``floor``."""
         G, E = self.split(theta)

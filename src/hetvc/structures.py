@@ -89,14 +89,6 @@ class CovStructure:
                 names.append(f"{self.prefix}[{eb}:{tb},{ea}:{ta}]")
         return names
 
-    def min_scaled_eigenvalue(self, matrix: np.ndarray, scale: np.ndarray) -> float:
-        """Smallest eigenvalue over blocks of D^-½ Σ D^-½ (D = diag(scale)): a unit-free PD test."""
-        s = 1.0 / np.sqrt(scale)
-        return min(
-            np.linalg.eigvalsh(matrix[np.ix_(blk, blk)] * np.outer(s[blk], s[blk]))[0]
-            for blk in self.blocks
-        )
-
     def project(self, matrix: np.ndarray, scale: np.ndarray, floor: float) -> np.ndarray:
         """Nearest matrix (in the scaled metric) whose scaled eigenvalues are all ≥ ``floor``."""
         out = matrix.copy()

@@ -58,18 +58,22 @@ def test_boundary_estimate_is_flagged_and_matches_brute_force():
     assert fit.loglik == pytest.approx(ref["loglik"], abs=1e-6)
 
 
+INVARIANCE = dict(genetic="heterogeneous", residual="heterogeneous")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem(2, n_geno=40, n_env=3, missing=0.1, p_env=0.6, **INVARIANCE)
+
+
+@pytest.fixture(scope="module")
+def base(problem):
+    data, K, _, _ = problem
+    return _fit(data, K, **INVARIANCE)
+
+
 class TestInvariance:
-    genetic, residual = "heterogeneous", "heterogeneous"
-
-    @pytest.fixture(scope="class")
-    def problem(self):
-        return make_problem(2, n_geno=40, n_env=3, genetic=self.genetic, residual=self.residual,
-                            missing=0.1, p_env=0.6)
-
-    @pytest.fixture(scope="class")
-    def base(self, problem):
-        data, K, _, _ = problem
-        return _fit(data, K, self.genetic, self.residual)
+    genetic, residual = INVARIANCE["genetic"], INVARIANCE["residual"]
 
     def test_row_order(self, problem, base):
         data, K, _, _ = problem

@@ -19,15 +19,6 @@ from hetvc.fit import _kinship
 from hetvc.model import Model
 from hetvc.simulate import simulate
 
-# conftest limits BLAS to one thread before numpy/scipy are loaded, which does not reach
-# their OpenBLAS libraries; limit them here, now that they are loaded (small matrices, busy machine)
-try:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-except ImportError:  # pragma: no cover
-    pass
-
 
 def _sim(n=60, traits=2, locations=3, snps=200, design="split", covariates=0, seed=1, h2=0.3):
     return simulate(n=n, traits=traits, locations=locations, snps=snps, design=design,

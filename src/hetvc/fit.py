@@ -92,7 +92,8 @@ def fit(
     fixed : formula of record-level covariates, each with a slope per trait
         (``"~ rep + x"``); a mean per trait × environment is always included.
     method : ``"reml"`` or ``"ml"``.
-    engine : ``"auto"`` or ``"dense"``.
+    engine : ``"auto"`` (spectral where exact, else dense), ``"dense"`` or ``"spectral"``.
+    eigen : a :class:`hetvc.engines.EigenCache` reused across fits on the same K.
     start : ``{"G": ..., "E": ...}``, a θ vector or another :class:`FitResult`.
     jitter : add ``jitter``·mean(diag K)·I to a K that is not positive semi-definite.
     tol : convergence tolerance on the Newton decrement ½·score'·AI⁻¹·score.

@@ -46,11 +46,13 @@ class _Factor:
         except (sla.LinAlgError, ValueError) as err:
             raise NotPositiveDefinite(str(err)) from None
         self.logdet_v = 2.0 * float(np.log(np.diag(chol)).sum())
-        inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=1)
+        inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=0)
         if info != 0:
             raise NotPositiveDefinite("dpotri failed")
         self.v_inv = np.tril(inv) + np.tril(inv, -1).T
-        vinv_x = self.v_inv @ X
+        # V⁻¹X and V⁻¹y by triangular solves: accurate when V is ill-conditioned (boundary θ)
+        vinv_x = sla.cho_solve((chol, True), X, check_finite=False)
+        vinv_y = sla.cho_solve((chol, True), y, check_finite=False)
         xvx = X.T @ vinv_x
         try:
             xvx_chol = sla.cho_factor(xvx, lower=True, check_finite=False)
@@ -58,8 +60,8 @@ class _Factor:
             raise NotPositiveDefinite(str(err)) from None
         self.logdet_xvx = 2.0 * float(np.log(np.diag(xvx_chol[0])).sum())
         self.xvx_inv = sla.cho_solve(xvx_chol, np.eye(X.shape[1]))
-        self.beta = self.xvx_inv @ (vinv_x.T @ y)
-        self.py = self.v_inv @ y - vinv_x @ self.beta
+        self.beta = self.xvx_inv @ (X.T @ vinv_y)
+        self.py = vinv_y - vinv_x @ self.beta
         self.p = self.v_inv - vinv_x @ self.xvx_inv @ vinv_x.T if need_p else None
 
 

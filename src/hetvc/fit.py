@@ -147,12 +147,4 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fix
 
 def _boundary_blocks(model: Model, theta: np.ndarray) -> list[str]:
     """Names of the ΣG/ΣE blocks whose smallest scaled eigenvalue sits at the floor."""
-    out = []
-    G, E = model.split(theta)
-    for s, M, scale in zip((model.genetic, model.residual), (G, E), model.scales()):
-        for blk in s.blocks:
-            w = np.linalg.eigvalsh(M[np.ix_(blk, blk)] / np.sqrt(np.outer(scale[blk], scale[blk])))[0]
-            if w <= 10 * FLOOR:
-                env = s.labels[blk[0]][0] if len(s.blocks) > 1 else None
-                out.append(f"{s.prefix}[{env}]" if env is not None else s.prefix)
-    return out
+    return [b.name for b in model.blocks() if np.linalg.eigvalsh(b.scaled(theta))[0] <= 10 * FLOOR]

@@ -46,6 +46,7 @@ class Block:
     ia: np.ndarray
     ib: np.ndarray
     sd: np.ndarray  # √D
+    name: str  # "G[env]", "E[env]", or "G"/"E" for a single-block structure
 
     @property
     def dim(self) -> int:
@@ -178,6 +179,7 @@ class Model:
                     ia=np.array([local[a] for a in pairs[k, 0]]),
                     ib=np.array([local[b] for b in pairs[k, 1]]),
                     sd=np.sqrt(scale[blk]),
+                    name=f"{s.prefix}[{s.labels[blk[0]][0]}]" if len(s.blocks) > 1 else s.prefix,
                 ))
             offset += s.n_params
         return out

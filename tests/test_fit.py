@@ -156,3 +156,23 @@ def test_recovery_of_the_truth(genetic):
     err = np.array(estimates) - np.array(truths)
     se = err.std(axis=0, ddof=1) / np.sqrt(len(err))
     assert np.all(np.abs(err.mean(axis=0)) <= 3 * se), (err.mean(axis=0), se)
+
+
+def test_refits_on_a_checked_kinship_do_not_check_it_again(monkeypatch):
+    """hetvc.fit checks an unmarked K on every call and a checked one (check_kinship,
+    read_kinship, simulate) never again while it is unchanged; the fits are identical."""
+    import hetvc.kinship as kinship
+
+    data, K, _, _ = make_problem(7, n_geno=40, n_env=2, genetic="heterogeneous", residual="homogeneous")
+    calls = []
+    real = kinship.psd_certificate
+    monkeypatch.setattr(kinship, "psd_certificate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    raw = _fit(data, K, "heterogeneous", "homogeneous", pev=False)
+    _fit(data, K, "heterogeneous", "homogeneous", pev=False)
+    assert len(calls) == 2
+    checked = hetvc.check_kinship(K)
+    again = _fit(data, checked, "heterogeneous", "homogeneous", pev=False)
+    _fit(data, checked, "homogeneous", "homogeneous", pev=False)
+    assert len(calls) == 3
+    assert again.loglik == raw.loglik
+    np.testing.assert_array_equal(again.theta, raw.theta)

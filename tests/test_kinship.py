@@ -13,6 +13,7 @@ from hetvc.io_utils import atomic_path, atomic_write
 from hetvc.kinship import (
     check_ids,
     check_kinship,
+    checked_kinship,
     grm,
     read_genotypes,
     read_kinship,
@@ -358,6 +359,47 @@ def test_check_kinship_not_psd_and_jitter():
         check_kinship(good(), jitter=0.01)  # PSD: untouched, no warning
     with pytest.raises(InputError, match="jitter"):
         check_kinship(bad, jitter=-1)
+
+
+def test_check_kinship_shares_clean_data_and_never_modifies_the_input():
+    G = grm(simulate_genotypes(30, 20, rng=4))
+    out = check_kinship(G)
+    assert np.shares_memory(out.to_numpy(), G.to_numpy())  # clean: no copy of a large matrix
+    K = good()
+    K.iloc[0, 1] += 1e-12
+    before = K.to_numpy().copy()
+    out = check_kinship(K)
+    np.testing.assert_array_equal(K.to_numpy(), before)  # the copy was symmetrised, not K
+    assert not np.shares_memory(out.to_numpy(), K.to_numpy())
+
+
+def test_checked_kinship_reuses_a_check_while_k_is_unchanged(monkeypatch):
+    import hetvc.kinship as kinship
+
+    G = grm(simulate_genotypes(30, 20, rng=4))
+    K = check_kinship(G)
+    calls = []
+    real = kinship.psd_certificate
+    monkeypatch.setattr(kinship, "psd_certificate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    values, ids = checked_kinship(K)
+    assert calls == [] and ids == list(K.index) and values.flags.c_contiguous
+    assert np.shares_memory(values, K.to_numpy())
+    # an unchecked frame, or one changed after its check, is checked (again)
+    checked_kinship(G)
+    assert calls == [1]
+    changed = K.copy()
+    changed.iloc[0, 1] = changed.iloc[1, 0] = 5.0
+    with pytest.raises(InputError, match="not positive semi-definite"):
+        checked_kinship(changed)
+    checked_kinship(K.iloc[::-1, ::-1])  # same matrix in another order: other contents
+    assert len(calls) == 3
+    # scaling keeps the mark (a positive multiple of a valid kinship is valid)
+    half = kinship.scale_kinship(K, 0.5)
+    np.testing.assert_array_equal(half.to_numpy(), 0.5 * K.to_numpy())
+    checked_kinship(half)
+    assert len(calls) == 3
+    with pytest.raises(InputError, match="positive number"):
+        kinship.scale_kinship(K, -1)
 
 
 def test_check_ids_message():

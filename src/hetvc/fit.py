@@ -19,17 +19,16 @@ from .results import FitResult
 
 
 def _kinship(K, jitter):
-    from .kinship import check_kinship, read_kinship
+    from .kinship import checked_kinship, read_kinship
 
     if isinstance(K, (str, bytes)) or hasattr(K, "__fspath__"):
-        K = read_kinship(K)
+        K = read_kinship(K, jitter=jitter)
     if not isinstance(K, pd.DataFrame):
         raise InputError(
             "K must be a labelled pandas DataFrame (index and columns = genotype ids) or a "
             "path to one; use hetvc.read_kinship"
         )
-    K = check_kinship(K, jitter=jitter)
-    return K.to_numpy(dtype=float), [str(i) for i in K.index]
+    return checked_kinship(K, jitter=jitter)
 
 
 def _start_theta(model: Model, start) -> np.ndarray:

@@ -443,8 +443,9 @@ def simulate(n: int = 1000, traits=3, locations: int = 4, snps: int = 500, h2: f
         snps = geno.shape[1]
         kv = W @ W.T
         kv = (kv + kv.T) / 2.0
-        Kdf = pd.DataFrame(kv, index=pd.Index(ids, dtype=object, name="id"),
-                           columns=pd.Index(ids, dtype=object))
+        # checked once here, so that fits on sim.K do not check it again
+        Kdf = check_kinship(pd.DataFrame(kv, index=pd.Index(ids, dtype=object, name="id"),
+                                         columns=pd.Index(ids, dtype=object), copy=False), name="GRM")
     if n < 2:
         raise InputError("simulate needs at least 2 individuals")
 

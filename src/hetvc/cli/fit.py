@@ -146,7 +146,7 @@ def _check_header(path: Path, names: list) -> None:
 # -- kinship ------------------------------------------------------------------------------------
 def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str):
     """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM)."""
-    from ..kinship import check_kinship, grm, read_kinship
+    from ..kinship import check_kinship, grm, read_kinship, scale_kinship
 
     notes, facts = [], {}
     if (kinship is None) == (genotypes is None):
@@ -164,7 +164,7 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
     facts["kinship_mean_diagonal"] = mean_diag
     facts["kinship_scale"] = 1.0
     if scale == "mean-diag" and abs(mean_diag - 1.0) > 1e-6:
-        K = K / mean_diag
+        K = scale_kinship(K, 1.0 / mean_diag, name=facts.get("kinship", "K"))
         facts["kinship_scale"] = 1.0 / mean_diag
         notes.append(
             f"K divided by its mean diagonal ({mean_diag:.4g}) so that genetic variances and h² refer "

@@ -3,19 +3,18 @@ engine and GEMMA beside it where they are feasible.
 
     python benchmarks/bench_spectral.py            # the full table (tens of minutes)
     python benchmarks/bench_spectral.py --quick    # small sizes, a smoke run (about a minute)
-    options: --no-dense  --no-gemma  --full-rank (also time full eigendecompositions of the
+    options: --no-dense  --no-gemma  --no-trace (no second, traced fit)  --full-rank (also time full eigendecompositions of the
              largest kinships)  --rows paper,mvlmm1000,...  --gemma-timeout SECONDS
              --threads N (OPENBLAS_NUM_THREADS of every row; on a busy 2-core machine 1 is
              several times faster than OpenBLAS's default threading for these sizes)
 
 Every row runs in its own process (so peak memory is its own).  Columns:
 
-* ``fit s``: wall time of the fit.  ``hetvc.fit`` rows include everything after the data
-  are in memory: checking K, building the design, the eigendecompositions (a fresh
-  EigenCache), AI-REML, BLUEs, BLUPs and PEVs for every genotype in K.  Rows marked
-  ``engine`` start from a validated design (build_design → Model → choose_engine →
-  maximize → solve with PEVs), i.e. without ``check_kinship``, whose PSD test is a
-  Cholesky of the whole q×q K (see the notes under the table).
+* ``fit s``: wall time of a first ``hetvc.fit`` on a K it has not seen: everything after the
+  data are in memory — checking K (``check s``, included: labels, finiteness, symmetry and
+  the PSD certificate of hetvc.psd), building the design, the eigendecompositions (a fresh
+  EigenCache), AI-REML, BLUEs, BLUPs and (unless the row says "no PEV") PEVs for every
+  genotype in K.  Refits on the checked K skip ``check s`` (a SHA-256 of K instead).
 * ``eig``: how the kinship blocks were decomposed: ``eigh`` (LAPACK, full) or ``lowrank r``
   (pivoted Cholesky: K from p markers has rank ≤ p; exact, see hetvc.engines.spectral).
   ``full eigh`` rows force the full decomposition (EigenCache(low_rank=False)).
@@ -23,6 +22,7 @@ Every row runs in its own process (so peak memory is its own).  Columns:
   in a second, traced run of the same fit; numpy arrays are traced), and ``RSS MB``: the
   process's peak resident memory (includes the simulated data and K).
 * ``dense s`` and ``ratio`` = dense / spectral on the same problem (same call path).
+  ``eig``/``no PEV`` variants show where the time of the largest rows goes.
 * GEMMA (``apt-get install gemma``): the same null model (mvLMM, one mean per trait, the same
   K written as text) run with one SNP; wall time of the process (reading the text K
   included) and GEMMA's own eigen-decomposition time; ``ℓ`` columns check that both reach
@@ -44,37 +44,44 @@ import tracemalloc
 
 import numpy as np
 
-# row: (label, simulate kwargs, fit kwargs, path, dense?, gemma?)
+# row: (label, simulate kwargs, fit kwargs, dense?, gemma?)
 ROWS = {
     "paper": ("paper: 1000 × 3 traits, 4 loc, het", dict(n=1000, traits=3, locations=4),
-              dict(env="env", genetic="heterogeneous", residual="homogeneous"), "fit", True, False),
+              dict(env="env", genetic="heterogeneous", residual="homogeneous"), True, False),
     "mvlmm1000": ("mvLMM hom, n=1000, 3 traits", dict(n=1000, traits=3, locations=1),
-                  dict(env=None, genetic="homogeneous", residual="homogeneous"), "fit", True, True),
+                  dict(env=None, genetic="homogeneous", residual="homogeneous"), True, True),
     "mvlmm1000f": ("mvLMM hom, n=1000, full eigh", dict(n=1000, traits=3, locations=1),
-                   dict(env=None, genetic="homogeneous", residual="homogeneous", low_rank=False), "fit", False, False),
+                   dict(env=None, genetic="homogeneous", residual="homogeneous", low_rank=False), False, False),
     "mvlmm4000": ("mvLMM hom, n=4000, 3 traits", dict(n=4000, traits=3, locations=1),
-                  dict(env=None, genetic="homogeneous", residual="homogeneous"), "fit", False, True),
+                  dict(env=None, genetic="homogeneous", residual="homogeneous"), False, True),
     "mvlmm4000f": ("mvLMM hom, n=4000, full eigh", dict(n=4000, traits=3, locations=1),
-                   dict(env=None, genetic="homogeneous", residual="homogeneous", low_rank=False), "fit", False, False),
+                   dict(env=None, genetic="homogeneous", residual="homogeneous", low_rank=False), False, False),
     "mvlmm10000": ("mvLMM hom, n=10000, 3 traits", dict(n=10000, traits=3, locations=1),
-                   dict(env=None, genetic="homogeneous", residual="homogeneous"), "fit", False, True),
+                   dict(env=None, genetic="homogeneous", residual="homogeneous"), False, True),
     "nested20000": ("nested het, n=20000 (4 × 5000)", dict(n=20000, traits=3, locations=4),
-                    dict(env="env", genetic="heterogeneous", residual="homogeneous"), "engine", False, False),
+                    dict(env="env", genetic="heterogeneous", residual="homogeneous"), False, False),
+    "nested20000n": ("nested het, n=20000, no PEV", dict(n=20000, traits=3, locations=4),
+                     dict(env="env", genetic="heterogeneous", residual="homogeneous", pev=False), False, False),
     "met": ("MET 2000 × 4 env × 2 traits, unstr", dict(n=2000, traits=2, locations=4, design="full"),
-            dict(env="env", genetic="unstructured", residual="heterogeneous"), "fit", False, False),
+            dict(env="env", genetic="unstructured", residual="heterogeneous"), False, False),
     "metf": ("MET 2000 × 4 × 2, unstr, full eigh", dict(n=2000, traits=2, locations=4, design="full"),
-             dict(env="env", genetic="unstructured", residual="heterogeneous", low_rank=False), "fit", False, False),
+             dict(env="env", genetic="unstructured", residual="heterogeneous", low_rank=False), False, False),
     # only with --full-rank: full eigendecompositions of the largest kinships
     "mvlmm10000f": ("mvLMM hom, n=10000, full eigh", dict(n=10000, traits=3, locations=1),
-                    dict(env=None, genetic="homogeneous", residual="homogeneous", low_rank=False), "fit", False, False),
+                    dict(env=None, genetic="homogeneous", residual="homogeneous", low_rank=False), False, False),
     "nested20000f": ("nested het, n=20000, full eigh", dict(n=20000, traits=3, locations=4),
-                     dict(env="env", genetic="heterogeneous", residual="homogeneous", low_rank=False), "engine", False, False),
+                     dict(env="env", genetic="heterogeneous", residual="homogeneous", low_rank=False), False, False),
+    "nested20000fn": ("nested het, n=20000, full eigh, no PEV", dict(n=20000, traits=3, locations=4),
+                      dict(env="env", genetic="heterogeneous", residual="homogeneous", low_rank=False, pev=False),
+                      False, False),
 }
-DEFAULT = ["paper", "mvlmm1000", "mvlmm1000f", "mvlmm4000", "mvlmm4000f", "mvlmm10000", "nested20000", "met", "metf"]
-FULL_RANK = ["mvlmm10000f", "nested20000f"]
+DEFAULT = ["paper", "mvlmm1000", "mvlmm1000f", "mvlmm4000", "mvlmm4000f", "mvlmm10000", "nested20000",
+           "nested20000n", "met", "metf"]
+FULL_RANK = ["mvlmm10000f", "nested20000f", "nested20000fn"]
 QUICK = {  # the same rows at smoke-test sizes
     "paper": 200, "mvlmm1000": 300, "mvlmm1000f": 300, "mvlmm4000": 600, "mvlmm4000f": 600,
-    "mvlmm10000": 900, "nested20000": 2000, "met": 200, "metf": 200, "mvlmm10000f": 900, "nested20000f": 2000,
+    "mvlmm10000": 900, "nested20000": 2000, "nested20000n": 2000, "met": 200, "metf": 200, "mvlmm10000f": 900,
+    "nested20000f": 2000, "nested20000fn": 2000,
 }
 
 
@@ -87,33 +94,25 @@ def _simulate(sim_kw: dict, quick: bool, row: str):
     return simulate(snps=500, h2=0.4, w=0.5, rho=0.5, seed=1, **kw)
 
 
-def _fit_once(sim, fit_kw: dict, path: str, engine: str):
-    """One fit; returns (FitResult-like dict, seconds)."""
+def _fit_once(sim, fit_kw: dict, engine: str):
+    """One fit through hetvc.fit on a fresh (unchecked) copy of the frame of K; returns (dict,
+    seconds of the whole fit, seconds of its kinship check)."""
+    import pandas as pd
+
     import hetvc
-    from hetvc.data import build_design
-    from hetvc.engines import EigenCache, choose_engine
-    from hetvc.model import Model
-    from hetvc.optimize import maximize
+    from hetvc.engines import EigenCache
 
     kw = dict(fit_kw)
     cache = EigenCache(low_rank=kw.pop("low_rank", True))
     traits = sim.truth.traits
+    fresh = pd.DataFrame(sim.K.to_numpy(), index=sim.K.index, columns=sim.K.columns, copy=False)
     t0 = time.perf_counter()
-    if path == "fit":
-        r = hetvc.fit(sim.pheno, sim.K, traits, engine=engine, eigen=cache, **kw)
-        out = dict(loglik=r.loglik, theta=r.theta, engine=r.engine, reason=r.engine_reason,
-                   iterations=r.record["iterations"], status=r.record["status"], k=r.n_params)
-    else:
-        Kmat = sim.K.to_numpy()
-        ids = [str(i) for i in sim.K.index]
-        design = build_design(sim.pheno, Kmat, ids, traits, kw["env"], "id", None)
-        model = Model.build(design, kw["genetic"], kw["residual"])
-        eng, reason = choose_engine(model, engine, eigen=cache)
-        theta, ev, record = maximize(eng, model, model.start())
-        eng.solve(theta, pev=True)
-        out = dict(loglik=ev.loglik, theta=theta, engine=eng.name, reason=reason,
-                   iterations=record.iterations, status=record.status, k=model.n_params)
-    return out, time.perf_counter() - t0
+    K = hetvc.check_kinship(fresh)  # what hetvc.fit does first with an unchecked K
+    check_s = time.perf_counter() - t0
+    r = hetvc.fit(sim.pheno, K, traits, engine=engine, eigen=cache, **kw)
+    out = dict(loglik=r.loglik, theta=r.theta, engine=r.engine, reason=r.engine_reason,
+               iterations=r.record["iterations"], status=r.record["status"], k=r.n_params)
+    return out, time.perf_counter() - t0, check_s
 
 
 def _eig_label(reason: str, low_rank: bool) -> str:
@@ -156,23 +155,24 @@ def _gemma(sim, workdir: str, timeout: float) -> dict:
     return out
 
 
-def run_row(row: str, quick: bool, dense: bool, gemma: bool, gemma_timeout: float) -> dict:
-    label, sim_kw, fit_kw, path, with_dense, with_gemma = ROWS[row]
+def run_row(row: str, quick: bool, dense: bool, gemma: bool, gemma_timeout: float, trace: bool = True) -> dict:
+    label, sim_kw, fit_kw, with_dense, with_gemma = ROWS[row]
     sim = _simulate(sim_kw, quick, row)
     n = len(sim.K)
-    res, secs = _fit_once(sim, fit_kw, path, "auto")
+    res, secs, check_s = _fit_once(sim, fit_kw, "auto")
     out = dict(row=row, label=label, n=n, N=int(sim.pheno[sim.truth.traits].notna().to_numpy().sum()),
-               k=res["k"], path=path, engine=res["engine"], eig=_eig_label(res["reason"], fit_kw.get("low_rank", True)),
-               fit_s=secs, iterations=res["iterations"], status=res["status"], loglik=res["loglik"])
-    # memory: the same fit again under tracemalloc (fresh cache)
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    tracemalloc.reset_peak()
-    _fit_once(sim, fit_kw, path, "auto")
-    out["peak_mb"] = (tracemalloc.get_traced_memory()[1] - base) / 2 ** 20
-    tracemalloc.stop()
+               k=res["k"], engine=res["engine"], eig=_eig_label(res["reason"], fit_kw.get("low_rank", True)),
+               fit_s=secs, check_s=check_s, iterations=res["iterations"], status=res["status"],
+               loglik=res["loglik"])
+    if trace:  # memory: the same fit again under tracemalloc (fresh cache)
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        _fit_once(sim, fit_kw, "auto")
+        out["peak_mb"] = (tracemalloc.get_traced_memory()[1] - base) / 2 ** 20
+        tracemalloc.stop()
     if dense and with_dense:
-        dres, dsecs = _fit_once(sim, fit_kw, path, "dense")
+        dres, dsecs, _ = _fit_once(sim, fit_kw, "dense")
         out.update(dense_s=dsecs, dense_dloglik=abs(dres["loglik"] - res["loglik"]),
                    dense_dtheta=float(np.max(np.abs(dres["theta"] - res["theta"]) / np.max(np.abs(res["theta"])))))
     if gemma and with_gemma:
@@ -194,18 +194,18 @@ def _fmt(v, spec, missing="—"):
 
 def print_table(results: list, header: str) -> None:
     print(header)
-    cols = (f"{'design':<37} {'n':>6} {'N':>6} {'k':>3} {'path':>6} {'eig':>12} {'iter':>4} {'fit s':>8} "
+    cols = (f"{'design':<39} {'n':>6} {'N':>6} {'k':>3} {'eig':>12} {'iter':>4} {'fit s':>8} {'check s':>7} "
             f"{'peak MB':>8} {'RSS MB':>7} {'dense s':>8} {'ratio':>6} {'GEMMA s':>8} {'(eig s)':>8} {'Δℓ GEMMA':>9}")
     print(cols)
     print("-" * len(cols))
     for r in results:
         if "error" in r:
-            print(f"{r['label']:<37} failed: {r['error']}")
+            print(f"{r['label']:<39} failed: {r['error']}")
             continue
         ratio = r["dense_s"] / r["fit_s"] if r.get("dense_s") else None
         gem = _fmt(r.get("gemma_s"), "8.2f", r.get("gemma_note", "—"))
-        print(f"{r['label']:<37} {r['n']:>6} {r['N']:>6} {r['k']:>3} {r['path']:>6} {r['eig']:>12} "
-              f"{r['iterations']:>4} {r['fit_s']:>8.2f} {r['peak_mb']:>8.0f} {r['rss_mb']:>7.0f} "
+        print(f"{r['label']:<39} {r['n']:>6} {r['N']:>6} {r['k']:>3} {r['eig']:>12} "
+              f"{r['iterations']:>4} {r['fit_s']:>8.2f} {r['check_s']:>7.2f} {_fmt(r.get('peak_mb'), '8.0f'):>8} {r['rss_mb']:>7.0f} "
               f"{_fmt(r.get('dense_s'), '8.2f'):>8} {_fmt(ratio, '6.0f'):>6} {gem:>8} "
               f"{_fmt(r.get('gemma_eig_s'), '8.2f'):>8} {_fmt(r.get('gemma_dloglik'), '9.1e'):>9}")
     by_row = {r["row"]: r for r in results if "error" not in r}
@@ -229,13 +229,15 @@ def main() -> None:
     parser.add_argument("--full-rank", action="store_true", help="also full eigh of the 10000 and 20000 kinships")
     parser.add_argument("--rows", default=None, help="comma-separated subset of: " + ",".join(ROWS))
     parser.add_argument("--gemma-timeout", type=float, default=1200.0)
+    parser.add_argument("--no-trace", action="store_true", help="skip the second, traced fit (no peak MB)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads of the fits and GEMMA (OPENBLAS_NUM_THREADS; default: inherit)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
     args = parser.parse_args()
     if args.row:
         try:
-            res = run_row(args.row, args.quick, not args.no_dense, not args.no_gemma, args.gemma_timeout)
+            res = run_row(args.row, args.quick, not args.no_dense, not args.no_gemma, args.gemma_timeout,
+                          not args.no_trace)
         except Exception as err:  # report, do not hide
             res = dict(row=args.row, label=ROWS[args.row][0], error=f"{type(err).__name__}: {err}")
         print("RESULT " + json.dumps(res, default=float))
@@ -252,7 +254,8 @@ def main() -> None:
     results = []
     for row in rows:
         cmd = [sys.executable, os.path.abspath(__file__), "--row", row]
-        cmd += [a for a, on in (("--quick", args.quick), ("--no-dense", args.no_dense), ("--no-gemma", args.no_gemma)) if on]
+        cmd += [a for a, on in (("--quick", args.quick), ("--no-dense", args.no_dense), ("--no-gemma", args.no_gemma),
+                                ("--no-trace", args.no_trace)) if on]
         cmd += ["--gemma-timeout", str(args.gemma_timeout)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

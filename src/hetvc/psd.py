@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.linalg.lapack
 import scipy.sparse.linalg
 
@@ -88,17 +89,24 @@ def _schur_norm_at_most(values: np.ndarray, low: np.ndarray, tol: float) -> bool
     """‖K − L'L‖_F ≤ tol, summed over row chunks of the upper triangle (stops early)."""
     q = len(values)
     chunk = max(1, min(q, _ROW_CHUNK_BYTES // (8 * q)))
+    low_t = np.asfortranarray(low.T)  # q × r: its row chunks are the GEMM's left factors
     budget = tol * tol
     total = 0.0
     for s in range(0, q, chunk):
         e = min(q, s + chunk)
-        block = values[s:e, s:] - low[:, s:e].T @ low[:, s:]
-        diag = block[:, : e - s]
+        # block = K[s:e, s:] − L[:, s:e]'L[:, s:], by one GEMM into a copy of K's rows
+        block = scipy.linalg.blas.dgemm(-1.0, low_t[s:e], low[:, s:], beta=1.0,
+                                        c=np.asfortranarray(values[s:e, s:]), overwrite_c=1)
+        inner, diag = _sumsq(block), _sumsq(block[:, : e - s])
         # the chunk's diagonal block counts once, the entries right of it twice (symmetry)
-        total += 2.0 * float(np.einsum("ij,ij->", block, block)) - float(np.einsum("ij,ij->", diag, diag))
+        total += 2.0 * inner - diag
         if total > budget:
             return False
     return True
+
+
+def _sumsq(a: np.ndarray) -> float:
+    return float(np.einsum("ij,ij->", a, a))
 
 
 def _dense_certificate(values: np.ndarray, tol: float) -> PSDCertificate:

@@ -291,3 +291,16 @@ def test_drops_maize_subset(shared_data, tmp_path):
     assert any("mean diagonal" in n for n in s["data"]["notes"])
     h2 = pd.DataFrame(s["models"][0]["heritability"])
     assert h2["h2"].between(0, 1).all() and len(h2) == 6
+
+
+def test_no_pev_writes_blups_without_pev(sim, tmp_path):
+    out = tmp_path / "out"
+    res = run(*fit_args(sim, "--no-pev", "--quiet", "--no-figures", "--out", out))
+    assert res.exit_code == 0, res.output
+    blups = pd.read_csv(out / "blups.csv")
+    assert "pev" not in blups.columns and blups["blup"].notna().all()
+    with_pev = run(*fit_args(sim, "--quiet", "--no-figures", "--out", tmp_path / "full"))
+    assert with_pev.exit_code == 0, with_pev.output
+    full = pd.read_csv(tmp_path / "full" / "blups.csv")
+    assert (full["pev"] > 0).all()
+    np.testing.assert_array_equal(full["blup"].to_numpy(), blups["blup"].to_numpy())

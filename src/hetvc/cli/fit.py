@@ -316,7 +316,7 @@ def _progress():
 
 
 def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol, max_iter,
-                 out, as_json, figures, facts, notes, quiet=False):
+                 out, as_json, figures, facts, notes, quiet=False, pev=True):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
     not converge."""
     import hetvc
@@ -345,7 +345,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
             task = bar.add_task(f"fitting {name} ({k}/{len(models)})", total=None)
             t0 = time.perf_counter()
             fit = hetvc.fit(data, K, traits, env=env, id=id, genetic=g, residual=r, fixed=formula,
-                            method=method, engine=engine, tol=tol, max_iter=max_iter)
+                            method=method, engine=engine, tol=tol, max_iter=max_iter, pev=pev)
             if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
                 fit.fixed = fixed
                 fit.notes = list(fit.notes) + fixed_notes
@@ -417,6 +417,8 @@ _model_options = [
     click.option("--max-iter", type=int, default=200, show_default=True),
     click.option("--json", "as_json", is_flag=True, help="Print the machine-readable summary on stdout."),
     click.option("--no-figures", is_flag=True, help="Skip the PNG figures."),
+    click.option("--no-pev", is_flag=True,
+                 help="Skip the BLUPs' prediction error variances (for large K the slowest part)."),
     click.option("--quiet", is_flag=True, help="No per-model progress lines on stderr."),
 ]
 
@@ -457,7 +459,7 @@ def _apply(options):
 @_apply(_model_options)
 def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, jitter, traits, env, id_,
                 fixed, compare, sep, out, genetic, residual, method, engine, tol, max_iter, as_json,
-                no_figures, quiet):
+                no_figures, no_pev, quiet):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
     Prints variance components with SEs, h² per trait × environment and pooled, genetic
@@ -481,7 +483,8 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
                  engine=engine, tol=tol, max_iter=max_iter, out=out, as_json=as_json,
-                 figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet)
+                 figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet,
+                 pev=not no_pev)
 
 
 @click.command("example")
@@ -492,7 +495,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
 @click.option("--traits", default="yield,height", show_default=True, help="Traits (yield, oil, height).")
 @_apply(_model_options)
 def example_command(out, compare, traits, genetic, residual, method, engine, tol, max_iter, as_json,
-                    no_figures, quiet):
+                    no_figures, no_pev, quiet):
     """Run the paper's Table-2 comparison on the bundled SoyNAM example and write the report.
 
     160 soybean lines of 4 SoyNAM families, yield and plant height at 3 US locations (2012),
@@ -518,7 +521,7 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     run_analysis(data, K, traits=trait_list, env=roles["env"], id=roles["id"], models=models, fixed=None,
                  method=method, engine=engine, tol=tol, max_iter=max_iter, out=out,
                  as_json=as_json, figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes,
-                 quiet=quiet)
+                 quiet=quiet, pev=not no_pev)
 
 
 COMMANDS = [fit_command, example_command]

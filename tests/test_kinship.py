@@ -373,6 +373,20 @@ def test_check_kinship_shares_clean_data_and_never_modifies_the_input():
     assert not np.shares_memory(out.to_numpy(), K.to_numpy())
 
 
+def test_checked_frame_and_callers_frame_stay_independent_and_editable():
+    """The result may share K's data, but an edit of either frame never reaches the other."""
+    G = grm(simulate_genotypes(30, 20, rng=4))
+    before = G.to_numpy().copy()
+    out = check_kinship(G)
+    out.iloc[0, 1] = out.iloc[1, 0] = 0.25  # editable
+    np.testing.assert_array_equal(G.to_numpy(), before)
+    out2 = check_kinship(G)
+    G.iloc[0, 1] = G.iloc[1, 0] = -3.0
+    np.testing.assert_array_equal(out2.to_numpy(), before)
+    values, _ = checked_kinship(out2)  # still matches its digest: not checked again
+    np.testing.assert_array_equal(values, before)
+
+
 def test_checked_kinship_reuses_a_check_while_k_is_unchanged(monkeypatch):
     import hetvc.kinship as kinship
 

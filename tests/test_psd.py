@@ -71,3 +71,15 @@ def test_smallest_eigenvalue_lanczos_path_matches_lapack():
     K[0, 0] -= 0.5
     lam = smallest_eigenvalue(K)
     assert lam == pytest.approx(np.linalg.eigvalsh(K)[0], rel=1e-9)
+
+
+def test_smallest_eigenvalue_of_a_rounded_grm():
+    """A GRM rounded to 4 decimals (slightly indefinite, eigenvalues crowded at 0): ARPACK
+    alone would crawl; within its budget or by LAPACK, the value is LAPACK's."""
+    rng = np.random.default_rng(5)
+    X = rng.binomial(2, 0.3, size=(2100, 300)).astype(float)
+    Z = (X - X.mean(0)) / X.std(0)
+    K = np.round(Z @ Z.T / 300, 4)
+    lam = smallest_eigenvalue(K)
+    assert lam < 0
+    assert lam == pytest.approx(np.linalg.eigvalsh(K)[0], rel=1e-9)

@@ -518,8 +518,9 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
     * symmetric: max |K − K'| ≤ 1e-8·max|K| (the worst pair is named); the returned matrix
       is the exact symmetric part (K + K')/2;
     * positive semi-definite: smallest eigenvalue λ ≥ −1e-8·max(diag K), decided by
-      :func:`hetvc.psd.psd_certificate` (pivoted Cholesky when K has low rank, as a GRM of
-      fewer markers than genotypes has: O(q·r²); else one Cholesky factorisation).
+      :func:`hetvc.psd.psd_certificate` (pivoted Cholesky when K has rank r < q/20, as a GRM
+      of far fewer markers than genotypes has: O(q·r²) + O(q²·r); else one Cholesky
+      factorisation, O(q³/3)).
       Otherwise, if ``jitter`` is None, an error; if ``jitter`` is a float ≥ 0, K is bent to
       K + (−λ + jitter·mean(diag K))·I, whose smallest eigenvalue is jitter·mean(diag K),
       and a :class:`UserWarning` says so.  (A singular but PSD K, as every GRM of centred
@@ -527,10 +528,11 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
     * if ``ids`` is given, each of them is in K (extra genotypes in K are allowed).
 
     Labels are converted to strings.  The result has index named ``id``.  Memory: the
-    entries are scanned in row chunks; the result shares K's data when K needs no change (a
-    float64 frame, exactly symmetric, PSD), else it holds one new matrix.  The result carries
-    a digest of its contents, so :func:`checked_kinship` (used by :func:`hetvc.fit`) does not
-    check it again while it is unchanged.
+    entries are scanned in tiles (no q×q temporaries); the result shares K's data through
+    pandas when K needs no change (a float64 frame, exactly symmetric, PSD; with pandas'
+    copy-on-write an edit of either frame leaves the other alone), else it holds one new
+    matrix.  The result carries a digest of its contents, so :func:`checked_kinship` (used by
+    :func:`hetvc.fit`) does not check it again while it is unchanged.
     """
     if not isinstance(K, pd.DataFrame):
         raise InputError(
@@ -557,16 +559,15 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
         K = K.set_axis(cols, axis=1).loc[:, rows]
         cols = rows
     try:
-        values = _c_view(K.to_numpy(dtype=np.float64))  # no copy for a float64 frame
+        K = K.astype(np.float64)  # under copy-on-write: no copy for a float64 frame
     except (TypeError, ValueError):
-        values = None
-    if values is None:
         conv = K.apply(pd.to_numeric, errors="coerce")
         bad = conv.isna().to_numpy() & K.notna().to_numpy()
         i, j = np.argwhere(bad)[0]
         raise InputError(
             f"{name}[{rows[i]!r}, {cols[j]!r}] is {K.iat[i, j]!r}, not a number: kinship entries must be numeric"
-        )
+        ) from None
+    values = K.to_numpy()  # a (read-only) view of K's data
     nonfinite, scale, worst, (i, j) = _scan(values)
     if nonfinite is not None:
         i, j = nonfinite
@@ -581,6 +582,8 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
             f"{name} is not symmetric: {name}[{rows[i]!r}, {rows[j]!r}] = {values[i, j]:.10g} but "
             f"{name}[{rows[j]!r}, {rows[i]!r}] = {values[j, i]:.10g}; symmetrise it, e.g. (K + K.T)/2"
         )
+    if worst == 0 and values.flags.f_contiguous and not values.flags.c_contiguous:
+        values = values.T  # pandas' own (column-major) layout of an exactly symmetric K
     owned = worst > 0 or not values.flags.c_contiguous
     if owned:  # never modify the caller's matrix: symmetrise a copy
         values = np.array(values, order="C")
@@ -607,7 +610,7 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
             )
         shift = -lam + jitter * float(diag.mean())
         if not owned:
-            values = np.array(values, order="C")
+            values, owned = np.array(values, order="C"), True
         values.flat[:: len(values) + 1] += shift
         warnings.warn(
             f"{name} was not positive semi-definite (smallest eigenvalue {lam:.3g}); "
@@ -617,7 +620,11 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
         )
     if ids is not None:
         check_ids(ids, rows, what="the phenotype table", where=name)
-    out = pd.DataFrame(values, index=rows.rename("id"), columns=pd.Index(rows, dtype=object), copy=False)
+    index, columns = rows.rename("id"), pd.Index(rows, dtype=object)
+    if owned:  # a matrix of our own
+        out = pd.DataFrame(values, index=index, columns=columns, copy=False)
+    else:  # K's data, shared through pandas (copy-on-write keeps K and the result apart)
+        out = K.set_axis(index, axis=0).set_axis(columns, axis=1)
     out.attrs[_CHECKED] = _fingerprint(values, rows)
     return out
 
@@ -627,27 +634,31 @@ def checked_kinship(K, *, jitter: float | None = None, name: str = "K") -> tuple
 
     A frame returned by :func:`check_kinship` or :func:`read_kinship` carries a digest of
     its ids and values (``K.attrs``); when the digest still matches, K is unchanged since its
-    check and is used as it is (one hash, about 1.5 GB/s, instead of the O(q²·r) check).
-    ``values`` is a C-ordered view of K's data, not a copy.
+    check and is used as it is (a SHA-256 of K, about 1.5 GB/s, instead of the check).
+    ``values`` is a C-ordered, read-only view of K's data.
     """
-    if isinstance(K, pd.DataFrame) and _CHECKED in K.attrs:
-        try:
-            values = _c_view(K.to_numpy(dtype=np.float64))
-        except (TypeError, ValueError):
-            values = None
-        if values is not None and values.flags.c_contiguous and len(K.index) == len(values):
+    if isinstance(K, pd.DataFrame) and _CHECKED in K.attrs and K.shape[0] == K.shape[1]:
+        values = K.to_numpy()
+        if values.dtype == np.float64:
+            # the digest was taken over the C-ordered matrix: a column-major frame matches it
+            # through its transpose only if it is that same (symmetric) matrix
+            values = values.T if values.flags.f_contiguous and not values.flags.c_contiguous else values
             labels = pd.Index([str(x) for x in K.index], dtype=object)
-            if K.attrs[_CHECKED] == _fingerprint(values, labels) and labels.equals(
-                    pd.Index([str(x) for x in K.columns], dtype=object)):
+            if (values.flags.c_contiguous and K.attrs[_CHECKED] == _fingerprint(values, labels)
+                    and labels.equals(pd.Index([str(x) for x in K.columns], dtype=object))):
                 return values, list(labels)
     K = check_kinship(K, jitter=jitter, name=name)
-    return _c_view(K.to_numpy(dtype=np.float64)), list(K.index)
+    values = K.to_numpy()
+    return (values.T if not values.flags.c_contiguous else values), list(K.index)
 
 
 def scale_kinship(K, factor: float, *, name: str = "K") -> pd.DataFrame:
     """factor·K (factor > 0), checked: a positive multiple of a valid kinship is valid, so
     only K itself is checked (and not again if it already was)."""
-    factor = float(factor)
+    try:
+        factor = float(factor)
+    except (TypeError, ValueError):
+        raise InputError(f"a kinship can only be scaled by a positive number, not {factor!r}") from None
     if not np.isfinite(factor) or factor <= 0:
         raise InputError(f"a kinship can only be scaled by a positive number, not {factor!r}")
     values, ids = checked_kinship(K, name=name)
@@ -662,20 +673,14 @@ _CHECKED = "hetvc.checked"  # key of the digest in DataFrame.attrs
 
 
 def _fingerprint(values: np.ndarray, labels: pd.Index) -> str:
-    """SHA-256 of the shape, the ids and the bytes of a C-ordered K."""
+    """SHA-256 of the shape, the ids (length-prefixed) and the bytes of a C-ordered K."""
     h = hashlib.sha256()
     h.update(np.asarray(values.shape, dtype=np.int64).tobytes())
-    h.update("\0".join(labels).encode("utf-8", "surrogatepass"))
+    encoded = [str(x).encode("utf-8", "surrogatepass") for x in labels]
+    h.update(np.asarray([len(e) for e in encoded], dtype=np.int64).tobytes())
+    h.update(b"".join(encoded))
     h.update(memoryview(np.ascontiguousarray(values)).cast("B"))
     return h.hexdigest()
-
-
-def _c_view(values: np.ndarray) -> np.ndarray:
-    """A C-ordered view of a square matrix stored in Fortran order (pandas' own layout) when
-    it is exactly symmetric (then K' = K), else ``values`` itself."""
-    if values.flags.f_contiguous and not values.flags.c_contiguous and _is_exactly_symmetric(values):
-        return values.T
-    return values
 
 
 def _upper_tiles(n: int, tile: int = 256):
@@ -686,10 +691,6 @@ def _upper_tiles(n: int, tile: int = 256):
         rows = slice(s, min(n, s + tile))
         for u in range(s, n, tile):
             yield rows, slice(u, min(n, u + tile))
-
-
-def _is_exactly_symmetric(values: np.ndarray) -> bool:
-    return all(np.array_equal(values[r, c], values[c, r].T) for r, c in _upper_tiles(len(values)))
 
 
 def _scan(values: np.ndarray, chunk: int = 1024):

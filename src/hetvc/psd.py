@@ -1,7 +1,7 @@
 r"""Is a symmetric matrix positive semi-definite?  A certificate at the price the matrix needs.
 
 :func:`psd_certificate` decides whether the smallest eigenvalue of a symmetric q×q matrix K
-is at least ``−tol``, without the q×q temporaries and in less than a Cholesky's O(q³/3) time
+is at least ``−tol``, with at most one copy of K and in less than a Cholesky's O(q³/3) time
 when K has low rank (a GRM of p markers has rank ≤ p, often p ≪ q):
 
 1. *Pivoted Cholesky* (greedy on the residual diagonal, one pivot per step): after r steps
@@ -91,13 +91,13 @@ def _schur_norm_at_most(values: np.ndarray, low: np.ndarray, tol: float) -> bool
     """‖K − L'L‖_F ≤ tol, summed over row chunks of the upper triangle (stops early)."""
     q = len(values)
     chunk = max(1, min(q, _ROW_CHUNK_BYTES // (8 * q)))
-    low_t = np.asfortranarray(low.T)  # q × r: its row chunks are the GEMM's left factors
+    low_t = np.ascontiguousarray(low.T)  # q × r: low_t[s:].T is L[:, s:] in Fortran order
     budget = tol * tol
     total = 0.0
     for s in range(0, q, chunk):
         e = min(q, s + chunk)
         # block = K[s:e, s:] − L[:, s:e]'L[:, s:], by one GEMM into a copy of K's rows
-        block = scipy.linalg.blas.dgemm(-1.0, low_t[s:e], low[:, s:], beta=1.0,
+        block = scipy.linalg.blas.dgemm(-1.0, low_t[s:e], low_t[s:].T, beta=1.0,
                                         c=np.asfortranarray(values[s:e, s:]), overwrite_c=1)
         inner, diag = _sumsq(block), _sumsq(block[:, : e - s])
         # the chunk's diagonal block counts once, the entries right of it twice (symmetry)
@@ -117,8 +117,8 @@ def _dense_certificate(values: np.ndarray, tol: float) -> PSDCertificate:
     work = np.array(values, dtype=np.float64, order="C", copy=True)
     work.flat[:: q + 1] += tol
     # work.T is the same symmetric matrix, Fortran-ordered: LAPACK factors it in place
-    _, info = scipy.linalg.lapack.dpotrf(work.T, lower=1, overwrite_a=1, clean=0)
-    del work
+    info = scipy.linalg.lapack.dpotrf(work.T, lower=1, overwrite_a=1, clean=0)[1]
+    del work  # (the factor is the same buffer)
     if info == 0:
         return PSDCertificate(True, None, "Cholesky")
     if info < 0:  # pragma: no cover - argument error, cannot happen with a square float matrix
@@ -130,14 +130,29 @@ def _dense_certificate(values: np.ndarray, tol: float) -> PSDCertificate:
 
 
 def smallest_eigenvalue(values: np.ndarray) -> float:
-    """λ_min of a symmetric matrix: LAPACK for q ≤ 2000, else Lanczos (ARPACK, relative
-    accuracy 1e-10; a few hundred products K·v instead of an O(q³) tridiagonalisation)."""
+    """λ_min of a symmetric matrix: LAPACK for q ≤ 2000; else Lanczos (ARPACK, relative accuracy
+    1e-10) within a budget of max(300, q/20) products K·v — a few times one Cholesky — and
+    LAPACK (O(q³)) when a crowded spectrum near λ_min needs more."""
     q = len(values)
     if q > 2000:
+        budget, calls = max(300, q // 20), 0
+
+        def matvec(v):
+            nonlocal calls
+            calls += 1
+            if calls > budget:
+                raise _OverBudget
+            return values @ v
+
+        op = scipy.sparse.linalg.LinearOperator((q, q), matvec=matvec, dtype=np.float64)
         v0 = np.random.default_rng(0).standard_normal(q)
         try:
-            return float(scipy.sparse.linalg.eigsh(values, k=1, which="SA", tol=1e-10, v0=v0, maxiter=20 * q,
+            return float(scipy.sparse.linalg.eigsh(op, k=1, which="SA", tol=1e-10, v0=v0, ncv=min(q, 64),
                                                    return_eigenvectors=False)[0])
-        except scipy.sparse.linalg.ArpackNoConvergence:
+        except (_OverBudget, scipy.sparse.linalg.ArpackNoConvergence):
             pass
     return float(scipy.linalg.eigh(values, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0])
+
+
+class _OverBudget(Exception):
+    """Raised inside ARPACK's products to stop it when its budget is spent."""

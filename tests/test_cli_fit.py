@@ -304,3 +304,16 @@ def test_no_pev_writes_blups_without_pev(sim, tmp_path):
     full = pd.read_csv(tmp_path / "full" / "blups.csv")
     assert (full["pev"] > 0).all()
     np.testing.assert_array_equal(full["blup"].to_numpy(), blups["blup"].to_numpy())
+
+
+def test_singularity_note_without_an_eigendecomposition_of_a_large_k():
+    from hetvc.cli.fit import _singularity
+
+    rng = np.random.default_rng(0)
+    for q in (300, 1600):  # eigenvalues below 1,500 genotypes, the O(q²) row-sum test above
+        X = rng.binomial(2, 0.3, (q, 40)).astype(float)
+        Z = X - X.mean(0)
+        K = Z @ Z.T / 40
+        assert _singularity(K) == ("rank 40 of 300, as a GRM of centred genotypes always is" if q == 300
+                                   else "its rows sum to zero, as in a GRM of centred genotypes")
+        assert _singularity(K + 0.1 * np.eye(q)) == ""

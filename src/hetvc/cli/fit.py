@@ -170,15 +170,25 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
             f"K divided by its mean diagonal ({mean_diag:.4g}) so that genetic variances and h² refer "
             f"to the genotypes' own variance (inbred lines have a GRM diagonal near 2); "
             f"--kinship-scale none keeps K as given")
-    q = K.shape[0]
-    if q <= 4000:
-        w = np.linalg.eigvalsh(K.to_numpy())
-        rank = int((w > 1e-8 * w.max()).sum())
-        if rank < q:
-            notes.append(
-                f"K is singular (rank {rank} of {q}, as a GRM of centred genotypes always is); "
-                f"no ridge is needed: V = ZKZ'⊗ΣG + ΣE stays positive definite through the residual")
+    singular = _singularity(K.to_numpy())
+    if singular:
+        notes.append(
+            f"K is singular ({singular}); no ridge is needed: V = ZKZ'⊗ΣG + ΣE stays positive "
+            f"definite through the residual")
     return K, facts, notes
+
+
+def _singularity(values: np.ndarray) -> str:
+    """'' or why K is singular: its rank from eigenvalues up to q = 1500 (O(q³), under a second),
+    beyond that the O(q²) sign of centred genotypes, rows that sum to zero."""
+    q = len(values)
+    if q <= 1500:
+        w = np.linalg.eigvalsh(values)
+        rank = int((w > 1e-8 * w.max()).sum())
+        return f"rank {rank} of {q}, as a GRM of centred genotypes always is" if rank < q else ""
+    if np.abs(values.sum(axis=1)).max() <= 1e-8 * q * float(np.abs(np.diag(values)).max()):
+        return "its rows sum to zero, as in a GRM of centred genotypes"
+    return ""
 
 
 # -- fixed effects ----------------------------------------------------------------------------------

@@ -582,8 +582,8 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
             f"{name} is not symmetric: {name}[{rows[i]!r}, {rows[j]!r}] = {values[i, j]:.10g} but "
             f"{name}[{rows[j]!r}, {rows[i]!r}] = {values[j, i]:.10g}; symmetrise it, e.g. (K + K.T)/2"
         )
-    if worst == 0 and values.flags.f_contiguous and not values.flags.c_contiguous:
-        values = values.T  # pandas' own (column-major) layout of an exactly symmetric K
+    if worst == 0:
+        values = _row_major(values)
     owned = worst > 0 or not values.flags.c_contiguous
     if owned:  # never modify the caller's matrix: symmetrise a copy
         values = np.array(values, order="C")
@@ -642,14 +642,21 @@ def checked_kinship(K, *, jitter: float | None = None, name: str = "K") -> tuple
         if values.dtype == np.float64:
             # the digest was taken over the C-ordered matrix: a column-major frame matches it
             # through its transpose only if it is that same (symmetric) matrix
-            values = values.T if values.flags.f_contiguous and not values.flags.c_contiguous else values
+            values = _row_major(values)
             labels = pd.Index([str(x) for x in K.index], dtype=object)
             if (values.flags.c_contiguous and K.attrs[_CHECKED] == _fingerprint(values, labels)
                     and labels.equals(pd.Index([str(x) for x in K.columns], dtype=object))):
                 return values, list(labels)
     K = check_kinship(K, jitter=jitter, name=name)
-    values = K.to_numpy()
-    return (values.T if not values.flags.c_contiguous else values), list(K.index)
+    return _row_major(K.to_numpy()), list(K.index)
+
+
+def _row_major(values: np.ndarray) -> np.ndarray:
+    """A C-ordered view of a *symmetric* matrix stored column-major (pandas' own layout of a
+    frame): its transpose, which is the same matrix; else ``values`` itself."""
+    if values.flags.f_contiguous and not values.flags.c_contiguous:
+        return values.T
+    return values
 
 
 def scale_kinship(K, factor: float, *, name: str = "K") -> pd.DataFrame:

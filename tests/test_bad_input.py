@@ -258,6 +258,7 @@ def test_asymmetric_kinship(tmp_path):
     pheno, kin = write_inputs(tmp_path, K=K)
     assert_cli_error(run_cli(pheno, "--kinship", kin, *FIT), "K.csv", "symmetric", "'g01'", "'g04'")
     assert_api_error(api_fit(pheno_frame(), K), "symmetric", "'g01'", "'g04'")
+    assert_api_error(api_fit(pheno_frame(), kin), "K.csv", "symmetric", "'g01'", "'g04'")  # a path
 
 
 def test_plink_triplet_without_bim(tmp_path):

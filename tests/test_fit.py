@@ -176,3 +176,14 @@ def test_refits_on_a_checked_kinship_do_not_check_it_again(monkeypatch):
     assert len(calls) == 3
     assert again.loglik == raw.loglik
     np.testing.assert_array_equal(again.theta, raw.theta)
+
+
+def test_kinship_given_as_a_path(tmp_path):
+    """A path (str, bytes or PathLike) is read and checked once; the fit equals the frame's."""
+    data, K, _, _ = make_problem(7, n_geno=40, n_env=2, genetic="heterogeneous", residual="homogeneous")
+    path = tmp_path / "K.npy"
+    hetvc.write_kinship(K, path)
+    ref = _fit(data, K, "heterogeneous", "homogeneous", pev=False)
+    for p in (path, str(path), bytes(path)):
+        fit = _fit(data, p, "heterogeneous", "homogeneous", pev=False)
+        assert fit.loglik == ref.loglik

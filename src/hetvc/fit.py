@@ -7,6 +7,8 @@ model (:mod:`hetvc.model`), choose an engine (:mod:`hetvc.engines`), maximise â„
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -21,14 +23,16 @@ from .results import FitResult
 def _kinship(K, jitter):
     from .kinship import checked_kinship, read_kinship
 
+    name = "K"
     if isinstance(K, (str, bytes)) or hasattr(K, "__fspath__"):
-        K = read_kinship(K, jitter=jitter)
+        name = os.fsdecode(K)
+        K = read_kinship(name, check=False)  # checked once, below
     if not isinstance(K, pd.DataFrame):
         raise InputError(
             "K must be a labelled pandas DataFrame (index and columns = genotype ids) or a "
             "path to one; use hetvc.read_kinship"
         )
-    return checked_kinship(K, jitter=jitter)
+    return checked_kinship(K, jitter=jitter, name=name)
 
 
 def _start_theta(model: Model, start) -> np.ndarray:

@@ -141,6 +141,28 @@ def _panels(values):
     return plt, fig, axes[0]
 
 
+def _dodge(j: int, k: int, step: float) -> float:
+    """x offset of series j of k, centred on 0, so that error bars at the same w do not overlap."""
+    return (j - (k - 1) / 2) * step
+
+
+def _finish_rho_panels(fig, axes, rhos, ylabel: str, title: str, folder, name: str,
+                       max_columns: int | None = None) -> list[Path]:
+    """Titles, axes and grid of the one-panel-per-ρ figures, the legend of the first panel
+    below them, the figure title; saved."""
+    for ax, r in zip(axes, rhos):
+        ax.set_title(f"ρ = {r:g}")
+        ax.set_xlabel("w")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    handles, labels = axes[0].get_legend_handles_labels()
+    ncol = len(labels) if max_columns is None else min(max_columns, len(labels))
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(title, fontsize=10, y=1.02)
+    return save(fig, folder, name)
+
+
 def plot_h2_vs_w(summary: pd.DataFrame, folder, name: str = "h2_vs_w", paper: bool = True) -> list[Path]:
     """Mean pooled h² (± 1.96 MC SE) against w, one panel per ρ (see module doc)."""
     from .study import DEFAULT_RHO, PAPER_TABLE1
@@ -152,7 +174,7 @@ def plot_h2_vs_w(summary: pd.DataFrame, folder, name: str = "h2_vs_w", paper: bo
         s = summary[summary["rho"] == r]
         for j, mdl in enumerate(models):
             d = s[s["model"] == mdl].sort_values("w")
-            off = (j - (len(models) - 1) / 2) * 0.008
+            off = _dodge(j, len(models), 0.008)
             ax.errorbar(d["w"] + off, d["h2_mean"], yerr=1.96 * d["h2_se"].fillna(0), marker="o", ms=4,
                         capsize=2, lw=1.2, color=_COLORS.get(mdl), label=_label(mdl))
             ref = PAPER_TABLE1.get(mdl)
@@ -162,16 +184,9 @@ def plot_h2_vs_w(summary: pd.DataFrame, folder, name: str = "h2_vs_w", paper: bo
                     ax.plot(ws, [ref[w][DEFAULT_RHO.index(r)] for w in ws], ls=":", marker="o", mfc="none",
                             ms=5, lw=0.8, color=_COLORS.get(mdl), label=f"paper: {mdl}")
         ax.axhline(float(s["h2_true"].mean()), color="0.3", ls="--", lw=0.8, label="true h²")
-        ax.set_title(f"ρ = {r:g}")
-        ax.set_xlabel("w")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean pooled h²")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("Pooled heritability against w, the location-specific share of genetic variance "
-                 "(error bars: ±1.96 Monte-Carlo SE)", fontsize=10, y=1.02)
-    return save(fig, folder, name)
+    return _finish_rho_panels(fig, axes, rhos, "mean pooled h²",
+                              "Pooled heritability against w, the location-specific share of genetic variance "
+                              "(error bars: ±1.96 Monte-Carlo SE)", folder, name, max_columns=3)
 
 
 def genetic_variance_bias(results: pd.DataFrame) -> pd.DataFrame:
@@ -190,13 +205,10 @@ def genetic_variance_bias(results: pd.DataFrame) -> pd.DataFrame:
     keys = ok[list(SCENARIO_FIELDS) + ["model"]].reset_index(drop=True)
     for key, idx in keys.groupby(list(SCENARIO_FIELDS) + ["model"], sort=False).groups.items():
         b = bias[np.asarray(idx)]
-        for l in range(L):
-            x = b[:, l]
-            rows.append(dict(zip(list(SCENARIO_FIELDS) + ["model"], key), location=l + 1, bias=float(x.mean()),
+        # location l = 1..L, and 0 for the average over locations
+        for loc, x in [(l + 1, b[:, l]) for l in range(L)] + [(0, b.mean(axis=1))]:
+            rows.append(dict(zip(list(SCENARIO_FIELDS) + ["model"], key), location=loc, bias=float(x.mean()),
                              se=float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else np.nan, fits=len(x)))
-        x = b.mean(axis=1)
-        rows.append(dict(zip(list(SCENARIO_FIELDS) + ["model"], key), location=0, bias=float(x.mean()),
-                         se=float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else np.nan, fits=len(x)))
     return pd.DataFrame(rows)
 
 
@@ -210,22 +222,16 @@ def plot_genetic_variance_bias(results: pd.DataFrame, folder, name: str = "genet
         s = tab[tab["rho"] == r]
         for j, mdl in enumerate(models):
             d = s[s["model"] == mdl]
-            off = (j - (len(models) - 1) / 2) * 0.01
+            off = _dodge(j, len(models), 0.01)
             per = d[d["location"] > 0]
             ax.plot(per["w"] + off, per["bias"], ls="none", marker=".", ms=3, alpha=0.35, color=_COLORS.get(mdl))
             avg = d[d["location"] == 0].sort_values("w")
             ax.errorbar(avg["w"] + off, avg["bias"], yerr=1.96 * avg["se"].fillna(0), marker="o", ms=4, capsize=2,
                         lw=1.2, color=_COLORS.get(mdl), label=_label(mdl))
         ax.axhline(0, color="0.3", ls="--", lw=0.8)
-        ax.set_title(f"ρ = {r:g}")
-        ax.set_xlabel("w")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("bias of Σg_l[i,i] (estimate − truth)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("Per-location genetic variance: mean bias (±1.96 SE); dots: single locations", fontsize=10, y=1.02)
-    return save(fig, folder, name)
+    return _finish_rho_panels(fig, axes, rhos, "bias of Σg_l[i,i] (estimate − truth)",
+                              "Per-location genetic variance: mean bias (±1.96 SE); dots: single locations",
+                              folder, name)
 
 
 def make_figures(out, results: pd.DataFrame | None = None, base_seed: int | None = None,

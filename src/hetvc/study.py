@@ -165,10 +165,6 @@ class StudyError(HetvcError):
 # grid and seeds
 
 
-def _f(x) -> float:
-    return float(x)
-
-
 @dataclass(frozen=True)
 class Scenario:
     """One point of the study grid (generative parameters of :func:`hetvc.simulate.simulate`).

@@ -80,6 +80,8 @@ def fit(
     max_iter: int = 200,
     pev: bool = True,
     eigen=None,
+    time_limit: float | None = None,
+    progress=None,
 ) -> FitResult:
     """Fit the multivariate mixed model y = Xb + Zu + e by AI-REML (or ML).
 
@@ -100,6 +102,12 @@ def fit(
     start : ``{"G": ..., "E": ...}``, a θ vector or another :class:`FitResult`.
     jitter : add ``jitter``·mean(diag K)·I to a K that is not positive semi-definite.
     tol : convergence tolerance on the Newton decrement ½·score'·AI⁻¹·score.
+    max_iter : most iterations, AI steps and fallback iterations together.
+    time_limit : most seconds for the optimisation (``None``: no limit); a fit stopped by it
+        is returned with ``record["status"] == "time limit"`` and is not converged.
+    progress : ``progress(record)`` is called after every iteration with the
+        :class:`~hetvc.optimize.OptimizationRecord` so far (``record.history[-1]`` is the
+        iteration just taken: ℓ, step, method, evaluations, seconds).
     pev : compute prediction error variances of the BLUPs.
     """
     if isinstance(traits, str):
@@ -117,7 +125,8 @@ def fit(
             "residual degrees of freedom; use a simpler structure or more data"
         )
     eng, reason = choose_engine(model, engine, eigen=eigen)
-    theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=tol, max_iter=max_iter)
+    theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=tol, max_iter=max_iter,
+                                 time_limit=time_limit, progress=progress)
     _, _, ai_inv = newton_step(ev.ai, ev.score)
     solution = eng.solve(theta, pev=pev)
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, fixed)

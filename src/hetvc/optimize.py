@@ -54,13 +54,20 @@ class Iteration:
     decrement: float  # ½ s' AI⁻¹ s at the start of the iteration (restricted to free directions)
     active: int  # number of boundary directions held at the start of the iteration
     safeguard: str  # "", "to boundary", "halved", combinations joined by "+"
+    method: str = "AI"  # "AI" or "L-BFGS" (an iteration of the log-Cholesky fallback)
+    evaluations: int = 0  # evaluations of ℓ so far (cumulative)
+    seconds: float = 0.0  # time since the start of the fit
 
 
 @dataclass
 class OptimizationRecord:
-    """What happened during a fit: start, end, evaluations, tolerances and the iteration log."""
+    """What happened during a fit: start, end, evaluations, tolerances and the iteration log.
 
-    status: str  # "converged", "iteration limit", "stalled"
+    ``iterations`` counts every iteration, AI steps and fallback iterations alike, and never
+    exceeds ``max_iter``; ``evaluations`` counts every evaluation of ℓ (with its score and AI).
+    ``finished_by`` names the method of the last iteration ("AI" or "L-BFGS")."""
+
+    status: str  # "converged", "iteration limit", "time limit", "stalled"
     converged: bool
     iterations: int
     evaluations: int
@@ -70,6 +77,11 @@ class OptimizationRecord:
     seconds: float = 0.0
     message: str = ""
     history: list = field(default_factory=list)
+    ai_iterations: int = 0
+    fallback_iterations: int = 0
+    fallback_evaluations: int = 0
+    finished_by: str = "AI"
+    time_limit: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,8 +211,14 @@ def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
     return jac
 
 
-def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluation, record) -> tuple:
-    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ.
+class _Budget(Exception):
+    """Raised inside the L-BFGS objective when the iteration or time budget is spent."""
+
+
+def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluation, record,
+                   clock: "_Clock") -> tuple:
+    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ, within the record's budget
+    of iterations (``max_iter`` less those taken) and the clock's time limit.
 
     The result is projected back onto the floor of the parameter space.
     Returns (θ, evaluation, stationary): ``stationary`` when L-BFGS reports convergence or
@@ -209,35 +227,88 @@ def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluati
     from scipy.optimize import minimize
 
     best = {"theta": theta, "ev": ev}
+    budget = record.max_iter - record.iterations
 
     def objective(phi):
+        if clock.expired():
+            raise _Budget
         with np.errstate(over="ignore", invalid="ignore"):  # exp overflow → rejected below
             th = model.from_cholesky(phi)
         e = _evaluate(engine, th)
         record.evaluations += 1
+        record.fallback_evaluations += 1
         if e is None:
             return 1e100, np.zeros_like(phi)
         if e.loglik > best["ev"].loglik:
             best.update(theta=th, ev=e)
         return -e.loglik, -(cholesky_jacobian(model, phi).T @ e.score)
 
-    res = minimize(objective, model.to_cholesky(theta), jac=True, method="L-BFGS-B",
-                   options=dict(maxiter=2000, maxfun=4000, ftol=1e-15, gtol=1e-10))
-    stationary = bool(res.success) or float(np.abs(res.jac).max()) < 1e-6
+    def after_iteration(*_):
+        record.iterations += 1
+        record.fallback_iterations += 1
+        clock.log(record, Iteration(record.iterations, best["ev"].loglik, float("nan"), float("nan"), 0,
+                                    "", method="L-BFGS"))
+
+    stationary = False
+    try:
+        res = minimize(objective, model.to_cholesky(theta), jac=True, method="L-BFGS-B",
+                       callback=after_iteration,
+                       options=dict(maxiter=max(budget, 1), maxfun=max(20 * budget, 20), ftol=1e-15,
+                                    gtol=1e-10, maxls=20))
+        stationary = bool(res.success) or float(np.abs(res.jac).max()) < 1e-6
+    except _Budget:
+        pass
     # L-BFGS may approach the boundary closer than FLOOR: put θ back on the floor
     theta = model.project(best["theta"], FLOOR)
-    ev = _evaluate(engine, theta) if not np.array_equal(theta, best["theta"]) else best["ev"]
+    if np.array_equal(theta, best["theta"]):
+        return theta, best["ev"], stationary
+    ev = _evaluate(engine, theta)
     record.evaluations += 1
+    record.fallback_evaluations += 1
     if ev is None:
         return best["theta"], best["ev"], stationary
     return theta, ev, stationary
 
 
+class _Clock:
+    """Elapsed time against the time limit, and the progress callback."""
+
+    def __init__(self, time_limit: float | None, progress):
+        self.t0 = time.perf_counter()
+        self.time_limit = time_limit
+        self.progress = progress
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def expired(self) -> bool:
+        return self.time_limit is not None and self.elapsed() > self.time_limit
+
+    def log(self, record: OptimizationRecord, it: Iteration) -> None:
+        """Append ``it`` to the record's history and report it to the progress callback."""
+        record.seconds = it.seconds = self.elapsed()
+        it.evaluations = record.evaluations
+        record.finished_by = it.method
+        record.history.append(it)
+        if self.progress is not None:
+            self.progress(record)
+
+
 def maximize(
-    engine: Engine, model: Model, theta0: np.ndarray, tol: float = 1e-8, max_iter: int = 200
+    engine: Engine, model: Model, theta0: np.ndarray, tol: float = 1e-8, max_iter: int = 200,
+    time_limit: float | None = None, progress=None,
 ) -> tuple[np.ndarray, Evaluation, OptimizationRecord]:
-    """AI-REML from θ0 to the maximum of ℓ; returns θ̂, the evaluation there, and the record."""
-    t0 = time.perf_counter()
+    """AI-REML from θ0 to the maximum of ℓ; returns θ̂, the evaluation there, and the record.
+
+    At most ``max_iter`` iterations (AI steps and fallback iterations together) and, when
+    ``time_limit`` is given, about that many seconds (checked between evaluations).
+    ``progress(record)`` is called after every iteration; ``record.history[-1]`` is the
+    iteration just taken."""
+    if max_iter < 1:
+        raise InputError(f"max_iter must be at least 1, not {max_iter}")
+    if time_limit is not None and not time_limit > 0:
+        raise InputError(f"time_limit must be a positive number of seconds, not {time_limit}")
+    clock = _Clock(time_limit, progress)
     theta = np.asarray(theta0, dtype=float).copy()
     if not np.all(np.isfinite(theta)):
         raise InputError("starting values must be finite")
@@ -250,20 +321,31 @@ def maximize(
         )
     record = OptimizationRecord(
         status="iteration limit", converged=False, iterations=0, evaluations=1, tol=tol,
-        max_iter=max_iter, start=theta.tolist(),
+        max_iter=max_iter, start=theta.tolist(), time_limit=time_limit,
     )
-    record.history.append(Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
+    clock.log(record, Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
     poor, fallback_at, stationary = 0, None, False
-    for it in range(1, max_iter + 1):
-        if poor >= POOR_STEPS or it == AI_ITERATIONS + 1:
-            poor, fallback_at = 0, it
-            theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record)
-            record.history.append(Iteration(it - 1, ev.loglik, float("nan"), float("nan"), 0, "L-BFGS (log-Cholesky)"))
+    while True:
+        if clock.expired():
+            record.status = "time limit"
+            record.message = (f"stopped by the time limit ({time_limit:g} s) after {record.iterations} "
+                              "iterations; raise time_limit or simplify the model")
+            break
+        if poor >= POOR_STEPS or (record.ai_iterations == AI_ITERATIONS and fallback_at is None):
+            if record.iterations < max_iter:
+                theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record, clock)
+                poor, fallback_at = 0, record.iterations
         step, decrement, active = restricted_step(model, theta, ev)
         record.history[-1].decrement = decrement
         record.history[-1].active = sum(active)
         if decrement < tol:
             record.status, record.converged = "converged", True
+            break
+        if clock.expired():
+            continue
+        if record.iterations >= max_iter:
+            record.message = (f"no convergence within {max_iter} iterations (Newton decrement "
+                              f"{decrement:.2e}); raise max_iter or check the model")
             break
         safeguard = []
         alpha = max_feasible_step(model, theta, step, active)
@@ -271,6 +353,8 @@ def maximize(
             safeguard.append("to boundary")
         first_alpha, accepted = alpha, None
         for _ in range(MAX_HALVINGS):
+            if clock.expired():
+                break
             cand = model.project(theta + alpha * step, FLOOR)
             ev_c = _evaluate(engine, cand)
             record.evaluations += 1
@@ -278,7 +362,9 @@ def maximize(
                 accepted = (cand, ev_c)
                 break
             alpha /= 2
-        if accepted is None and fallback_at != it:
+        if accepted is None and clock.expired():
+            continue
+        if accepted is None and fallback_at != record.iterations:
             poor = POOR_STEPS
             continue
         if accepted is None and stationary:
@@ -289,7 +375,7 @@ def maximize(
         if accepted is None:
             record.status = "stalled"
             record.message = (
-                f"no step along the AI direction increased the likelihood at iteration {it} "
+                f"no step along the AI direction increased the likelihood at iteration {record.iterations + 1} "
                 f"(Newton decrement {decrement:.2e}); try other starting values"
             )
             break
@@ -297,9 +383,8 @@ def maximize(
             safeguard.append("halved")
         poor = poor + 1 if alpha < 1 / 32 else 0
         theta, ev = accepted
-        record.iterations = it
-        record.history.append(Iteration(it, ev.loglik, alpha, float("nan"), 0, "+".join(safeguard)))
-    else:
-        record.message = f"no convergence within {max_iter} iterations; raise max_iter or check the model"
-    record.seconds = time.perf_counter() - t0
+        record.iterations += 1
+        record.ai_iterations += 1
+        clock.log(record, Iteration(record.iterations, ev.loglik, alpha, float("nan"), 0, "+".join(safeguard)))
+    record.seconds = clock.elapsed()
     return theta, ev, record

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import hetvc
 from hetvc.cli import main
 from hetvc.examples import example_path, load_example
-from hetvc.report import MODEL_KEYS, SUMMARY_KEYS
+from hetvc.report import MODEL_KEYS, SUMMARY_KEYS, fit_text
 
 TABLES = {
     "comparison.csv": {"model", "genetic", "residual", "k", "logLik", "AIC", "BIC", "dAIC", "dBIC", "lrt_p"},
@@ -114,7 +114,7 @@ def test_example_end_to_end(example_run):
     assert res.exit_code == 0, res.output
     best, summary = assert_outputs(out, ["homogeneous/homogeneous", "heterogeneous/homogeneous"])
     # hetvc.load(fit.json) reproduces the summary printed by the command
-    assert best.summary() in res.stdout
+    assert fit_text(best) in res.stdout
     assert "Model comparison" in res.stdout and "selected" in res.stdout
     # data quirks are reported: repeated plots, missing values, untested genotypes, singular K
     notes = " ".join(summary["data"]["notes"])
@@ -162,7 +162,7 @@ def test_fit_compare_with_residual_structures(sim, tmp_path):
     assert res.exit_code == 0, res.output
     models = ["homogeneous/homogeneous", "heterogeneous/heterogeneous", "unstructured/homogeneous"]
     best, _ = assert_outputs(out, models)
-    assert best.summary() in res.stdout
+    assert fit_text(best) in res.stdout
     assert_png(out / "environment_correlations.png")  # an unstructured model was fitted
     comp = pd.read_csv(out / "comparison.csv").set_index("model")
     # homogeneous ⊂ unstructured: the LRT is there; heterogeneous/heterogeneous is not nested in it
@@ -314,6 +314,11 @@ def test_singularity_note_without_an_eigendecomposition_of_a_large_k():
         X = rng.binomial(2, 0.3, (q, 40)).astype(float)
         Z = X - X.mean(0)
         K = Z @ Z.T / 40
-        assert _singularity(K) == ("rank 40 of 300, as a GRM of centred genotypes always is" if q == 300
+        # rank 40 is the markers' doing, not the centring's (which costs one)
+        assert _singularity(K) == ("rank 40 of 300: its rows sum to zero, as in a GRM of centred "
+                                   "genotypes, whose rank is at most the number of markers" if q == 300
                                    else "its rows sum to zero, as in a GRM of centred genotypes")
+        assert _singularity(K, n_markers=40) == (
+            "rank 40 of 300: a GRM of 40 markers has rank at most 40" if q == 300
+            else "a GRM of 40 markers has rank at most 40, below its 1600 rows")
         assert _singularity(K + 0.1 * np.eye(q)) == ""

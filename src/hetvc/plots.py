@@ -13,7 +13,9 @@ They read only what a fit stores, so they work as well on a fit reloaded with
 * :func:`environment_correlations` — genetic correlations between environments, one heat map
   per trait (``unstructured`` fits);
 * :func:`heritability` — h² per environment with ±1 SE error bars (and the pooled h²), one
-  panel per trait, one series per model;
+  panel per trait, one series per model: a fit on the boundary with hollow markers and
+  "(boundary)" in the legend, a fit that did not converge only in the legend, "(not
+  converged)", never drawn as if it were an estimate;
 * :func:`observed_fitted` — observed against fitted values (Xb̂ + Zû), one panel per trait.
 """
 
@@ -35,7 +37,7 @@ from .io_utils import atomic_path  # noqa: E402
 
 __all__ = [
     "phenotypic_correlations", "genetic_correlations", "environment_correlations",
-    "heritability", "observed_fitted", "write_figures",
+    "heritability", "heritability_figure", "fit_label", "observed_fitted", "write_figures",
 ]
 
 DPI = 110
@@ -199,32 +201,52 @@ def environment_correlations(fit, path) -> Path:
     return _save(fig, path)
 
 
-def heritability(fits, path) -> Path:
-    """h² per environment (±1 SE) and pooled, one panel per trait, one series per model.
+def fit_label(name: str, fit) -> str:
+    """A model's legend label: its name, marked "(not converged)" or "(boundary)" where so."""
+    if not fit.converged:
+        return f"{name} (not converged)"
+    return f"{name} (boundary)" if fit.boundary else name
 
-    ``fits``: a FitResult or a dict name → FitResult (same traits and environments)."""
+
+def heritability_figure(fits) -> Figure:
+    """The figure of :func:`heritability`, not saved (its legend is ``fig.legends[0]``).
+
+    A fit that did not converge is not drawn (its estimates are where the optimiser stopped):
+    it is listed in the legend as "name (not converged)", with no points.  A fit on the
+    boundary of the parameter space (a singular ΣG or ΣE block) is drawn with hollow markers
+    and labelled "name (boundary)"."""
     if not isinstance(fits, dict):
         fits = {f"{fits.genetic}/{fits.residual}": fits}
     first = next(iter(fits.values()))
     envs, traits = list(first.envs), list(first.traits)
-    width = float(np.clip(0.45 * (len(envs) + 1) * max(1.0, len(fits) / 4) + 1.5, 3.6, 11.0))
+    drawn = [n for n, f in fits.items() if f.converged]
+    width = float(np.clip(0.45 * (len(envs) + 1) * max(1.0, len(drawn) / 4) + 1.5, 3.6, 11.0))
     ncols, nrows = _grid(len(traits), 1 if width > 6 else 3)
     fig, axes = _figure(ncols, nrows, width, 3.0)
     xs = np.arange(len(envs) + 1)
-    width = 0.8 / max(len(fits), 1)
+    width = 0.8 / max(len(drawn), 1)
     for i, t in enumerate(traits):
         ax = axes[i]
         for k, (name, f) in enumerate(fits.items()):
+            style = dict(marker=_MARKERS[k % len(_MARKERS)], color=_COLORS[k % len(_COLORS)], ms=5,
+                         label=fit_label(name, f))
+            if f.boundary or not f.converged:
+                style["markerfacecolor"] = "none"
+            if not f.converged:  # a legend entry only: no estimate is drawn
+                ax.plot([], [], ls="none", alpha=0.5, **style)
+                continue
             h = f.heritability()
             h = h[h["trait"] == t].set_index("env").reindex(envs)
             p = f.pooled_heritability().set_index("trait").loc[t]
             y = np.append(h["h2"].to_numpy(), p["h2"])
             se = np.append(h["se"].to_numpy(), p["se"])
-            off = (k - (len(fits) - 1) / 2) * width
-            ax.errorbar(xs + off, y, yerr=np.where(np.isfinite(se), se, 0), fmt=_MARKERS[k % len(_MARKERS)],
-                        color=_COLORS[k % len(_COLORS)], ms=5, capsize=2, lw=1, label=name)
+            off = (drawn.index(name) - (len(drawn) - 1) / 2) * width
+            ax.errorbar(xs + off, y, yerr=np.where(np.isfinite(se), se, 0), fmt="none",
+                        ecolor=style["color"], capsize=2, lw=1)
+            ax.plot(xs + off, y, ls="none", **style)
         ax.axvline(len(envs) - 0.5, color="grey", lw=0.6, ls=":")
         ax.set_xticks(xs, envs + ["pooled"], rotation=45 if len(envs) > 3 else 0, ha="right" if len(envs) > 3 else "center")
+        ax.set_xlim(-0.6, len(envs) + 0.6)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("h²")
         ax.set_title(t, fontsize=10)
@@ -234,7 +256,15 @@ def heritability(fits, path) -> Path:
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8,
                frameon=False)
     fig.suptitle("Heritability per environment (±1 SE) and pooled", fontsize=11)
-    return _save(fig, path)
+    return fig
+
+
+def heritability(fits, path) -> Path:
+    """h² per environment (±1 SE) and pooled, one panel per trait, one series per model
+    (see :func:`heritability_figure` for fits that did not converge or lie on the boundary).
+
+    ``fits``: a FitResult or a dict name → FitResult (same traits and environments)."""
+    return _save(heritability_figure(fits), path)
 
 
 def observed_fitted(fit, path) -> Path:
@@ -264,19 +294,24 @@ def observed_fitted(fit, path) -> Path:
     return _save(fig, path)
 
 
-def write_figures(fits: dict, selected: str, folder) -> list[Path]:
+def write_figures(fits: dict, selected: str | None, folder) -> list[Path]:
     """Every figure for a set of fits into ``folder``: phenotypic correlations, the selected
-    model's genetic correlations (and between-environment correlations when it is
-    ``unstructured``), h² of all models, observed vs fitted of the selected model."""
+    model's genetic correlations (and between-environment correlations of a converged
+    ``unstructured`` fit), h² of all models (those that did not converge only in the legend),
+    observed vs fitted of the selected model.  With nothing selected (no fit converged) only
+    the figure of the data is drawn."""
     folder = Path(folder)
-    best = fits[selected]
-    out = [
-        phenotypic_correlations(best, folder / "phenotypic_correlations.png"),
+    first = next(iter(fits.values()))
+    best = fits[selected] if selected is not None else None
+    out = [phenotypic_correlations(best or first, folder / "phenotypic_correlations.png")]
+    if best is None:
+        return out
+    out += [
         genetic_correlations(best, folder / "genetic_correlations.png"),
         heritability(fits, folder / "heritability.png"),
         observed_fitted(best, folder / "observed_fitted.png"),
     ]
-    unstructured = [n for n, f in fits.items() if f.genetic == "unstructured"]
+    unstructured = [n for n, f in fits.items() if f.genetic == "unstructured" and f.converged]
     if unstructured:
         name = selected if best.genetic == "unstructured" else unstructured[0]
         out.append(environment_correlations(fits[name], folder / "environment_correlations.png"))

@@ -5,7 +5,8 @@ one data set under several structures (``fits``: model name → :class:`~hetvc.r
 names such as ``"heterogeneous/homogeneous"`` = genetic/residual) it writes into DIR:
 
 ==============================  ==========================================================
-``fit.json``                    the selected model, complete (``hetvc.load`` reads it back)
+``fit.json``                    the selected model, complete (``hetvc.load`` reads it back);
+                                see below when no model converged
 ``fits/<genetic>-<residual>.json``  every model, when there are several
 ``comparison.csv``              k, ℓ, AIC, BIC, ΔAIC, ΔBIC, LRT (nested pairs only)
 ``variance_components.csv``     every model: name, environments, traits, estimate, SE
@@ -24,8 +25,15 @@ names such as ``"heterogeneous/homogeneous"`` = genetic/residual) it writes into
 ==============================  ==========================================================
 
 The *selected* model is the one with the lowest AIC among the fits that converged (AIC
-because ``homogeneous`` and ``heterogeneous`` genetic structures are not nested).  Every file is
-written atomically (:mod:`hetvc.io_utils`).
+because ``homogeneous`` and ``heterogeneous`` genetic structures are not nested).  A fit that
+did not converge is never selected: its estimates are where the optimiser stopped, not REML
+estimates.  The report says which models were excluded and why, and where BIC (or AICc, when
+the fits have it) prefers another model.  When no model converged nothing is selected:
+``summary.json`` has ``"selected": null``; with several models ``fit.json``, ``blups.csv``,
+``blues.csv``, ``fitted.csv`` and the selected model's figures are not written (every model is
+in ``fits/``, and the tables of every model are), with a single model ``fit.json`` and its
+tables are still written, marked as not converged.  Every file is written atomically
+(:mod:`hetvc.io_utils`).
 """
 
 from __future__ import annotations
@@ -41,18 +49,20 @@ from .compare import compare
 from .io_utils import atomic_write
 
 __all__ = [
-    "SUMMARY_FORMAT", "model_name", "comparison", "select", "tables", "summary", "markdown",
-    "write_report",
+    "SUMMARY_FORMAT", "model_name", "comparison", "select", "excluded", "preferences",
+    "format_p", "format_se", "fit_text", "tables", "summary", "markdown", "write_report",
 ]
 
 SUMMARY_FORMAT = "hetvc-summary/1"
 
 # Keys of the --json summary; tests hold them fixed (add keys, never rename or remove them).
 SUMMARY_KEYS = ("format", "version", "data", "models", "comparison", "selected", "converged",
-                "out", "files")
+                "out", "files", "excluded")
 MODEL_KEYS = ("model", "genetic", "residual", "converged", "status", "iterations", "seconds",
               "engine", "engine_reason", "loglik", "n_params", "aic", "bic", "boundary", "notes",
-              "variance_components", "heritability", "pooled_heritability", "genetic_correlations")
+              "variance_components", "heritability", "pooled_heritability", "genetic_correlations",
+              "message", "aicc")
+P_FLOOR = 1e-16  # p-values below this print as "p < 1e-16" (double precision cannot say more)
 
 
 def model_name(fit) -> str:
@@ -73,24 +83,99 @@ def _named(fits) -> dict:
 
 
 # -- tables ---------------------------------------------------------------------------------------
+def _aicc(f) -> float | None:
+    """The fit's AICc when FitResult has it (``fit.aicc``), else None."""
+    v = getattr(f, "aicc", None)
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def comparison(fits) -> pd.DataFrame:
     """The model comparison (paper Table 2): one row per model with k (number of VCs), ℓ, AIC,
-    BIC, ΔAIC, ΔBIC and an LRT against the largest nested smaller model."""
+    BIC (AICc when the fits have it), ΔAIC, ΔBIC and an LRT against the largest nested smaller
+    model."""
     fits = _named(fits)
     if len(fits) >= 2:
         return compare(*fits.values(), names=list(fits))
     (name, f), = fits.items()
-    return pd.DataFrame([dict(model=name, genetic=f.genetic, residual=f.residual, k=f.n_params,
-                              logLik=f.loglik, AIC=f.aic, BIC=f.bic, converged=f.converged,
-                              lrt_vs=None, lrt_stat=np.nan, lrt_df=np.nan, lrt_p=np.nan,
-                              dAIC=0.0, dBIC=0.0)])
+    row = dict(model=name, genetic=f.genetic, residual=f.residual, k=f.n_params,
+               logLik=f.loglik, AIC=f.aic, BIC=f.bic, converged=f.converged,
+               lrt_vs=None, lrt_stat=np.nan, lrt_df=np.nan, lrt_p=np.nan, dAIC=0.0, dBIC=0.0)
+    aicc = _aicc(f)
+    if aicc is not None:
+        row.update(AICc=aicc, dAICc=0.0)
+    return pd.DataFrame([row])
 
 
-def select(fits) -> str:
-    """Name of the model with the lowest AIC among converged fits (among all if none did)."""
+def _status(f) -> str:
+    """'converged', or the status of a fit that did not converge with its message."""
+    rec = f.record
+    status = rec.get("status") or ("converged" if f.converged else "not converged")
+    message = rec.get("message") or ""
+    return f"{status}: {message}" if message and not f.converged else str(status)
+
+
+def select(fits) -> str | None:
+    """Name of the model with the lowest AIC among the fits that converged; ``None`` when no
+    fit converged.  A fit that did not converge is never selected."""
     fits = _named(fits)
-    pool = {n: f for n, f in fits.items() if f.converged} or fits
+    pool = {n: f for n, f in fits.items() if f.converged and np.isfinite(f.aic)}
+    if not pool:
+        return None
     return min(pool, key=lambda n: pool[n].aic)
+
+
+def excluded(fits) -> dict[str, str]:
+    """The models left out of the selection, each with why (its status and message)."""
+    return {n: _status(f) for n, f in _named(fits).items() if not f.converged}
+
+
+def preferences(fits, comp: pd.DataFrame | None = None) -> dict[str, str]:
+    """The converged model that each criterion prefers: ``{"AIC": ..., "AICc": ..., "BIC": ...}``
+    (AICc only when the comparison has that column); empty when no fit converged."""
+    fits = _named(fits)
+    comp = comparison(fits) if comp is None else comp
+    ok = comp[comp["model"].isin([n for n, f in fits.items() if f.converged])]
+    out = {}
+    for crit in ("AIC", "AICc", "BIC"):
+        if crit in ok.columns and len(ok):
+            vals = pd.to_numeric(ok[crit], errors="coerce")
+            if vals.notna().any():
+                out[crit] = str(ok.loc[vals.idxmin(), "model"])
+    return out
+
+
+def selection_lines(fits, comp: pd.DataFrame | None = None, strong=str) -> list[str]:
+    """Sentences on the selection: what was selected and by which rule, where BIC or AICc
+    disagree with AIC, which models were excluded and why (``strong`` marks model names)."""
+    fits = _named(fits)
+    selected = select(fits)
+    lines = []
+    if selected is None:
+        lines.append(f"No model converged, so none is selected: the estimates of "
+                     f"{'every model' if len(fits) > 1 else 'the model'} are where the optimiser "
+                     f"stopped, not REML estimates.")
+    else:
+        lines.append(f"Selected (lowest AIC among converged fits): {strong(selected)}.")
+        others = [f"{c} prefers {strong(n)}" for c, n in preferences(fits, comp).items()
+                  if c != "AIC" and n != selected]
+        if others:
+            lines.append(f"AIC selects {strong(selected)}; " + "; ".join(others) + ".")
+    excl = excluded(fits)
+    if excl:
+        lines.append("Excluded from the selection (did not converge): "
+                     + "; ".join(f"{strong(n)} ({why})" for n, why in excl.items()) + ".")
+    return lines
+
+
+def _primary(fits: dict, selected: str | None) -> str | None:
+    """The model whose fit.json, BLUPs, BLUEs and fitted values are written: the selected one,
+    or a single model whatever its status (nothing to choose between)."""
+    if selected is not None:
+        return selected
+    return next(iter(fits)) if len(fits) == 1 else None
 
 
 def _observations(fit) -> pd.DataFrame:
@@ -113,10 +198,11 @@ def blups_table(fit, model: str | None = None) -> pd.DataFrame:
 
 
 def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
-    """Every CSV table, keyed by file stem (see the module docstring)."""
+    """Every CSV table, keyed by file stem (see the module docstring).  ``blups``, ``blues``
+    and ``fitted`` are left out when several models were fitted and none converged."""
     fits = _named(fits)
-    selected = selected or select(fits)
-    best = fits[selected]
+    selected = select(fits) if selected is None else selected
+    primary = _primary(fits, selected)
 
     def stack(fn):
         parts = [fn(f).assign(model=n) for n, f in fits.items()]
@@ -126,17 +212,23 @@ def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
     def h2(f):
         per_env = f.heritability()
         pooled = f.pooled_heritability().assign(env="pooled")
-        return pd.concat([per_env, pooled[["env", "trait", "h2", "se"]]], ignore_index=True)
+        return pd.concat([per_env, pooled[["env"] + [c for c in pooled.columns if c != "env"]]],
+                         ignore_index=True)
 
-    return {
+    out = {
         "comparison": comparison(fits),
         "variance_components": stack(lambda f: f.variance_components()),
         "heritability": stack(h2),
         "genetic_correlations": stack(lambda f: f.genetic_correlations()),
-        "blups": blups_table(best, selected),
-        "blues": best.blues().assign(model=selected)[["model", "effect", "estimate", "se"]],
-        "fitted": best.fitted().assign(model=selected),
     }
+    if primary is not None:
+        best = fits[primary]
+        out.update(
+            blups=blups_table(best, primary),
+            blues=best.blues().assign(model=primary)[["model", "effect", "estimate", "se"]],
+            fitted=best.fitted().assign(model=primary),
+        )
+    return out
 
 
 # -- machine-readable summary -------------------------------------------------------------------
@@ -164,7 +256,9 @@ def _clean(obj):
 
 def _model_summary(name: str, f) -> dict:
     rec = f.record
-    vc = f.variance_components()[["name", "component", "env1", "env2", "trait1", "trait2", "estimate", "se"]]
+    vc = f.variance_components()
+    vc = vc[[c for c in ("name", "component", "env1", "env2", "trait1", "trait2", "estimate", "se",
+                         "se_note") if c in vc.columns]]
     return {
         "model": name, "genetic": f.genetic, "residual": f.residual,
         "converged": f.converged, "status": rec.get("status"), "iterations": rec.get("iterations"),
@@ -174,14 +268,16 @@ def _model_summary(name: str, f) -> dict:
         "variance_components": vc, "heritability": f.heritability(),
         "pooled_heritability": f.pooled_heritability(),
         "genetic_correlations": f.genetic_correlations(),
+        "message": rec.get("message") or "", "aicc": _aicc(f),
     }
 
 
 def summary(fits, selected: str | None = None, data: dict | None = None, out=None, files=()) -> dict:
     """The machine-readable summary (``--json``; keys :data:`SUMMARY_KEYS`, each model
-    :data:`MODEL_KEYS`).  NaN becomes ``null``."""
+    :data:`MODEL_KEYS`).  ``selected`` is ``null`` when no model converged; ``excluded`` maps
+    each model left out of the selection to why.  NaN becomes ``null``."""
     fits = _named(fits)
-    selected = selected or select(fits)
+    selected = select(fits) if selected is None else selected
     try:
         from importlib.metadata import version
 
@@ -198,8 +294,74 @@ def summary(fits, selected: str | None = None, data: dict | None = None, out=Non
         "converged": all(f.converged for f in fits.values()),
         "out": None if out is None else str(out),
         "files": [str(p) for p in files],
+        "excluded": excluded(fits),
     }
     return _clean(out_dict)
+
+
+# -- formatting ------------------------------------------------------------------------------------
+def _finite(v) -> bool:
+    try:
+        return v is not None and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _note(v) -> str:
+    return v.strip() if isinstance(v, str) else ""
+
+
+def format_p(v, digits: int = 3, missing: str = "–") -> str:
+    """A p-value: below 1e-16 (where double precision ends, and where χ² tails round to 0)
+    as ``< 1e-16``, never ``0``; ``missing`` when there is none."""
+    if not _finite(v):
+        return missing
+    v = float(v)
+    return "< 1e-16" if v < P_FLOOR else f"{v:.{digits}g}"
+
+
+def format_se(v, note=None, digits: int = 4) -> str:
+    """A standard error; ``NA`` (with the reason, when the table gives one) when it is not
+    available."""
+    if not _finite(v):
+        note = _note(note)
+        return f"NA ({note})" if note else "NA"
+    return _num(float(v), digits)
+
+
+def _se_cells(df: pd.DataFrame, se: str = "se", digits: int = 4) -> list[str]:
+    notes = df["se_note"] if "se_note" in df.columns else [None] * len(df)
+    return [format_se(v, n, digits) for v, n in zip(df[se], notes)]
+
+
+def _text_table(df: pd.DataFrame, se: str = "se") -> str:
+    """A table for the terminal: numbers to 4 significant digits, SEs that are not available
+    as NA with the reason."""
+    df = df.copy()
+    for c in df.columns:
+        if c == se:
+            continue
+        if pd.api.types.is_float_dtype(df[c]):
+            df[c] = [f"{v:.4g}" if _finite(v) else "NA" for v in df[c]]
+    if se in df.columns:
+        df[se] = _se_cells(df, se)
+    return df.drop(columns=[c for c in ("se_note",) if c in df.columns]).to_string(index=False)
+
+
+def fit_text(fit) -> str:
+    """The terminal summary of a fit: :meth:`FitResult.summary`'s head (model, engine, status,
+    ℓ, AIC/BIC, boundary, notes), then its tables with SEs that are not available printed as
+    ``NA`` and why."""
+    head = fit.summary().split("\n\n", 1)[0]
+    vc = fit.variance_components()
+    vc = vc[[c for c in ("name", "estimate", "se", "se_note") if c in vc.columns]]
+    lines = [head, "", "Variance components", _text_table(vc)]
+    lines += ["", "Heritability per environment", _text_table(fit.heritability())]
+    lines += ["", "Pooled heritability", _text_table(fit.pooled_heritability())]
+    rg = fit.genetic_correlations()
+    if len(rg):
+        lines += ["", "Genetic correlations", _text_table(rg)]
+    return "\n".join(lines)
 
 
 # -- report.md -------------------------------------------------------------------------------------
@@ -231,10 +393,21 @@ def _md_table(df: pd.DataFrame, formats: dict | None = None) -> str:
 
 
 def _est_se(v, se, digits=2) -> str:
-    if v is None or not np.isfinite(v):
+    if not _finite(v):
         return "–"
     s = f"{v:.{digits}f}"
-    return s + (f" ({se:.{digits}f})" if se is not None and np.isfinite(se) else " (–)")
+    return s + (f" ({se:.{digits}f})" if _finite(se) else " (NA)")
+
+
+def _se_footnote(*frames) -> list[str]:
+    """'SE NA: why' lines for the reasons given in the tables' se_note column."""
+    notes = []
+    for df in frames:
+        if "se_note" in df.columns:
+            se = df["se"] if "se" in df.columns else pd.Series(np.nan, index=df.index)
+            notes += [_note(n) for n, s in zip(df["se_note"], se) if _note(n) and not _finite(s)]
+    notes = list(dict.fromkeys(notes))
+    return ["", "SE NA: " + "; ".join(notes) + "."] if notes else []
 
 
 def _boundary(f) -> str:
@@ -268,13 +441,17 @@ def _h2_wide(f) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _marked(name: str, f) -> str:
+    return name if f.converged else f"{name} (not converged)"
+
+
 def _h2_across_models(fits) -> pd.DataFrame:
     first = next(iter(fits.values()))
     rows = []
     for n, f in fits.items():
         h = f.heritability().set_index(["env", "trait"])
         p = f.pooled_heritability().set_index("trait")
-        row = {"model": n}
+        row = {"model": _marked(n, f)}
         for t in first.traits:
             for e in first.envs:
                 row[f"{t} {e}"] = f"{h.loc[(e, t), 'h2']:.2f}"
@@ -304,17 +481,48 @@ def _env_rg_matrix(f, trait) -> pd.DataFrame:
     return M.reset_index(names="")
 
 
+def _comparison_md(comp: pd.DataFrame, fits: dict) -> str:
+    two = lambda v: f"{v:.2f}" if _finite(v) else "–"
+    cols = {
+        "model (ΣG / ΣE)": comp["model"],
+        "VCs": comp["k"],
+        "logLik": comp["logLik"].map(two),
+        "AIC": comp["AIC"].map(two),
+    }
+    if "AICc" in comp.columns:
+        cols["AICc"] = comp["AICc"].map(two)
+    cols["BIC"] = comp["BIC"].map(two)
+    cols["ΔAIC"] = comp["dAIC"].map(two)
+    if "dAICc" in comp.columns:
+        cols["ΔAICc"] = comp["dAICc"].map(two)
+    cols["ΔBIC"] = comp["dBIC"].map(two)
+    cols["LRT vs"] = comp["lrt_vs"].map(lambda v: v if isinstance(v, str) else "–")
+    cols["χ² (df)"] = [("–" if not _finite(s) else f"{s:.2f} ({int(d)})")
+                       for s, d in zip(comp["lrt_stat"], comp["lrt_df"])]
+    cols["p"] = comp["lrt_p"].map(lambda v: format_p(v, 2))
+    cols["converged"] = [("yes" if fits[n].converged else f"**no** ({fits[n].record.get('status')})")
+                         for n in comp["model"]]
+    return _md_table(pd.DataFrame(cols), {c: str for c in cols if c != "VCs"})
+
+
 def markdown(fits, selected: str | None = None, data: dict | None = None, figures=()) -> str:
-    """report.md: data, the comparison in the layout of the paper's Table 2, the selected
-    model's heritabilities, genetic correlations and variance components, h² across models,
+    """report.md: data, the comparison in the layout of the paper's Table 2 and the selection
+    (models that did not converge are excluded, and said so), the selected model's
+    heritabilities, genetic correlations and variance components, h² across models,
     convergence, figures and files."""
     fits = _named(fits)
-    selected = selected or select(fits)
-    best = fits[selected]
+    selected = select(fits) if selected is None else selected
+    primary = _primary(fits, selected)
+    best = fits[primary] if primary is not None else next(iter(fits.values()))
     data = data or {}
     lines = ["# hetvc report", ""]
     if data.get("command"):
         lines += ["```", data["command"], "```", ""]
+    if data.get("not_fitted"):
+        lines += [f"**Incomplete: {data.get('stopped') or 'interrupted'} before "
+                  f"{len(data['not_fitted'])} model(s) were fitted ({', '.join(data['not_fitted'])}).** "
+                  "This report covers the models that finished; run the same command again to fit "
+                  "the rest (finished fits are reused).", ""]
     lines += ["## Data", ""]
     facts = [
         ("phenotypes", data.get("pheno")),
@@ -325,7 +533,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         ("observed values (N)", best.n_obs),
         ("genotypes in K", len(best.ids)),
         ("phenotyped genotypes", data.get("n_phenotyped")),
-        ("fixed effects", f"a mean per trait × environment" + (f" + {best.fixed}" if best.fixed else "")
+        ("fixed effects", "a mean per trait × environment" + (f" + {best.fixed}" if best.fixed else "")
          + f" ({best.rank_x} columns)"),
         ("method", best.method.upper()),
     ]
@@ -340,58 +548,61 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
               "parameters. REML log-likelihoods are comparable because every model has the same "
               "fixed effects. `homogeneous` and `heterogeneous` genetic structures are not nested, "
               "so they are compared by AIC/BIC; an LRT is shown only against a nested smaller model "
-              "(its χ² p-value is conservative when the restriction is on a boundary).", ""]
-    table = pd.DataFrame({
-        "model (ΣG / ΣE)": comp["model"],
-        "VCs": comp["k"],
-        "logLik": comp["logLik"].map(lambda v: f"{v:.2f}"),
-        "AIC": comp["AIC"].map(lambda v: f"{v:.2f}"),
-        "BIC": comp["BIC"].map(lambda v: f"{v:.2f}"),
-        "ΔAIC": comp["dAIC"].map(lambda v: f"{v:.2f}"),
-        "ΔBIC": comp["dBIC"].map(lambda v: f"{v:.2f}"),
-        "LRT vs": comp["lrt_vs"].map(lambda v: v if isinstance(v, str) else "–"),
-        "χ² (df)": [("–" if not np.isfinite(s) else f"{s:.2f} ({int(d)})") for s, d in zip(comp["lrt_stat"], comp["lrt_df"])],
-        "p": comp["lrt_p"].map(lambda v: "–" if not np.isfinite(v) else (f"{v:.2g}" if v >= 1e-4 else "<1e-4")),
-        "converged": comp["converged"],
-    })
-    lines += [_md_table(table), ""]
-    by_bic = comp.loc[comp["BIC"].idxmin(), "model"]
-    lines += [f"Selected (lowest AIC among converged fits): **{selected}**"
-              + ("." if by_bic == selected else f"; BIC prefers **{by_bic}**.")]
+              "(its χ² p-value is conservative when the restriction is on a boundary). Only fits "
+              "that converged are eligible for selection.", ""]
+    lines += [_comparison_md(comp, fits), ""]
+    lines += [" ".join(selection_lines(fits, comp, strong=lambda s: f"**{s}**"))]
+    if data.get("not_fitted"):
+        lines += ["", f"Not fitted ({data.get('stopped') or 'interrupted'}): "
+                  + ", ".join(f"**{n}**" for n in data["not_fitted"]) + "."]
 
-    lines += ["", f"## Selected model: {selected}", ""]
-    rec = best.record
-    lines += [f"- ℓ = {best.loglik:.4f}, k = {best.n_params}, AIC = {best.aic:.2f}, BIC = {best.bic:.2f}",
-              f"- {rec['status']} after {rec['iterations']} iterations ({rec['seconds']:.2f} s); "
-              f"engine: {best.engine} ({best.engine_reason})"]
-    if best.boundary:
-        lines.append(f"- on the boundary (a singular covariance block): {_boundary(best)}")
-    lines += [f"- note: {n}" for n in best.notes]
-    lines += ["", "### Heritability per environment (SE)", "",
-              "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i]); pooled: weighted by each environment's "
-              "share of the trait's records (paper eq. 12 read as a proportion).", "",
-              _md_table(_h2_wide(best)), ""]
-    lines += ["### Genetic correlations between traits (SE)", "", _md_table(_trait_rg(best)), ""]
-    if best.genetic == "unstructured":
-        lines += ["### Genetic correlations between environments", ""]
-        if len(best.envs) <= 6:
-            for t in best.traits:
-                lines += [f"{t}:", "", _md_table(_env_rg_matrix(best, t)), ""]
+    if primary is not None:
+        rec = best.record
+        if primary == selected:
+            lines += ["", f"## Selected model: {primary}", ""]
         else:
-            lines += ["See `genetic_correlations.csv` (rows `between = environments`) and "
-                      "`environment_correlations.png`.", ""]
-    vc = best.variance_components()[["name", "estimate", "se"]]
-    lines += ["### Variance components (SE from AI⁻¹)", "",
-              _md_table(vc, {"estimate": lambda v: _num(v), "se": lambda v: _num(v)}), ""]
+            lines += ["", f"## Model: {primary} (did not converge)", "",
+                      f"**This fit did not converge** ({_status(best)}): its estimates are where the "
+                      "optimiser stopped, not REML estimates; use them only to diagnose the fit.", ""]
+        lines += [f"- ℓ = {best.loglik:.4f}, k = {best.n_params}, AIC = {best.aic:.2f}"
+                  + (f", AICc = {_aicc(best):.2f}" if _aicc(best) is not None else "")
+                  + f", BIC = {best.bic:.2f}",
+                  f"- {rec['status']} after {rec['iterations']} iterations ({rec['seconds']:.2f} s); "
+                  f"engine: {best.engine} ({best.engine_reason})"]
+        if best.boundary:
+            lines.append(f"- on the boundary (a singular covariance block): {_boundary(best)}")
+        lines += [f"- note: {n}" for n in best.notes]
+        h, p = best.heritability(), best.pooled_heritability()
+        lines += ["", "### Heritability per environment (SE)", "",
+                  "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i]); pooled: weighted by each environment's "
+                  "share of the trait's records (paper eq. 12 read as a proportion).", "",
+                  _md_table(_h2_wide(best))] + _se_footnote(h, p) + [""]
+        lines += ["### Genetic correlations between traits (SE)", "", _md_table(_trait_rg(best))]
+        lines += _se_footnote(best.genetic_correlations()) + [""]
+        if best.genetic == "unstructured":
+            lines += ["### Genetic correlations between environments", ""]
+            if len(best.envs) <= 6:
+                for t in best.traits:
+                    lines += [f"{t}:", "", _md_table(_env_rg_matrix(best, t)), ""]
+            else:
+                lines += ["See `genetic_correlations.csv` (rows `between = environments`) and "
+                          "`environment_correlations.png`.", ""]
+        vc = best.variance_components()
+        shown = pd.DataFrame({"name": vc["name"], "estimate": vc["estimate"],
+                              "se": _se_cells(vc)})
+        lines += ["### Variance components (SE from AI⁻¹)", "",
+                  _md_table(shown, {"estimate": _num, "se": str}), ""]
 
     if len(fits) > 1:
         lines += ["## Heritability under each model", "", _md_table(_h2_across_models(fits)), ""]
-        other = [(n, f) for n, f in fits.items() if n != selected]
-        lines += ["## Other models", ""]
+        other = [(n, f) for n, f in fits.items() if n != primary]
+        lines += ["## Other models" if primary is not None else "## Models", ""]
         for n, f in other:
             r = f.record
             line = (f"- **{n}**: ℓ = {f.loglik:.2f}, k = {f.n_params}; {r['status']} after "
                     f"{r['iterations']} iterations ({r['seconds']:.2f} s, {f.engine})")
+            if not f.converged and r.get("message"):
+                line += f"; {r['message']}"
             if f.boundary:
                 line += f"; boundary: {_boundary(f)}"
             lines.append(line)
@@ -404,23 +615,38 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
             "phenotypic_correlations.png": "Phenotypic correlation between traits in each environment (cf. the paper's Figure 2).",
             "genetic_correlations.png": f"Estimated genetic correlations (colour) and covariances (cells), {selected}.",
             "environment_correlations.png": "Genetic correlations between environments (unstructured ΣG).",
-            "heritability.png": "h² per environment (±1 SE) and pooled, every model.",
+            "heritability.png": "h² per environment (±1 SE) and pooled, every converged model "
+                                "(hollow markers: a fit on the boundary; fits that did not converge are "
+                                "listed in the legend but not drawn).",
             "observed_fitted.png": f"Observed vs fitted values, {selected}.",
         }
         for p in figures:
             name = Path(p).name
             lines += [f"![{name}]({name})", "", f"*{captions.get(name, name)}*", ""]
 
-    lines += ["## Files", "",
-              "`fit.json` (the selected model; `hetvc.load('fit.json')`), "
-              + ("`fits/*.json` (every model), " if len(fits) > 1 else "")
-              + "`comparison.csv`, `variance_components.csv`, `heritability.csv`, "
-              "`genetic_correlations.csv` (every model), `blups.csv`, `blues.csv`, `fitted.csv` "
-              "(selected model), `summary.json`.", ""]
+    files = []
+    if primary is not None:
+        files.append(f"`fit.json` ({'the selected model' if primary == selected else 'the model, not converged'}; "
+                     "`hetvc.load('fit.json')`)")
+    if len(fits) > 1:
+        files.append("`fits/*.json` (every model)")
+    files.append("`comparison.csv`, `variance_components.csv`, `heritability.csv`, "
+                 "`genetic_correlations.csv` (every model)")
+    if primary is not None:
+        files.append("`blups.csv`, `blues.csv`, `fitted.csv` "
+                     f"({'selected model' if primary == selected else 'this model'})")
+    files.append("`summary.json`.")
+    lines += ["## Files", "", ", ".join(files), ""]
     return "\n".join(lines)
 
 
 # -- writing ---------------------------------------------------------------------------------------
+# files of the selected model: removed from a folder where this run selects nothing, so that an
+# earlier run's selection is not left beside this run's report
+_SELECTED_FILES = ("fit.json", "blups.csv", "blues.csv", "fitted.csv", "genetic_correlations.png",
+                   "observed_fitted.png", "environment_correlations.png", "heritability.png")
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     with atomic_write(path, newline="") as fh:
         df.to_csv(fh, index=False)
@@ -428,19 +654,31 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
 
 
 def write_report(out, fits, selected: str | None = None, data: dict | None = None,
-                 figures: bool = True) -> dict:
+                 figures: bool = True, fit_files: dict | None = None) -> dict:
     """Write every output file into folder ``out`` (created if needed); returns the summary
-    dict (:func:`summary`) with ``files`` listing what was written, relative to ``out``."""
+    dict (:func:`summary`) with ``files`` listing what was written, relative to ``out``.
+
+    ``fit_files`` (model name → path under ``out``) names fits already written there (the
+    CLI writes each model's fit as soon as it finishes): they are listed, not written again."""
     fits = _named(fits)
-    selected = selected or select(fits)
+    selected = select(fits) if selected is None else selected
+    primary = _primary(fits, selected)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    fits[selected].to_json(out / "fit.json")
-    written.append(out / "fit.json")
-    if len(fits) > 1:
+    if primary is not None:
+        fits[primary].to_json(out / "fit.json")
+        written.append(out / "fit.json")
+    else:
+        for name in _SELECTED_FILES:
+            (out / name).unlink(missing_ok=True)
+    fit_files = dict(fit_files or {})
+    if len(fits) > 1 or fit_files:
         (out / "fits").mkdir(exist_ok=True)
         for n, f in fits.items():
+            if n in fit_files:
+                written.append(Path(fit_files[n]))
+                continue
             p = out / "fits" / f"{_slug(n)}.json"
             f.to_json(p)
             written.append(p)

@@ -8,7 +8,8 @@ from ..errors import HetvcError
 
 
 class _Group(click.Group):
-    """A click group that turns hetvc errors into one line on stderr and an exit code."""
+    """A click group that turns hetvc errors into one line on stderr and an exit code, and
+    Ctrl-C that a command does not handle itself into one line and exit status 130."""
 
     def invoke(self, ctx):
         try:
@@ -16,6 +17,9 @@ class _Group(click.Group):
         except HetvcError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("hetvc: interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)

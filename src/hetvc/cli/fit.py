@@ -8,8 +8,20 @@
 PHENO is CSV/TSV (the delimiter is detected) or Parquet.  With ``--compare`` several models are
 fitted to the same data and laid out like the paper's Table 2; an item is a genetic structure
 (combined with ``--residual``) or ``genetic/residual`` (``heterogeneous/heterogeneous``), and
-``all`` means every genetic × residual structure.  Exit codes: 0 success, 2 bad input, 3 a fit
-that did not converge (its outputs are still written, marked as not converged).
+``all`` means every genetic × residual structure (with one environment every structure is the
+homogeneous one: models are named by what is fitted, and fitted once).
+
+With ``--out`` and several models, each fit is written to ``OUT/fits/<genetic>-<residual>.json``
+as soon as it finishes, with a fingerprint of its inputs (the data rows used, K, traits,
+environment, id, fixed effects, method, tol, max_iter, engine, PEVs, model).  On Ctrl-C or
+SIGTERM the report of the finished models is written and the command exits 130; running the
+same command again reuses every fit whose fingerprint matches.  ``--time-limit`` bounds each
+model's optimisation.  Progress: a live line in a terminal; elsewhere ``hetvc: ...`` lines on
+stderr (the first iteration, then at most one every 5 s, and the last); ``--quiet`` silences
+them.  A model that did not converge is never selected.
+
+Exit codes: 0 success, 2 bad input, 3 a fit that did not converge (its outputs are still
+written, marked as not converged), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -144,21 +156,45 @@ def _check_header(path: Path, names: list) -> None:
 
 
 # -- kinship ------------------------------------------------------------------------------------
+def _cli_text(text: str) -> str:
+    """A kinship message as the command line needs it: the Python hint ``jitter=0.01`` becomes
+    the option ``--jitter 0.01``."""
+    text = re.sub(r"\bjitter=(?=[0-9.])", "--jitter ", str(text))
+    return text.replace("jitter must be a number ≥ 0 or None", "--jitter must be a number ≥ 0")
+
+
+def _checked(fn, *args, **kwargs):
+    """Call a kinship reader/checker; its errors and warnings worded for the command line
+    (warnings become notes)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            out = fn(*args, **kwargs)
+        except InputError as err:
+            raise InputError(_cli_text(err)) from None
+    return out, [_cli_text(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
 def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str):
     """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM)."""
     from ..kinship import check_kinship, grm, read_kinship, scale_kinship
 
     notes, facts = [], {}
+    n_markers = None
     if (kinship is None) == (genotypes is None):
         raise InputError("give exactly one of --kinship K.csv or --genotypes FILE.bed|markers.csv")
     if kinship is not None:
-        K = read_kinship(kinship, jitter=jitter)
+        K, warned = _checked(read_kinship, kinship, jitter=jitter)
         facts["kinship"] = str(kinship)
     else:
         K, info = grm(genotypes, method=grm_method, id_column=genotype_id, return_info=True)
-        K = check_kinship(K, jitter=jitter, name=f"GRM of {genotypes}")
+        K, warned = _checked(check_kinship, K, jitter=jitter, name=f"GRM of {genotypes}")
         facts["genotypes"] = str(genotypes)
         notes.append(f"GRM built from {genotypes}: {info.summary()}")
+        n_markers = int(info.snps_used)
+    notes += warned
     diag = np.diag(K.to_numpy())
     mean_diag = float(diag.mean())
     facts["kinship_mean_diagonal"] = mean_diag
@@ -166,11 +202,10 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
     if scale == "mean-diag" and abs(mean_diag - 1.0) > 1e-6:
         K = scale_kinship(K, 1.0 / mean_diag, name=facts.get("kinship", "K"))
         facts["kinship_scale"] = 1.0 / mean_diag
-        notes.append(
-            f"K divided by its mean diagonal ({mean_diag:.4g}) so that genetic variances and h² refer "
-            f"to the genotypes' own variance (inbred lines have a GRM diagonal near 2); "
-            f"--kinship-scale none keeps K as given")
-    singular = _singularity(K.to_numpy())
+        notes.append(f"K divided by its mean diagonal ({mean_diag:.4g}) so that genetic variances and h² "
+                     f"refer to the genotypes' own variance ({_diagonal_reason(mean_diag)}); "
+                     f"--kinship-scale none keeps K as given")
+    singular = _singularity(K.to_numpy(), n_markers)
     if singular:
         notes.append(
             f"K is singular ({singular}); no ridge is needed: V = ZKZ'⊗ΣG + ΣE stays positive "
@@ -178,17 +213,37 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
     return K, facts, notes
 
 
-def _singularity(values: np.ndarray) -> str:
-    """'' or why K is singular: its rank from eigenvalues up to q = 1500 (O(q³), under a second),
-    beyond that the O(q²) sign of centred genotypes, rows that sum to zero."""
+def _diagonal_reason(mean_diag: float) -> str:
+    """Why a K may have a mean diagonal other than 1, said only where it fits."""
+    if 1.5 <= mean_diag <= 2.5:
+        return "inbred lines have a GRM diagonal near 2"
+    return "a kinship's diagonal is the genotypes' self-relationship, 1 on average in a standardised GRM"
+
+
+def _singularity(values: np.ndarray, n_markers: int | None = None) -> str:
+    """'' or why K is singular.  Its rank from eigenvalues up to q = 1500 (O(q³), under a
+    second), beyond that only what O(q²) shows: rows that sum to zero (centred genotypes) or a
+    GRM of fewer markers (``n_markers``, known when hetvc built the GRM) than genotypes.
+    "Centred genotypes" is named only where the rows sum to zero or the rank is q − 1."""
     q = len(values)
-    if q <= 1500:
-        w = np.linalg.eigvalsh(values)
-        rank = int((w > 1e-8 * w.max()).sum())
-        return f"rank {rank} of {q}, as a GRM of centred genotypes always is" if rank < q else ""
-    if np.abs(values.sum(axis=1)).max() <= 1e-8 * q * float(np.abs(np.diag(values)).max()):
-        return "its rows sum to zero, as in a GRM of centred genotypes"
-    return ""
+    centred = bool(np.abs(values.sum(axis=1)).max() <= 1e-8 * q * float(np.abs(np.diag(values)).max()))
+    if q > 1500:
+        if n_markers is not None and n_markers < q:
+            return f"a GRM of {n_markers} markers has rank at most {n_markers}, below its {q} rows"
+        return "its rows sum to zero, as in a GRM of centred genotypes" if centred else ""
+    w = np.linalg.eigvalsh(values)
+    rank = int((w > 1e-8 * w.max()).sum())
+    if rank >= q:
+        return ""
+    if n_markers is not None and rank <= n_markers < q:
+        return f"rank {rank} of {q}: a GRM of {n_markers} markers has rank at most {n_markers}"
+    if rank == q - 1:
+        return (f"rank {rank} of {q}: its rows sum to zero, as in a GRM of centred genotypes" if centred
+                else f"rank {rank} of {q}, as a GRM of centred genotypes is")
+    if centred:
+        return (f"rank {rank} of {q}: its rows sum to zero, as in a GRM of centred genotypes, whose "
+                f"rank is at most the number of markers")
+    return f"rank {rank} of {q}"
 
 
 # -- fixed effects ----------------------------------------------------------------------------------
@@ -314,25 +369,287 @@ def _command_line(name: str, pheno, opts: dict) -> str:
     return shlex.join(parts)
 
 
-# -- running ----------------------------------------------------------------------------------------
-def _progress():
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+# -- one environment ----------------------------------------------------------------------------
+def one_environment(data: pd.DataFrame, env) -> bool:
+    """True when the data have a single environment (no --env, or one level of it)."""
+    if env is None:
+        return True
+    return env in data.columns and data[env].dropna().astype(str).nunique() <= 1
 
-    console = Console(stderr=True, soft_wrap=True)
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                   console=console, transient=True, disable=not console.is_terminal)
-    return console, bar
+
+def as_fitted(models, one_env: bool, env=None) -> tuple[list, list]:
+    """(models, notes): with one environment every genetic and residual structure is the
+    homogeneous one, so models are named by what is fitted and duplicates are fitted once."""
+    if not one_env:
+        return list(models), []
+    fitted = list(dict.fromkeys(("homogeneous", "homogeneous") for _ in models))
+    changed = [f"{g}/{r}" for g, r in models if (g, r) != ("homogeneous", "homogeneous")]
+    if not changed:
+        return fitted, []
+    where = "no --env" if env is None else f"--env {env} has one level"
+    return fitted, [f"one environment ({where}): heterogeneous and unstructured structures reduce to the "
+                    f"homogeneous one, so {', '.join(changed)} "
+                    f"{'is' if len(changed) == 1 else 'are'} fitted as homogeneous/homogeneous"
+                    + (" (once)" if len(models) > 1 else "")]
+
+
+# -- keeping finished fits (resume) -------------------------------------------------------------------
+INPUTS_KEY = "hetvc_cli"  # key of the inputs' fingerprint in a fits/*.json written by the CLI
+INPUTS_FORMAT = "hetvc-cli-inputs/1"
+
+
+def _formula_columns(fixed, columns) -> list[str]:
+    """The data columns a fixed-effects formula names."""
+    if not fixed:
+        return []
+    text = str(fixed)
+    names = set(re.findall(r"`([^`]+)`", text)) | set(re.findall(r"[A-Za-z_.][\w.]*", text))
+    return [c for c in columns if str(c) in names]
+
+
+def _data_digest(data: pd.DataFrame, columns) -> str:
+    """SHA-256 of the columns a fit uses (names, types and every row, in order)."""
+    import hashlib
+    import json
+
+    cols = [c for c in dict.fromkeys(columns) if c is not None and c in data.columns]
+    h = hashlib.sha256(json.dumps([[str(c), str(data[c].dtype)] for c in cols]).encode())
+    h.update(np.asarray([len(data)], dtype=np.int64).tobytes())
+    if cols:
+        h.update(pd.util.hash_pandas_object(data[cols], index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def _kinship_digest(K: pd.DataFrame) -> str:
+    """The digest a checked K carries (ids and values), else a SHA-256 of them."""
+    import hashlib
+
+    digest = K.attrs.get("hetvc.checked")
+    if isinstance(digest, str) and digest:
+        return digest
+    h = hashlib.sha256("\x00".join(map(str, K.index)).encode("utf-8", "surrogatepass"))
+    h.update(np.ascontiguousarray(K.to_numpy(dtype=float)).tobytes())
+    return h.hexdigest()
+
+
+def fit_inputs(data, K, *, traits, env, id, fixed, method, tol, max_iter, engine, pev,
+               genetic, residual) -> dict:
+    """What a fit depends on (its fingerprint): a fit file with the same inputs is reused
+    instead of refitted.  ``--time-limit`` is not in it (see :func:`reusable`)."""
+    columns = [id, env, *traits, *_formula_columns(fixed, data.columns)]
+    return {
+        "format": INPUTS_FORMAT, "data": _data_digest(data, columns), "n_records": int(len(data)),
+        "kinship": _kinship_digest(K), "n_kinship": int(K.shape[0]),
+        "traits": [str(t) for t in traits], "env": env, "id": id, "fixed": fixed, "method": method,
+        "tol": float(tol), "max_iter": int(max_iter), "engine": engine, "pev": bool(pev),
+        "genetic": genetic, "residual": residual,
+    }
+
+
+def write_fit(fit, path: Path, inputs: dict, time_limit=None) -> Path:
+    """Write ``fit`` (FitResult.to_json's text, so ``hetvc.load`` reads it) with the inputs'
+    fingerprint under :data:`INPUTS_KEY`, atomically."""
+    import json
+
+    from ..io_utils import atomic_write
+
+    text = fit.to_json()
+    meta = json.dumps({"inputs": inputs, "time_limit": time_limit})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        fh.write('{"' + INPUTS_KEY + '": ' + meta + ", " + text.lstrip()[1:])
+    return path
+
+
+def reusable(path: Path, inputs: dict, time_limit=None):
+    """(fit, why not): the fit stored at ``path`` when it was made with the same inputs, else
+    (None, the reason, '' when there is no file).  A fit stopped by its time limit is reused
+    only under the same or a shorter limit (a longer one may get further)."""
+    import json
+
+    from ..results import FitResult
+
+    if not path.is_file():
+        return None, ""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        meta = d.get(INPUTS_KEY) or {}
+        if meta.get("inputs") != json.loads(json.dumps(inputs)):
+            return None, "made with other inputs or options"
+        fit = FitResult.from_dict(d)
+    except Exception as err:  # unreadable: refit and overwrite it
+        return None, f"unreadable ({type(err).__name__})"
+    if not fit.converged and fit.record.get("status") == "time limit":
+        old = meta.get("time_limit")
+        if time_limit is None or old is None or time_limit > old:
+            return None, "stopped by a shorter time limit"
+    return fit, ""
+
+
+# -- progress ----------------------------------------------------------------------------------------
+PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
+def _get(obj, key):
+    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 600:
+        return f"{seconds:.0f} s"
+    if seconds < 36000:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def eta(record) -> str:
+    """Time left for the fit: ``~12 s left`` when the Newton decrement falls steadily (an
+    extrapolation), else ``≤ 40 s left`` from the time limit or from max_iter at the mean time
+    per iteration (a bound); '' before the first iteration."""
+    import math
+
+    its, secs = _get(record, "iterations"), float(_get(record, "seconds"))
+    if its < 1 or secs <= 0:
+        return ""
+    per = secs / its
+    bounds = [(_get(record, "max_iter") - its) * per]
+    limit = _get(record, "time_limit")
+    if limit:
+        bounds.append(max(float(limit) - secs, 0.0))
+    bound = min(bounds)
+    history = _get(record, "history")
+    decs = [float(_get(h, "decrement")) for h in history]
+    decs = [d for d in decs if math.isfinite(d) and d > 0]
+    tol = float(_get(record, "tol"))
+    if len(decs) >= 3 and _get(history[-1], "method") == "AI" and decs[-1] < decs[-2]:
+        rate = decs[-1] / decs[-2]
+        if rate < 0.9:
+            n = max(math.ceil(math.log(tol / decs[-1]) / math.log(rate)), 1) if decs[-1] > tol else 1
+            if n * per < bound:
+                return f"~{_duration(n * per)} left"
+    return f"≤ {_duration(bound)} left"
+
+
+def progress_text(name: str, record, elapsed: float, with_eta: bool = True) -> str:
+    """``heterogeneous/homogeneous it 12 logLik -1234.567 step 1 evals 13 4.2 s (≤ 40 s left)``:
+    the iteration just taken (``record.history[-1]``), the step length α (or ``L-BFGS``),
+    evaluations of ℓ so far and the time since the model's fit began."""
+    import math
+
+    it = _get(record, "history")[-1]
+    parts = [name, f"it {_get(it, 'iteration')}", f"logLik {float(_get(it, 'loglik')):.3f}"]
+    if _get(it, "method") != "AI":
+        parts.append(f"step {_get(it, 'method')}")
+    elif _get(it, "iteration") > 0 and math.isfinite(float(_get(it, "step"))):
+        parts.append(f"step {float(_get(it, 'step')):.3g}")
+    parts += [f"evals {_get(record, 'evaluations')}", _duration(elapsed)]
+    text = " ".join(parts)
+    left = eta(record) if with_eta else ""
+    return f"{text} ({left})" if left else text
+
+
+class Progress:
+    """Per-model progress on stderr: in a terminal a live rich line (iteration, ℓ, step,
+    evaluations, elapsed, ETA); elsewhere plain ``hetvc: ...`` lines, the first iteration,
+    then at most one every :data:`PLAIN_INTERVAL` seconds, and always the final one; nothing
+    with ``quiet``.  Each finished model also gets a result line."""
+
+    def __init__(self, n_models: int, quiet: bool = False, interval: float = PLAIN_INTERVAL):
+        from rich.console import Console
+        from rich.progress import Progress as Bar
+        from rich.progress import SpinnerColumn, TextColumn
+
+        self.console = Console(stderr=True, soft_wrap=True, highlight=False)
+        self.terminal = self.console.is_terminal
+        self.quiet, self.n, self.interval = quiet, n_models, interval
+        self.bar = Bar(SpinnerColumn(), TextColumn("{task.description}"), console=self.console,
+                       transient=True, disable=quiet or not self.terminal)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def _plain(self, text: str) -> None:
+        print(f"hetvc: {text}", file=sys.stderr, flush=True)
+
+    def start(self, name: str, k: int) -> None:
+        self.name, self.k = name, k
+        self.t0 = time.perf_counter()
+        self.last = None  # when the last plain line was printed
+        if self.terminal and not self.quiet:
+            self.task = self.bar.add_task(f"[{k}/{self.n}] fitting {name}", total=None)
+
+    def __call__(self, record) -> None:
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        if self.terminal:
+            self.bar.update(self.task, description=f"[{self.k}/{self.n}] "
+                            + progress_text(self.name, record, now - self.t0))
+        elif self.last is None or now - self.last >= self.interval:
+            self._plain(progress_text(self.name, record, now - self.t0))
+            self.last = now
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+    def finish(self, fit, line: str) -> None:
+        """The model's final progress line (plain mode) and its result line."""
+        self.stop()
+        if self.quiet:
+            return
+        if not self.terminal and fit.record.get("history"):
+            self._plain(progress_text(self.name, fit.record, time.perf_counter() - self.t0,
+                                      with_eta=False) + f": {fit.record.get('status')}")
+        self.message(line)
+
+    def message(self, line: str) -> None:
+        if not self.quiet:
+            self.console.print(line, markup=False)
+
+
+# -- running ----------------------------------------------------------------------------------------
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time-out, ``kill``): handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _result_line(k, n, name, fit, seconds, reused: Path | None = None) -> str:
+    rec = fit.record
+    if reused is not None:
+        return (f"[{k}/{n}] {name}: reused {reused} (logLik {fit.loglik:.3f}, k {fit.n_params}, "
+                f"{rec['status']} after {rec['iterations']} iterations)")
+    return (f"[{k}/{n}] {name}: logLik {fit.loglik:.3f}, k {fit.n_params}, "
+            f"{rec['status']} after {rec['iterations']} iterations ({seconds:.1f} s, {fit.engine})")
 
 
 def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol, max_iter,
-                 out, as_json, figures, facts, notes, quiet=False, pev=True):
+                 out, as_json, figures, facts, notes, quiet=False, pev=True, time_limit=None):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
-    not converge."""
+    not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.
+
+    With ``--out`` and several models each fit is written to ``out/fits/`` as soon as it
+    finishes, with a fingerprint of its inputs; a fit file with the same inputs is reused."""
+    import signal
+
     import hetvc
 
-    from ..report import comparison, select, summary, write_report
+    from ..report import comparison, model_name, select, summary, write_report
 
+    models, env_notes = as_fitted(models, one_environment(data, env), env)
+    notes = notes + env_notes
+    raw_data = data
     data, formula, fixed_notes = resolve_fixed(data, fixed, env)
     notes = notes + fixed_notes
     if facts.get("empty_cells") and len(models) > 1:
@@ -347,31 +664,63 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
         if skipped:
             notes = notes + [f"not fitted (a trait has no values in a whole environment): {', '.join(skipped)}"]
             models = feasible
-    console, bar = _progress()
-    fits = {}
-    with bar:
-        for k, (g, r) in enumerate(models, 1):
-            name = f"{g}/{r}"
-            task = bar.add_task(f"fitting {name} ({k}/{len(models)})", total=None)
-            t0 = time.perf_counter()
-            fit = hetvc.fit(data, K, traits, env=env, id=id, genetic=g, residual=r, fixed=formula,
-                            method=method, engine=engine, tol=tol, max_iter=max_iter, pev=pev)
-            if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
-                fit.fixed = fixed
-                fit.notes = list(fit.notes) + fixed_notes
-            bar.remove_task(task)
-            fits[name] = fit
-            if not quiet:
-                rec = fit.record
-                console.print(
-                    f"[{k}/{len(models)}] {name}: logLik {fit.loglik:.3f}, k {fit.n_params}, "
-                    f"{rec['status']} after {rec['iterations']} iterations "
-                    f"({time.perf_counter() - t0:.1f} s, {fit.engine})", highlight=False)
-    selected = select(fits)
+    keep = out is not None and len(models) > 1  # write each fit as it finishes
+    progress = Progress(len(models), quiet=quiet)
+    fits, fit_files, stopped = {}, {}, None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread
+        previous = None
+    try:
+        with progress:
+            for k, (g, r) in enumerate(models, 1):
+                name = f"{g}/{r}"
+                path = Path(out) / "fits" / f"{g}-{r}.json" if keep else None
+                inputs = fit_inputs(raw_data, K, traits=traits, env=env, id=id, fixed=fixed, method=method,
+                                    tol=tol, max_iter=max_iter, engine=engine, pev=pev, genetic=g,
+                                    residual=r) if keep else None
+                if keep:
+                    fit, why = reusable(path, inputs, time_limit)
+                    if fit is not None:
+                        fits[name], fit_files[name] = fit, path
+                        progress.message(_result_line(k, len(models), name, fit, 0.0, reused=path))
+                        continue
+                    if why:
+                        progress.message(f"[{k}/{len(models)}] {name}: {path} {why}: fitting again")
+                progress.start(name, k)
+                t0 = time.perf_counter()
+                fit = hetvc.fit(data, K, traits, env=env, id=id, genetic=g, residual=r, fixed=formula,
+                                method=method, engine=engine, tol=tol, max_iter=max_iter, pev=pev,
+                                time_limit=time_limit, progress=progress)
+                if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
+                    fit.fixed = fixed
+                    fit.notes = list(fit.notes) + fixed_notes
+                fitted = model_name(fit)  # named by what was fitted
+                if fitted in fits:
+                    progress.stop()
+                    notes = notes + [f"{name} was fitted as {fitted}, which was already fitted; kept once"]
+                    continue
+                if keep:
+                    if fitted != name:
+                        path = Path(out) / "fits" / f"{fitted.replace('/', '-')}.json"
+                    fit_files[fitted] = write_fit(fit, path, inputs, time_limit)
+                fits[fitted] = fit
+                progress.finish(fit, _result_line(k, len(models), fitted, fit, time.perf_counter() - t0))
+    except KeyboardInterrupt as err:
+        progress.stop()
+        stopped = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     data_facts = dict(facts)
     data_facts.update(traits=list(traits), env=env, id=id, fixed=fixed, method=method, notes=notes)
+    if time_limit is not None:
+        data_facts["time_limit"] = time_limit
+    if stopped is not None:
+        _stop(stopped, fits, models, out, data_facts, figures, fit_files)
+    selected = select(fits)
     if out is not None:
-        result = write_report(out, fits, selected, data_facts, figures=figures)
+        result = write_report(out, fits, selected, data_facts, figures=figures, fit_files=fit_files)
     else:
         result = summary(fits, selected, data_facts)
     if as_json:
@@ -382,37 +731,70 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
         _print_summary(fits, selected, data_facts, comparison(fits) if len(fits) > 1 else None, out)
     failed = [n for n, f in fits.items() if not f.converged]
     if failed:
+        status = fits[failed[0]].record["status"]
+        hint = "raise --time-limit" if status == "time limit" else "try --max-iter or a simpler structure"
         raise ConvergenceError(
-            f"{len(failed)} model(s) did not converge ({', '.join(failed)}): "
-            f"{fits[failed[0]].record['status']}; see record['message'] in the fit; "
-            "try --max-iter or a simpler structure")
+            f"{len(failed)} model(s) did not converge ({', '.join(failed)}): {status}; "
+            f"see record['message'] in the fit; {hint}")
     return fits, result
 
 
+def _stop(stopped, fits, models, out, data_facts, figures, fit_files):
+    """After Ctrl-C or SIGTERM: the report of the finished models, one line, exit 130."""
+    from ..report import write_report
+
+    done = ", ".join(fits) or "none"
+    missing = [f"{g}/{r}" for g, r in models if f"{g}/{r}" not in fits]
+    where = ""
+    if out is not None and fits:
+        data_facts.update(not_fitted=missing, stopped=stopped)
+        try:
+            write_report(out, fits, None, data_facts, figures=figures, fit_files=fit_files)
+            where = f"; wrote {out}/ (report.md on the finished models)"
+        except KeyboardInterrupt:
+            where = f"; the report was not written, the finished fits are in {out}/fits/"
+    elif out is None and fits:
+        where = "; nothing written (give --out DIR to keep finished fits)"
+    again = "; run the same command again to resume" if out is not None else ""
+    click.echo(f"hetvc: {stopped}: {len(fits)} of {len(models)} models fitted ({done})"
+               f"{where}{again}", err=True)
+    sys.exit(130)
+
+
 def _print_summary(fits, selected, facts, comp, out):
+    from ..report import fit_text, format_p, selection_lines
+
     echo = click.echo
-    best = fits[selected]
+    primary = selected if selected is not None else (next(iter(fits)) if len(fits) == 1 else None)
     for n in facts.get("notes", []):
         echo(f"note: {n}")
     if comp is not None:
         echo("")
         echo("Model comparison (paper Table 2 layout; VCs = covariance parameters)")
-        show = pd.DataFrame({
-            "model (G/E)": comp["model"], "VCs": comp["k"],
-            "logLik": comp["logLik"].map(lambda v: f"{v:.2f}"),
-            "AIC": comp["AIC"].map(lambda v: f"{v:.2f}"), "BIC": comp["BIC"].map(lambda v: f"{v:.2f}"),
-            "dAIC": comp["dAIC"].map(lambda v: f"{v:.2f}"),
+        two = lambda v: f"{v:.2f}" if np.isfinite(v) else "-"
+        cols = {"model (G/E)": comp["model"], "VCs": comp["k"],
+                "logLik": comp["logLik"].map(two), "AIC": comp["AIC"].map(two)}
+        if "AICc" in comp.columns:
+            cols["AICc"] = comp["AICc"].map(two)
+        cols.update({
+            "BIC": comp["BIC"].map(two), "dAIC": comp["dAIC"].map(two),
             "LRT vs": comp["lrt_vs"].map(lambda v: v if isinstance(v, str) else "-"),
-            "p": comp["lrt_p"].map(lambda v: "-" if not np.isfinite(v) else f"{v:.3g}"),
-            "converged": comp["converged"].map(lambda v: "yes" if v else "NO"),
+            "p": comp["lrt_p"].map(lambda v: format_p(v, 3, "-")),
+            "converged": [("yes" if fits[n].converged else f"NO ({fits[n].record.get('status')})")
+                          for n in comp["model"]],
         })
-        echo(show.to_string(index=False))
-        echo(f"selected (lowest AIC among converged fits): {selected}")
+        echo(pd.DataFrame(cols).to_string(index=False))
+        for line in selection_lines(fits, comp):
+            echo("selected" + line[len("Selected"):] if line.startswith("Selected") else line)
         echo("")
-    echo(best.summary())
+    if primary is not None:
+        echo(fit_text(fits[primary]))
+    else:
+        echo("No model converged: no estimates to show as a result"
+             + (f"; every fit is in {out}/fits/ and report.md" if out is not None else ""))
     if out is not None:
         echo("")
-        echo(f"wrote {out}/ (report.md, fit.json, tables and figures)")
+        echo(f"wrote {out}/ (report.md, {'fit.json, ' if primary is not None else ''}tables and figures)")
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -424,12 +806,17 @@ _model_options = [
     click.option("--method", type=click.Choice(["reml", "ml"]), default="reml", show_default=True),
     click.option("--engine", type=click.Choice(["auto", "dense", "spectral"]), default="auto", show_default=True),
     click.option("--tol", type=float, default=1e-8, show_default=True, help="Convergence tolerance (Newton decrement)."),
-    click.option("--max-iter", type=int, default=200, show_default=True),
+    click.option("--max-iter", type=int, default=200, show_default=True,
+                 help="Most iterations per model (AI steps and L-BFGS iterations together)."),
+    click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+                 metavar="SECONDS",
+                 help="Most seconds of optimisation per model; a fit stopped by it is kept, marked "
+                      "'time limit' (not converged)."),
     click.option("--json", "as_json", is_flag=True, help="Print the machine-readable summary on stdout."),
     click.option("--no-figures", is_flag=True, help="Skip the PNG figures."),
     click.option("--no-pev", is_flag=True,
                  help="Skip the BLUPs' prediction error variances (for large K the slowest part)."),
-    click.option("--quiet", is_flag=True, help="No per-model progress lines on stderr."),
+    click.option("--quiet", is_flag=True, help="No progress or per-model lines on stderr."),
 ]
 
 
@@ -468,14 +855,17 @@ def _apply(options):
               help="Folder for fit.json, tables, figures and report.md (created).")
 @_apply(_model_options)
 def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, jitter, traits, env, id_,
-                fixed, compare, sep, out, genetic, residual, method, engine, tol, max_iter, as_json,
-                no_figures, no_pev, quiet):
+                fixed, compare, sep, out, genetic, residual, method, engine, tol, max_iter, time_limit,
+                as_json, no_figures, no_pev, quiet):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
     Prints variance components with SEs, h² per trait × environment and pooled, genetic
     correlations, logLik/AIC/BIC and convergence; with --compare, the model comparison in the
     layout of the paper's Table 2.  With --out, writes fit.json, CSV tables, figures and
-    report.md.  Exit status: 0 success, 2 bad input, 3 a fit did not converge.
+    report.md; with --compare each model's fit goes to OUT/fits/ as soon as it finishes, and
+    running the same command again reuses the fits made with the same inputs and options.
+    Exit status: 0 success, 2 bad input, 3 a fit did not converge, 130 interrupted (Ctrl-C or
+    SIGTERM; the finished models are reported).
     """
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
     if not trait_list:
@@ -490,11 +880,11 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     facts["command"] = _command_line("fit", pheno, dict(
         kinship=kinship, genotypes=genotypes, traits=",".join(trait_list), env=env, id=id_, fixed=fixed,
         compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
-        out=out))
+        time_limit=time_limit, out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
                  engine=engine, tol=tol, max_iter=max_iter, out=out, as_json=as_json,
                  figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet,
-                 pev=not no_pev)
+                 pev=not no_pev, time_limit=time_limit)
 
 
 @click.command("example")
@@ -504,8 +894,8 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
               help="Models to compare (as for hetvc fit --compare).")
 @click.option("--traits", default="yield,height", show_default=True, help="Traits (yield, oil, height).")
 @_apply(_model_options)
-def example_command(out, compare, traits, genetic, residual, method, engine, tol, max_iter, as_json,
-                    no_figures, no_pev, quiet):
+def example_command(out, compare, traits, genetic, residual, method, engine, tol, max_iter, time_limit,
+                    as_json, no_figures, no_pev, quiet):
     """Run the paper's Table-2 comparison on the bundled SoyNAM example and write the report.
 
     160 soybean lines of 4 SoyNAM families, yield and plant height at 3 US locations (2012),
@@ -527,11 +917,12 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     facts.update(kfacts)
     facts["pheno"] = "hetvc/examples/soynam/pheno.csv (bundled)"
     facts["kinship"] = "hetvc/examples/soynam/kinship.csv (bundled)"
-    facts["command"] = _command_line("example", None, dict(out=out, compare=compare, traits=",".join(trait_list)))
+    facts["command"] = _command_line("example", None, dict(out=out, compare=compare, traits=",".join(trait_list),
+                                                           time_limit=time_limit))
     run_analysis(data, K, traits=trait_list, env=roles["env"], id=roles["id"], models=models, fixed=None,
                  method=method, engine=engine, tol=tol, max_iter=max_iter, out=out,
                  as_json=as_json, figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes,
-                 quiet=quiet, pev=not no_pev)
+                 quiet=quiet, pev=not no_pev, time_limit=time_limit)
 
 
 COMMANDS = [fit_command, example_command]

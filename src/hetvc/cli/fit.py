@@ -519,14 +519,18 @@ def eta(record) -> str:
     if limit:
         bounds.append(max(float(limit) - secs, 0.0))
     bound = min(bounds)
+    # history[j].decrement is the Newton decrement at the estimate after iteration j, known once
+    # the next iteration starts: extrapolate its linear rate from the last two known values
     history = _get(record, "history")
-    decs = [float(_get(h, "decrement")) for h in history]
-    decs = [d for d in decs if math.isfinite(d) and d > 0]
+    known = [(int(_get(h, "iteration")), float(_get(h, "decrement"))) for h in history]
+    known = [(j, d) for j, d in known if math.isfinite(d) and d > 0]
     tol = float(_get(record, "tol"))
-    if len(decs) >= 3 and _get(history[-1], "method") == "AI" and decs[-1] < decs[-2]:
-        rate = decs[-1] / decs[-2]
+    if len(known) >= 3 and _get(history[-1], "method") == "AI" and known[-1][1] < known[-2][1]:
+        (_, d0), (j, d) = known[-2], known[-1]
+        rate = d / d0
         if rate < 0.9:
-            n = max(math.ceil(math.log(tol / decs[-1]) / math.log(rate)), 1) if decs[-1] > tol else 1
+            n = math.ceil(math.log(tol / d) / math.log(rate) - 1e-9) if d > tol else 0
+            n = max(n - (its - j), 1)  # less the iterations taken since that estimate
             if n * per < bound:
                 return f"~{_duration(n * per)} left"
     return f"≤ {_duration(bound)} left"

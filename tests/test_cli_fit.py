@@ -5,6 +5,7 @@ simulated data set covers the readers, --genotypes, --fixed, the JSON schema and
 """
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -322,3 +323,74 @@ def test_singularity_note_without_an_eigendecomposition_of_a_large_k():
             "rank 40 of 300: a GRM of 40 markers has rank at most 40" if q == 300
             else "a GRM of 40 markers has rank at most 40, below its 1600 rows")
         assert _singularity(K + 0.1 * np.eye(q)) == ""
+
+
+# -- notes that say what is true in context ------------------------------------------------------
+def test_mean_diagonal_note_names_inbred_lines_only_near_2(sim, tmp_path):
+    from hetvc.cli.fit import load_kinship
+
+    K = pd.read_csv(sim / "kinship.csv", index_col=0, dtype={"id": str})
+    K.index = K.index.astype(str)
+    for factor, inbred in ((0.2, False), (2.0, True), (0.7, False)):
+        path = tmp_path / f"K{factor}.csv"
+        (K * factor / np.diag(K).mean()).to_csv(path)
+        _, facts, notes = load_kinship(path, None, "standardized", None, None, "mean-diag")
+        (note,) = [n for n in notes if "mean diagonal" in n]
+        assert f"({factor:.4g})" in note
+        assert ("inbred lines have a GRM diagonal near 2" in note) == inbred, note
+
+
+def test_rank_note_says_what_limits_the_rank(sim, tmp_path):
+    from hetvc.cli.fit import load_kinship
+
+    markers = pd.read_csv(sim / "markers.csv", dtype={"id": str})
+    few = markers.iloc[:, :21]  # id + 20 SNPs for 90 genotypes
+    few.to_csv(tmp_path / "few.csv", index=False)
+    _, _, notes = load_kinship(None, tmp_path / "few.csv", "standardized", None, None, "mean-diag")
+    (note,) = [n for n in notes if n.startswith("K is singular")]
+    m = re.search(r"rank (\d+) of 90: a GRM of (\d+) markers has rank at most \2", note)
+    assert m and int(m.group(1)) <= int(m.group(2)) <= 20, note
+    assert "centred" not in note
+    # more markers than genotypes: the centring alone costs one rank
+    _, _, notes = load_kinship(None, sim / "markers.csv", "standardized", None, None, "mean-diag")
+    (note,) = [n for n in notes if n.startswith("K is singular")]
+    assert "rank 89 of 90: its rows sum to zero, as in a GRM of centred genotypes" in note
+
+
+def test_one_environment_names_models_by_what_was_fitted(sim, tmp_path):
+    out = tmp_path / "out"
+    res = run("fit", sim / "pheno.csv", "--kinship", sim / "kinship.csv", "--traits", "t1",
+              "--compare", "all", "--no-figures", "--no-pev", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "[1/1] homogeneous/homogeneous: logLik" in res.stderr
+    assert "hetvc: homogeneous/homogeneous it 0" in res.stderr
+    assert "heterogeneous/" not in res.stderr and "unstructured/" not in res.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert [m["model"] for m in s["models"]] == ["homogeneous/homogeneous"]
+    (note,) = [n for n in s["data"]["notes"] if n.startswith("one environment")]
+    assert "no --env" in note and "fitted as homogeneous/homogeneous (once)" in note
+    report = (out / "report.md").read_text()
+    assert "| heterogeneous/homogeneous |" not in report
+    assert "## Selected model: homogeneous/homogeneous" in report
+    # the single default model (heterogeneous) without --env is the homogeneous one, and says so
+    res = run("fit", sim / "pheno.csv", "--kinship", sim / "kinship.csv", "--traits", "t1", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["selected"] == "homogeneous/homogeneous"
+    assert "[1/1] homogeneous/homogeneous:" in res.stderr
+
+
+def test_jitter_hint_is_the_cli_option(sim, tmp_path):
+    K = pd.read_csv(sim / "kinship.csv", index_col=0, dtype={"id": str})
+    K.iloc[0, 1] = K.iloc[1, 0] = 5.0  # not positive semi-definite
+    K.to_csv(tmp_path / "bad.csv")
+    base = ("fit", sim / "pheno.csv", "--kinship", tmp_path / "bad.csv", "--traits", "t1", "--env", "env",
+            "--genetic", "homogeneous")
+    res = run(*base)
+    assert res.exit_code == 2, res.output
+    assert "pass --jitter 0.01 to add a ridge" in res.output and "jitter=" not in res.output
+    res = run(*base, "--jitter", "0.01", "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    (note,) = [n for n in json.loads(res.stdout)["data"]["notes"] if "not positive semi-definite" in n]
+    assert "(--jitter 0.01 × mean diagonal)" in note and "jitter=" not in note
+    with pytest.raises(hetvc.errors.InputError, match=r"pass jitter=0\.01"):  # Python keeps its hint
+        hetvc.check_kinship(K)

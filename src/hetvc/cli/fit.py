@@ -370,24 +370,18 @@ def _command_line(name: str, pheno, opts: dict) -> str:
 
 
 # -- one environment ----------------------------------------------------------------------------
-def one_environment(data: pd.DataFrame, env) -> bool:
-    """True when the data have a single environment (no --env, or one level of it)."""
-    if env is None:
-        return True
-    return env in data.columns and data[env].dropna().astype(str).nunique() <= 1
-
-
-def as_fitted(models, one_env: bool, env=None) -> tuple[list, list]:
-    """(models, notes): with one environment every genetic and residual structure is the
-    homogeneous one, so models are named by what is fitted and duplicates are fitted once."""
-    if not one_env:
+def as_fitted(models, env=None) -> tuple[list, list]:
+    """(models, notes): without --env (one environment) every genetic and residual structure
+    is the homogeneous one (hetvc.fit fits it so), so models are named by what is fitted and
+    duplicates are fitted once.  (An --env column with one level is an error for the
+    environment-specific structures, raised by hetvc.fit.)"""
+    if env is not None:
         return list(models), []
     fitted = list(dict.fromkeys(("homogeneous", "homogeneous") for _ in models))
     changed = [f"{g}/{r}" for g, r in models if (g, r) != ("homogeneous", "homogeneous")]
     if not changed:
         return fitted, []
-    where = "no --env" if env is None else f"--env {env} has one level"
-    return fitted, [f"one environment ({where}): heterogeneous and unstructured structures reduce to the "
+    return fitted, [f"one environment (no --env): heterogeneous and unstructured structures reduce to the "
                     f"homogeneous one, so {', '.join(changed)} "
                     f"{'is' if len(changed) == 1 else 'are'} fitted as homogeneous/homogeneous"
                     + (" (once)" if len(models) > 1 else "")]
@@ -652,7 +646,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
 
     from ..report import comparison, model_name, select, summary, write_report
 
-    models, env_notes = as_fitted(models, one_environment(data, env), env)
+    models, env_notes = as_fitted(models, env)
     notes = notes + env_notes
     raw_data = data
     data, formula, fixed_notes = resolve_fixed(data, fixed, env)

@@ -31,7 +31,13 @@ def test_tables_have_the_documented_shape(fits, problem):
     fit = fits["heterogeneous"]
     vc = fit.variance_components()
     assert list(vc["name"])[:3] == ["G[E1][y1,y1]", "G[E1][y1,y2]", "G[E1][y2,y2]"]
-    assert len(vc) == 3 * 3 + 3 and vc["se"].gt(0).all()
+    assert len(vc) == 3 * 3 + 3
+    assert list(vc.columns)[-3:] == ["estimate", "se", "se_note"]
+    # an SE is positive, or NA with its reason (a block on the boundary: every parameter of it)
+    assert (vc["se"].gt(0) | (vc["se"].isna() & vc["se_note"].ne(""))).all()
+    blocks = fit._param_blocks()
+    for b, se, note in zip(blocks, vc["se"], vc["se_note"]):
+        assert (b in fit.boundary) == (note == f"on the boundary ({b} is singular)") == np.isnan(se)
     h2 = fit.heritability()
     assert len(h2) == 3 * 2 and h2["h2"].between(0, 1).all()
     blups = fit.blups()

@@ -1,4 +1,4 @@
-"""Model comparison by ℓ, AIC and BIC; likelihood-ratio tests only between nested models.
+"""Model comparison by ℓ, AIC, AICc and BIC; likelihood-ratio tests only between nested models.
 
 Genetic structures nest as homogeneous ⊂ unstructured ⊃ heterogeneous (homogeneous and
 heterogeneous do not nest: the first has covariance across environments, the second none);
@@ -27,8 +27,11 @@ def nested(small, big) -> bool:
 
 
 def compare(*fits, names=None) -> pd.DataFrame:
-    """Table of k, logLik, AIC, BIC, ΔAIC, ΔBIC (and an LRT against the best nested smaller
-    model) for fits of the same data and fixed effects, in the order given."""
+    """Table of k, logLik, AIC, BIC, AICc, ΔAIC, ΔBIC, ΔAICc (and an LRT against the best nested
+    smaller model) for fits of the same data and fixed effects, in the order given.
+
+    AICc = AIC + 2k(k + 1)/(n − k − 1) with n = N − p (as in BIC); NaN when n − k − 1 ≤ 0.
+    Prefer AICc and BIC to AIC when k approaches the number of phenotyped genotypes."""
     if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
         fits = tuple(fits[0])
     if len(fits) < 2:
@@ -41,7 +44,7 @@ def compare(*fits, names=None) -> pd.DataFrame:
     rows = []
     for name, f in zip(names, fits):
         row = dict(model=name, genetic=f.genetic, residual=f.residual, k=f.n_params,
-                   logLik=f.loglik, AIC=f.aic, BIC=f.bic, converged=f.converged,
+                   logLik=f.loglik, AIC=f.aic, BIC=f.bic, AICc=f.aicc, converged=f.converged,
                    lrt_vs=None, lrt_stat=np.nan, lrt_df=np.nan, lrt_p=np.nan)
         smaller = [(n, g) for n, g in zip(names, fits) if nested(g, f)]
         if smaller:
@@ -53,4 +56,5 @@ def compare(*fits, names=None) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out["dAIC"] = out["AIC"] - out["AIC"].min()
     out["dBIC"] = out["BIC"] - out["BIC"].min()
+    out["dAICc"] = out["AICc"] - out["AICc"].min()
     return out

@@ -9,10 +9,17 @@ record, BLUEs and BLUPs — so it round-trips through JSON (:meth:`FitResult.to_
   π_il the share of trait i's observed values in environment l)
 * r_g   = ΣG[a,b] / √(ΣG[a,a] ΣG[b,b])  between traits within an environment, and between
   environments within a trait (``unstructured``)
-* AIC = −2ℓ + 2k,  BIC = −2ℓ + k·log(N − p)  (k covariance parameters, N observed values)
+* AIC = −2ℓ + 2k,  BIC = −2ℓ + k·log n,  AICc = AIC + 2k(k + 1)/(n − k − 1)
+  (k covariance parameters, n = N − p the REML degrees of freedom: N observed values, p = rank X;
+  AICc is NaN when n − k − 1 ≤ 0)
 
 Standard errors of functions of θ use the delta method, J·AI⁻¹·J', with the Jacobian J taken
-by complex-step differentiation (exact to rounding for these rational functions).
+by complex-step differentiation (exact to rounding for these rational functions).  An SE that
+carries no information is NaN with its reason in the column ``se_note`` ("" when the SE is
+fine): a parameter whose ΣG/ΣE block is on the boundary (AI⁻¹ does not describe an estimate at
+the edge of the parameter space), a parameter the AI matrix has no information on, an SE above
+``ABSURD_SE`` × the phenotypic variance of its cell(s) (a variance) or above 1 (h², a
+correlation); a derived quantity inherits the reason of any parameter it depends on.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pandas as pd
 from .structures import make_structure
 
 _H = 1e-20  # complex step
+ABSURD_SE = 1e3  # a variance SE above this many phenotypic variances carries no information
 
 
 @dataclass
@@ -79,6 +87,12 @@ class FitResult:
     def bic(self) -> float:
         return -2.0 * self.loglik + self.n_params * np.log(self.n_obs - self.rank_x)
 
+    @property
+    def aicc(self) -> float:
+        """AIC + 2k(k+1)/(n − k − 1), n = N − p; NaN when n − k − 1 ≤ 0."""
+        k, n = self.n_params, self.n_obs - self.rank_x
+        return self.aic + 2.0 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else float("nan")
+
     def param_names(self) -> list[str]:
         return self._G.param_names() + self._E.param_names()
 
@@ -117,14 +131,113 @@ class FitResult:
     # -- delta method --------------------------------------------------------------------------
     def _delta(self, fun) -> tuple[np.ndarray, np.ndarray]:
         """(f(θ̂), SE of f) for a vector function f of θ, by complex-step Jacobian."""
+        value, se, _ = self._delta_jacobian(fun)
+        return value, se
+
+    def _delta_jacobian(self, fun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(f(θ̂), SE of f, the Jacobian J)."""
         value = np.real(fun(self.theta.astype(complex))).ravel()
         jac = np.empty((value.size, self.n_params))
         for k in range(self.n_params):
             t = self.theta.astype(complex)
             t[k] += 1j * _H
             jac[:, k] = np.imag(fun(t)).ravel() / _H
-        var = np.einsum("ik,kl,il->i", jac, self.theta_cov, jac)
-        return value, np.sqrt(np.where(var >= 0, var, np.nan))
+        involved = jac != 0
+        cov = np.nan_to_num(self.theta_cov, nan=0.0)  # parameters without information: see se_note
+        var = np.einsum("ik,kl,il->i", jac, cov, jac)
+        se = np.sqrt(np.where(var >= 0, var, np.nan))
+        se[(involved & np.isnan(np.diag(self.theta_cov))).any(axis=1)] = np.nan
+        return value, se, jac
+
+    # -- SEs that carry no information ------------------------------------------------------------
+    def _param_blocks(self) -> list[str]:
+        """Name of the ΣG/ΣE block of every parameter (as in ``boundary``)."""
+        out = []
+        for s in (self._G, self._E):
+            block_of = {}
+            for blk in s.blocks:
+                name = f"{s.prefix}[{s.labels[blk[0]][0]}]" if len(s.blocks) > 1 else s.prefix
+                block_of.update({int(a): name for a in blk})
+            out += [block_of[a] for a, _ in s.pairs]
+        return out
+
+    def _row_variances(self) -> tuple[np.ndarray, np.ndarray]:
+        """Phenotypic variance of every row of ΣG and ΣE, from the observed values: per
+        environment × trait (pooled within environments where a cell has < 3 values)."""
+        env = np.asarray(self.observed["env"]).astype(str)
+        trait = np.asarray(self.observed["trait"]).astype(str)
+        y = np.asarray(self.observed["y"], dtype=float)
+        L, m = len(self.envs), len(self.traits)
+        pooled, cell = np.ones(m), np.ones((L, m))
+        for i, t in enumerate(map(str, self.traits)):
+            sel = trait == t
+            resid = y[sel].copy()
+            for e in np.unique(env[sel]):
+                here = env[sel] == e
+                resid[here] -= resid[here].mean()
+            pooled[i] = resid.var() if sel.any() and resid.var() > 0 else 1.0
+            for l, e in enumerate(map(str, self.envs)):
+                v = y[sel & (env == e)]
+                cell[l, i] = v.var() if len(v) >= 3 and v.var() > 0 else pooled[i]
+        return tuple(cell.ravel() if s.env_specific else pooled for s in (self._G, self._E))
+
+    def _param_se_notes(self) -> tuple[np.ndarray, list[str]]:
+        """(SE, reason) of every parameter: NaN and a reason when the SE carries no information."""
+        diag = np.diag(self.theta_cov)
+        se = np.sqrt(np.where(diag >= 0, diag, np.nan))
+        on_boundary = set(self.boundary)
+        scales = self._row_variances()
+        notes = []
+        for k, ((term, (a, b)), block) in enumerate(zip(self._pairs(), self._param_blocks())):
+            scale = np.sqrt(scales[term][a] * scales[term][b])
+            if block in on_boundary:
+                notes.append(f"on the boundary ({block} is singular)")
+            elif np.isnan(diag[k]):
+                notes.append("no information in the data (AI singular)")
+            elif not np.isfinite(se[k]):
+                notes.append("not available")
+            elif se[k] > ABSURD_SE * scale:
+                notes.append(f"absurd (over {ABSURD_SE:g} phenotypic variances)")
+            else:
+                notes.append("")
+        se = np.where([n == "" for n in notes], se, np.nan)
+        return se, notes
+
+    def _pairs(self):
+        return [(0, p) for p in self._G.pairs] + [(1, p) for p in self._E.pairs]
+
+    def _derived_se(self, fun, bound: float | None = 1.0, what: str = "") -> tuple:
+        """(value, SE, se_note) of a derived quantity: the first reason of a parameter it depends
+        on, else NaN when the SE exceeds ``bound`` (the quantity's whole range)."""
+        value, se, jac = self._delta_jacobian(fun)
+        _, param_notes = self._param_se_notes()
+        notes = []
+        for row in range(len(value)):
+            reasons = [param_notes[k] for k in np.nonzero(jac[row])[0] if param_notes[k]]
+            if reasons:
+                notes.append(reasons[0])
+            elif not np.isfinite(se[row]):
+                notes.append("not available")
+            elif bound is not None and se[row] > bound:
+                notes.append(f"absurd (over {bound:g} for {what})")
+            else:
+                notes.append("")
+        se = np.where([n == "" for n in notes], se, np.nan)
+        return value, se, notes
+
+    def se_notes(self) -> list[str]:
+        """Fit-level notes on SEs given as NA (boundary blocks, absurd SEs)."""
+        out = []
+        if self.boundary:
+            out.append(f"SEs of the parameters of {', '.join(self.boundary)} (on the boundary) and of "
+                       "h² and correlations built from them are NA: AI⁻¹ does not describe an "
+                       "estimate at the edge of the parameter space")
+        _, notes = self._param_se_notes()
+        absurd = [n for n, r in zip(self.param_names(), notes) if r.startswith("absurd")]
+        if absurd:
+            out.append(f"SEs that carry no information (NA): {', '.join(absurd[:5])}"
+                       + (f" and {len(absurd) - 5} more" if len(absurd) > 5 else ""))
+        return out
 
     def _diag_parts(self, theta):
         G, E = self._full(theta)
@@ -135,7 +248,7 @@ class FitResult:
     def variance_components(self) -> pd.DataFrame:
         """Tidy table: component, environment(s), trait pair, estimate, SE (from AI⁻¹)."""
         rows = []
-        se = np.sqrt(np.where(np.diag(self.theta_cov) >= 0, np.diag(self.theta_cov), np.nan))
+        se, se_note = self._param_se_notes()
         k = 0
         for s in (self._G, self._E):
             for a, b in s.pairs:
@@ -143,7 +256,7 @@ class FitResult:
                 rows.append(dict(
                     name=self.param_names()[k], component=s.prefix, structure=s.name,
                     env1=eb, env2=ea, trait1=tb, trait2=ta,
-                    estimate=self.theta[k], se=se[k],
+                    estimate=self.theta[k], se=se[k], se_note=se_note[k],
                 ))
                 k += 1
         return pd.DataFrame(rows)
@@ -154,10 +267,10 @@ class FitResult:
             g, e = self._diag_parts(theta)
             return g / (g + e)
 
-        value, se = self._delta(h2)
+        value, se, note = self._derived_se(h2, 1.0, "an h²")
         idx = self._labels()
         return pd.DataFrame({"env": idx.get_level_values(0), "trait": idx.get_level_values(1),
-                             "h2": value, "se": se})
+                             "h2": value, "se": se, "se_note": note})
 
     def pooled_heritability(self) -> pd.DataFrame:
         """Pooled h² per trait (paper eq. 12 as proportions), with delta-method SEs."""
@@ -167,8 +280,8 @@ class FitResult:
             g, e = self._diag_parts(theta)
             return (pi * g).sum(0) / (pi * (g + e)).sum(0)
 
-        value, se = self._delta(pooled)
-        return pd.DataFrame({"trait": self.traits, "h2": value, "se": se})
+        value, se, note = self._derived_se(pooled, 1.0, "an h²")
+        return pd.DataFrame({"trait": self.traits, "h2": value, "se": se, "se_note": note})
 
     def genetic_correlations(self) -> pd.DataFrame:
         """Genetic correlations between traits within each environment and, for
@@ -185,7 +298,7 @@ class FitResult:
                     for b in range(l + 1, L):
                         pairs.append(("environments", self.envs[l], self.envs[b], self.traits[i], self.traits[i], l * m + i, b * m + i))
         if not pairs:
-            return pd.DataFrame(columns=["between", "env1", "env2", "trait1", "trait2", "r", "se"])
+            return pd.DataFrame(columns=["between", "env1", "env2", "trait1", "trait2", "r", "se", "se_note"])
         ia = np.array([p[5] for p in pairs])
         ib = np.array([p[6] for p in pairs])
 
@@ -193,8 +306,9 @@ class FitResult:
             G, _ = self._full(theta)
             return G[ia, ib] / np.sqrt(G[ia, ia] * G[ib, ib])
 
-        value, se = self._delta(corr)
-        return pd.DataFrame([p[:5] for p in pairs], columns=["between", "env1", "env2", "trait1", "trait2"]).assign(r=value, se=se)
+        value, se, note = self._derived_se(corr, 1.0, "a correlation")
+        return pd.DataFrame([p[:5] for p in pairs], columns=["between", "env1", "env2", "trait1", "trait2"]).assign(
+            r=value, se=se, se_note=note)
 
     def blues(self) -> pd.DataFrame:
         """Fixed effects b̂ with SEs from (X'V⁻¹X)⁻¹."""
@@ -225,28 +339,43 @@ class FitResult:
 
     # -- summary ------------------------------------------------------------------------------------
     def summary(self) -> str:
-        rec = self.record
         lines = [
             f"hetvc fit: genetic={self.genetic}, residual={self.residual}, {self.method.upper()}",
             f"  {self.n_obs} observed values, {len(self.traits)} trait(s), {len(self.envs)} environment(s), "
             f"{len(self.ids)} genotypes in K",
             f"  engine: {self.engine} ({self.engine_reason})",
-            f"  status: {rec['status']} after {rec['iterations']} iterations "
-            f"({rec['evaluations']} evaluations, {rec['seconds']:.3g} s)" + (f"; {rec['message']}" if rec.get('message') else ""),
-            f"  logLik = {self.loglik:.4f}   k = {self.n_params}   AIC = {self.aic:.4f}   BIC = {self.bic:.4f}",
+            f"  status: {self.status_line()}",
+            f"  logLik = {self.loglik:.4f}   k = {self.n_params}   AIC = {self.aic:.4f}   "
+            f"AICc = {self.aicc:.4f}   BIC = {self.bic:.4f}",
         ]
         if self.boundary:
             lines.append(f"  on the boundary (a singular block): {', '.join(self.boundary)}")
         lines += [f"  note: {n}" for n in self.notes]
-        fmt = lambda df: df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-        vc = self.variance_components()[["name", "estimate", "se"]]
-        lines += ["", "Variance components", fmt(vc)]
-        lines += ["", "Heritability per environment", fmt(self.heritability())]
-        lines += ["", "Pooled heritability", fmt(self.pooled_heritability())]
+        vc = self.variance_components()[["name", "estimate", "se", "se_note"]]
+        lines += ["", "Variance components", _table(vc)]
+        lines += ["", "Heritability per environment", _table(self.heritability())]
+        lines += ["", "Pooled heritability", _table(self.pooled_heritability())]
         rg = self.genetic_correlations()
         if len(rg):
-            lines += ["", "Genetic correlations", fmt(rg)]
+            lines += ["", "Genetic correlations", _table(rg)]
         return "\n".join(lines)
+
+    def status_line(self) -> str:
+        """E.g. 'converged after 52 iterations (41 AI + 11 L-BFGS; 140 evaluations, 60 in the
+        fallback; finished by AI, 3.1 s)', or 'converged after 12 AI iterations (13 evaluations,
+        0.2 s)' without a fallback; the message follows a fit that did not converge."""
+        rec = self.record
+        its, evals, secs = rec["iterations"], rec["evaluations"], rec.get("seconds", 0.0)
+        fallback = rec.get("fallback_iterations")
+        if fallback is None:  # a fit.json from before the record counted the methods
+            line = f"{rec['status']} after {its} iterations ({evals} evaluations, {secs:.1f} s)"
+        elif fallback == 0 and rec.get("fallback_evaluations", 0) == 0:
+            line = f"{rec['status']} after {its} AI iterations ({evals} evaluations, {secs:.1f} s)"
+        else:
+            line = (f"{rec['status']} after {its} iterations ({rec.get('ai_iterations', its - fallback)} AI + "
+                    f"{fallback} L-BFGS; {evals} evaluations, {rec.get('fallback_evaluations', 0)} in the "
+                    f"fallback; finished by {rec.get('finished_by', 'AI')}, {secs:.1f} s)")
+        return line + (f"; {rec['message']}" if rec.get("message") else "")
 
     def __repr__(self) -> str:
         return (f"<FitResult genetic={self.genetic} residual={self.residual} logLik={self.loglik:.4f} "
@@ -280,6 +409,15 @@ class FitResult:
                 kw[k] = np.asarray(kw[k], dtype=float)
         kw["observed"] = {k: np.asarray(v) for k, v in d["observed"].items()}
         return cls(**kw)
+
+
+def _table(df: pd.DataFrame) -> str:
+    """A table as text: SEs given as NA carry their reason; no se_note column when all are fine."""
+    df = df.copy()
+    if "se_note" in df.columns:
+        df["se"] = [f"{v:.4g}" if not n else f"NA ({n})" for v, n in zip(df["se"], df["se_note"])]
+        df = df.drop(columns="se_note")
+    return df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def _jsonable(obj):

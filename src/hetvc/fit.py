@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .data import build_design
+from .diagnostics import check_design, design_notes, runaway, unidentified
 from .engines import choose_engine
 from .errors import InputError
 from .model import Model
@@ -124,27 +125,52 @@ def fit(
             f"{model.n_params} covariance parameters but only {design.n_obs - design.X.shape[1]} "
             "residual degrees of freedom; use a simpler structure or more data"
         )
+    check_design(model)
+    notes = design_notes(model)
     eng, reason = choose_engine(model, engine, eigen=eigen)
     theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=tol, max_iter=max_iter,
                                  time_limit=time_limit, progress=progress)
     _, _, ai_inv = newton_step(ev.ai, ev.score)
+    singular = _singular(model, ev.ai, ai_inv)
+    _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular))
     solution = eng.solve(theta, pev=pev)
-    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, fixed)
+    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, fixed, notes, singular)
 
 
-def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fixed) -> FitResult:
+def _singular(model: Model, ai: np.ndarray, ai_inv: np.ndarray) -> np.ndarray:
+    """Parameters without information in the data: AI⁺ has nothing for them."""
+    diag = np.diag(ai_inv)
+    return np.isnan(diag) | (diag == 0) | unidentified(model, ai)
+
+
+def _mark_runaway(record, message: str) -> None:
+    """A runaway estimate is never converged: status 'runaway' and the message say which."""
+    if message:
+        record.converged = False
+        record.status = "runaway"
+        record.message = message
+
+
+def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fixed, notes=(),
+            singular=None) -> FitResult:
     d = model.design
     L, m = len(d.envs), len(d.traits)
     counts = np.zeros((L, m))
     np.add.at(counts, (d.env, d.trait), 1)
     boundary = _boundary_blocks(model, theta)
-    notes = list(d.notes)
-    singular = np.isnan(np.diag(ai_inv)) | (np.diag(ai_inv) == 0)
+    notes = list(d.notes) + list(notes)
+    if singular is None:
+        singular = _singular(model, ev.ai, ai_inv)
     if singular.any():
         names = [model.param_names()[k] for k in np.nonzero(singular)[0][:5]]
-        notes.append(f"parameters without information in the data (SE not available): {', '.join(names)}")
+        more = f" and {int(singular.sum()) - 5} more" if singular.sum() > 5 else ""
+        notes.append(f"parameters without information in the data (SE not available): {', '.join(names)}{more}")
     cov = np.where(np.outer(~singular, ~singular), ai_inv, np.nan)
-    return FitResult(
+    n_df = d.n_obs - d.X.shape[1]
+    if n_df - model.n_params - 1 <= 0:
+        notes.append(f"AICc is not defined: k = {model.n_params} covariance parameters leave no "
+                     f"degrees of freedom of the {n_df} (N − p) for its correction")
+    result = FitResult(
         traits=list(d.traits), envs=list(d.envs), ids=list(d.ids),
         genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=fixed,
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
@@ -155,6 +181,8 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fix
                       trait=np.asarray(d.traits, dtype=object)[d.trait], y=d.y, fitted=solution.fitted),
         boundary=boundary, notes=notes,
     )
+    result.notes += result.se_notes()
+    return result
 
 
 def _boundary_blocks(model: Model, theta: np.ndarray) -> list[str]:

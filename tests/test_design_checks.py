@@ -8,7 +8,7 @@ import pytest
 
 import hetvc
 from hetvc.data import build_design
-from hetvc.diagnostics import check_design
+from hetvc.diagnostics import check_design, design_notes, kinship_variance
 from hetvc.errors import InputError
 from hetvc.fit import _kinship
 from hetvc.model import Model
@@ -19,10 +19,14 @@ STRUCTURES = [(g, r) for g in ("homogeneous", "heterogeneous", "unstructured")
               for r in ("homogeneous", "heterogeneous")]
 
 
+def _model(data, K, genetic="homogeneous", residual="homogeneous", traits=TRAITS, env="env", id="id"):
+    Kmat, ids = _kinship(K, None)
+    return Model.build(build_design(data, Kmat, ids, traits, env, id), genetic, residual)
+
+
 def _check(data, K, genetic, residual, traits=TRAITS, env="env", id="id"):
     """check_design on the model hetvc.fit would build (no optimisation)."""
-    Kmat, ids = _kinship(K, None)
-    check_design(Model.build(build_design(data, Kmat, ids, traits, env, id), genetic, residual))
+    check_design(_model(data, K, genetic, residual, traits, env, id))
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,10 @@ def test_one_genotype_with_replicates(problem):
     _check(reps, K, "homogeneous", "heterogeneous")  # 3 records ≥ 1 + 2
     with pytest.raises(InputError, match="3 record\\(s\\) of 1 genotype\\(s\\).*or use genetic='homogeneous'$"):
         _check(reps, K, "heterogeneous", "homogeneous")
+    notes = design_notes(_model(reps, K))
+    assert ("environment 'XYZ' holds a single genotype with trait 'y1' (3 records): its mean absorbs "
+            "that genotype's genetic value, and only the replicates inform the residual variance") in notes
+    assert not [n for n in design_notes(_model(problem[0], K)) if "single genotype" in n]
 
 
 def test_a_cell_without_variation_is_refused(problem):
@@ -171,3 +179,11 @@ def test_the_bundled_example_is_not_refused():
     pheno, K, roles = load_example("soynam")
     for genetic, residual in STRUCTURES:
         _check(pheno, K, genetic, residual, traits=roles["traits"] + ["oil"], env=roles["env"], id=roles["id"])
+
+
+def test_kinship_variance_is_the_centred_mean_diagonal(problem):
+    data, K = problem
+    sub = data[data["id"].isin(K.index[:10])]
+    model = _model(sub, K)
+    Ko = K.iloc[:10, :10].to_numpy()
+    assert kinship_variance(model) == pytest.approx(np.mean(np.diag(Ko)) - Ko.mean(), rel=1e-12)

@@ -11,13 +11,14 @@ environment-specific genetic / residual structure that involve (l, t) and no oth
   information on any variance while env-specific estimates run away;
 * the r_lt values are all equal (any structure);
 * n_lt < 1 + k^G_lt  or  r_lt < 1 + k^G_lt + k^E_lt: fewer genotypes (records) than the
-  parameters that live only there plus the mean.
+  parameters that live only there plus the mean.  (So replicates of a single genotype pass
+  where no genetic parameter lives only in l: they inform the residual; a note says so.)
 
 The way out named: drop or merge the environment, or the ``homogeneous`` structure that the
 cell passes with.
 
 Notes on the fit (:func:`design_notes`): environments whose records are identical (the same
-genotypes with the same values); a fixed covariate whose nonzero records all belong to one or
+genotypes with the same values); an environment × trait with a single genotype; a fixed covariate whose nonzero records all belong to one or
 two genotypes (it absorbs their genetic values); k ≥ n_g/2 covariance parameters for n_g
 phenotyped genotypes (compare by AICc and BIC).
 
@@ -114,7 +115,20 @@ def design_notes(model) -> list[str]:
     """Notes on the data that the fit goes on with: duplicated environments, covariates nested
     in a genotype, many parameters for few genotypes."""
     d = model.design
-    return _duplicated_environments(d) + _nested_covariates(d) + _parameter_count(model)
+    return (_duplicated_environments(d) + _single_genotype(d) + _nested_covariates(d)
+            + _parameter_count(model))
+
+
+def _single_genotype(d) -> list[str]:
+    if len(d.envs) < 2:
+        return []
+    records, genotypes = _cell_counts(d)
+    out = []
+    for l, i in np.argwhere((genotypes == 1) & (records >= 2)):
+        out.append(f"{_where(d, l)} holds a single genotype with trait {d.traits[i]!r} "
+                   f"({records[l, i]} records): its mean absorbs that genotype's genetic value, and "
+                   "only the replicates inform the residual variance")
+    return out
 
 
 def _signature(d, l, i):
@@ -195,12 +209,14 @@ def _parameter_count(model) -> list[str]:
 
 # -- after the fit ------------------------------------------------------------------------------------
 def kinship_variance(model) -> float:
-    """k̄ = mean diag K − mean K over the phenotyped genotypes (mean diag K if that is ≤ 0)."""
+    """k̄ = mean diag K − mean K over the phenotyped genotypes (mean diag K if that is ≤ 0);
+    O(q²) without copying K."""
     d = model.design
     obs = np.unique(d.geno)
-    Ko = d.K[np.ix_(obs, obs)]
-    kbar = float(np.mean(np.diag(Ko)))
-    centred = kbar - float(Ko.mean())
+    w = np.zeros(d.K.shape[0])
+    w[obs] = 1.0
+    kbar = float(np.mean(np.diag(d.K)[obs]))
+    centred = kbar - float(w @ (d.K @ w)) / len(obs) ** 2
     return centred if centred > 1e-8 * abs(kbar) else (kbar if kbar > 0 else 1.0)
 
 

@@ -37,7 +37,7 @@ def test_tables_have_the_documented_shape(fits, problem):
     assert (vc["se"].gt(0) | (vc["se"].isna() & vc["se_note"].ne(""))).all()
     blocks = fit._param_blocks()
     for b, se, note in zip(blocks, vc["se"], vc["se_note"]):
-        assert (b in fit.boundary) == (note == f"on the boundary ({b} is singular)") == np.isnan(se)
+        assert (b in fit.boundary) == (note == f"on the boundary: {b} is singular") == np.isnan(se)
     h2 = fit.heritability()
     assert len(h2) == 3 * 2 and h2["h2"].between(0, 1).all()
     blups = fit.blups()

@@ -190,18 +190,18 @@ def test_se_notes_boundary_singular_and_absurd(base):
     on_edge = dataclasses.replace(fit, boundary=["G"])
     vc = on_edge.variance_components()
     g = vc["component"] == "G"
-    assert vc.loc[g, "se"].isna().all() and (vc.loc[g, "se_note"] == "on the boundary (G is singular)").all()
+    assert vc.loc[g, "se"].isna().all() and (vc.loc[g, "se_note"] == "on the boundary: G is singular").all()
     assert vc.loc[~g, "se"].notna().all()
     assert on_edge.heritability()["se"].isna().all() and on_edge.pooled_heritability()["se"].isna().all()
-    assert (on_edge.genetic_correlations()["se_note"] == "on the boundary (G is singular)").all()
-    assert "NA (on the boundary (G is singular))" in on_edge.summary()
+    assert (on_edge.genetic_correlations()["se_note"] == "on the boundary: G is singular").all()
+    assert "NA (on the boundary: G is singular)" in on_edge.summary()
 
     cov = fit.theta_cov.copy()
     k = fit.param_names().index("E[y1,y1]")
     cov[k, :] = cov[:, k] = np.nan
     singular = dataclasses.replace(fit, theta_cov=cov)
     vc = singular.variance_components()
-    assert vc["se_note"].tolist().count("no information in the data (AI singular)") == 1
+    assert vc["se_note"].tolist().count("no information in the data: AI singular") == 1
     h2 = singular.heritability().set_index("trait")
     assert np.isnan(h2.loc["y1", "se"]).all() and h2.loc["y2", "se"].notna().all()
 
@@ -219,7 +219,7 @@ def test_h2_and_correlation_se_above_one_is_absurd(base):
     rg = scaled.genetic_correlations()
     h2 = scaled.pooled_heritability()
     expect = base.genetic_correlations()["se"] * 20
-    assert ((rg["se_note"] == "absurd (over 1 for a correlation)") == (expect > 1)).all()
+    assert ((rg["se_note"] == "absurd: over 1 for a correlation") == (expect > 1)).all()
     assert ((h2["se_note"] == "") == (base.pooled_heritability()["se"] * 20 <= 1)).all()
 
 

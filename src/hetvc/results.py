@@ -191,13 +191,13 @@ class FitResult:
         for k, ((term, (a, b)), block) in enumerate(zip(self._pairs(), self._param_blocks())):
             scale = np.sqrt(scales[term][a] * scales[term][b])
             if block in on_boundary:
-                notes.append(f"on the boundary ({block} is singular)")
+                notes.append(f"on the boundary: {block} is singular")
             elif np.isnan(diag[k]):
-                notes.append("no information in the data (AI singular)")
+                notes.append("no information in the data: AI singular")
             elif not np.isfinite(se[k]):
                 notes.append("not available")
             elif se[k] > ABSURD_SE * scale:
-                notes.append(f"absurd (over {ABSURD_SE:g} phenotypic variances)")
+                notes.append(f"absurd: over {ABSURD_SE:g} phenotypic variances")
             else:
                 notes.append("")
         se = np.where([n == "" for n in notes], se, np.nan)
@@ -219,7 +219,7 @@ class FitResult:
             elif not np.isfinite(se[row]):
                 notes.append("not available")
             elif bound is not None and se[row] > bound:
-                notes.append(f"absurd (over {bound:g} for {what})")
+                notes.append(f"absurd: over {bound:g} for {what}")
             else:
                 notes.append("")
         se = np.where([n == "" for n in notes], se, np.nan)

@@ -644,7 +644,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
 
     import hetvc
 
-    from ..report import comparison, model_name, select, summary, write_report
+    from ..report import model_name
 
     models, env_notes = as_fitted(models, env)
     notes = notes + env_notes
@@ -709,18 +709,35 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
     except KeyboardInterrupt as err:
         progress.stop()
         stopped = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
+    try:
+        return _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, notes,
+                       dict(traits=list(traits), env=env, id=id, fixed=fixed, method=method),
+                       time_limit)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, notes, setup, time_limit):
+    """The outputs after the fits (or after Ctrl-C/SIGTERM stopped them)."""
+    from ..report import comparison, select, summary, write_report
+
     data_facts = dict(facts)
-    data_facts.update(traits=list(traits), env=env, id=id, fixed=fixed, method=method, notes=notes)
+    data_facts.update(setup, notes=notes)
     if time_limit is not None:
         data_facts["time_limit"] = time_limit
     if stopped is not None:
         _stop(stopped, fits, models, out, data_facts, figures, fit_files)
     selected = select(fits)
     if out is not None:
-        result = write_report(out, fits, selected, data_facts, figures=figures, fit_files=fit_files)
+        try:
+            result = write_report(out, fits, selected, data_facts, figures=figures, fit_files=fit_files)
+        except KeyboardInterrupt as err:
+            what = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
+            click.echo(f"hetvc: {what} while writing the report in {out}/"
+                       + (f"; every fit is kept in {out}/fits/" if fit_files else "")
+                       + "; run the same command again to write it", err=True)
+            sys.exit(130)
     else:
         result = summary(fits, selected, data_facts)
     if as_json:

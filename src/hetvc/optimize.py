@@ -11,22 +11,36 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
 * **boundary** — an eigenvector q of C̃ whose eigenvalue sits at ``FLOOR`` and along which ℓ
   increases outwards (q' ∂ℓ/∂C̃ q < 0) is *active*: the step keeps q' δC̃ q = 0 (the tangent
   space of that face of the PSD cone; the null space may rotate), and the candidate is
-  projected back onto the cone (eigenvalues clipped at ``FLOOR``);
+  projected back onto the cone (eigenvalues clipped at ``FLOOR``).  When several eigenvalues
+  sit at the floor their eigenvectors are any basis of that eigenspace: the basis used is the
+  one that diagonalises ∂ℓ/∂C̃ there, so that a direction inside it along which ℓ increases
+  *inwards* is freed (in any other basis the KKT test on the diagonal can hold while the
+  gradient's restriction to the null space has a positive eigenvalue, and the AI steps crawl);
 * **step to the boundary** — α is cut to the largest value that keeps every block's scaled
   eigenvalues ≥ ``FLOOR`` (the block then lands on the boundary, and the next iteration
   activates that direction);
 * **halving** — α is halved until ℓ does not decrease (beyond rounding);
 * **pseudo-inverse** — AI is equilibrated to unit diagonal and inverted on its eigenvalues
-  above 1e-12 of the largest, so an unidentified direction gets no step.
+  above 1e-12 of the largest, so an unidentified direction gets no step;
+* **secant correction** — while full steps stay on one face, AI is corrected by a BFGS update
+  from the change of the score (:func:`secant_correction`); AI overstates the curvature along
+  directions the data say little about, and the corrected steps are longer there.
 
 If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
-halving, a step fails, or ``AI_ITERATIONS`` pass), the fit runs **L-BFGS in log-Cholesky
-coordinates** φ (each block C̃ = LL', log L_aa on the diagonal: every φ is positive definite;
-gradient J'·score with J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
+halving — a step cut to the boundary is progress, not a stall —, a step fails, or
+``AI_ITERATIONS`` pass), the fit runs **L-BFGS in log-Cholesky coordinates** φ (each block
+C̃ = LL', log L_aa on the diagonal: every φ is positive definite; gradient J'·score with
+J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
+
+Budget: ``max_iter`` bounds the iterations of both methods together (each at most
+``MAX_HALVINGS`` evaluations for AI, 20 line-search evaluations for L-BFGS), and ``time_limit``
+the seconds; the record counts AI iterations, fallback iterations and evaluations and names
+the method that finished.
 
 Convergence: the Newton decrement ½·s'·AI⁺·s of the (restricted) step is below ``tol`` — the
 ℓ still to gain under the quadratic model, with the active directions held on the boundary
-(their gradient points outwards, which is the KKT condition there).
+(their gradient points outwards, which is the KKT condition there).  It is always judged with
+AI itself, not with the secant-corrected matrix.
 """
 
 from __future__ import annotations
@@ -133,7 +147,7 @@ def _tangent_basis(vals, vecs, grad, active) -> list[tuple[np.ndarray, float]]:
     return out
 
 
-def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np.ndarray, float, list]:
+def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation, hess: np.ndarray | None = None) -> tuple[np.ndarray, float, list]:
     """AI step restricted to the free directions: (step, decrement, active count per block).
 
     A direction q of a block at the floor is active when ℓ increases outwards along it
@@ -146,6 +160,10 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
         vals, vecs = np.linalg.eigh(blk.scaled(theta))
         grad = blk.scaled_gradient(ev.score)
         at_floor = vals <= FLOOR * (1 + 1e-6)
+        if at_floor.sum() > 1:  # a degenerate eigenspace: its basis is the gradient's eigenbasis
+            floor_vecs = vecs[:, at_floor]
+            _, rot = np.linalg.eigh(floor_vecs.T @ grad @ floor_vecs)
+            vecs[:, at_floor] = floor_vecs @ rot
         outward = np.einsum("ik,ij,jk->k", vecs, grad, vecs) < 0
         eig.append((blk, vals, vecs, grad, at_floor, at_floor & outward))
     while True:
@@ -157,7 +175,8 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
                 columns.append(col)
                 extra.append(curvature)
         B = np.column_stack(columns) if columns else np.zeros((model.n_params, 0))
-        eta, decrement, _ = newton_step(B.T @ ev.ai @ B + np.diag(extra), B.T @ ev.score)
+        H = ev.ai if hess is None else hess
+        eta, decrement, _ = newton_step(B.T @ H @ B + np.diag(extra), B.T @ ev.score)
         step = B @ eta
         added = False
         for blk, vals, vecs, grad, at_floor, active in eig:
@@ -209,6 +228,25 @@ def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
         p[j] += 1e-20j
         jac[:, j] = np.imag(model.from_cholesky(p)) / 1e-20
     return jac
+
+
+def secant_correction(S: np.ndarray | None, s: np.ndarray, ev0: Evaluation, ev1: Evaluation) -> np.ndarray | None:
+    """Correction S of AI towards the curvature of ℓ, by a BFGS update of B = AI₁ + S along the
+    step s = θ₁ − θ₀ (a structured secant method, as NL2SOL's for least squares).
+
+    AI is ½ y'P V_k P V_l P y, the average of observed and expected information; where the data
+    say little about a direction (a nearly singular ΣG) it overstates the curvature and the AI
+    steps are too short.  The update makes B₊ s = g with g = score₀ − score₁, the curvature
+    actually met along s, and keeps B₊ positive definite; S = B₊ − AI₁ is carried to the next
+    iteration.  Skipped (S kept) when s'g ≤ 0 (ℓ not concave along s)."""
+    g = ev0.score - ev1.score
+    sg = float(s @ g)
+    B = ev1.ai if S is None else ev1.ai + S
+    Bs = B @ s
+    sBs = float(s @ Bs)
+    if not (sBs > 0 and sg > 1e-12 * sBs):
+        return S
+    return B - np.outer(Bs, Bs) / sBs + np.outer(g, g) / sg - ev1.ai
 
 
 class _Budget(Exception):
@@ -325,6 +363,8 @@ def maximize(
     )
     clock.log(record, Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
     poor, fallback_at, stationary = 0, None, False
+    S = None
+    last_active = None
     while True:
         if clock.expired():
             record.status = "time limit"
@@ -335,7 +375,13 @@ def maximize(
             if record.iterations < max_iter:
                 theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record, clock)
                 poor, fallback_at = 0, record.iterations
-        step, decrement, active = restricted_step(model, theta, ev)
+        step, decrement, active = restricted_step(model, theta, ev, None if S is None else ev.ai + S)
+        if S is not None and (active != last_active or decrement < tol):
+            # a new face (the correction was learnt on another), or convergence, which the
+            # AI decrement itself must confirm: the plain AI step
+            S = None
+            step, decrement, active = restricted_step(model, theta, ev)
+        last_active = active
         record.history[-1].decrement = decrement
         record.history[-1].active = sum(active)
         if decrement < tol:
@@ -381,7 +427,9 @@ def maximize(
             break
         if alpha < first_alpha:
             safeguard.append("halved")
-        poor = poor + 1 if alpha < 1 / 32 else 0
+        poor = poor + 1 if alpha < first_alpha / 32 else 0  # heavy halving, not a step to the boundary
+        # learn from full steps on one face only: a cut or halved step says the model was poor
+        S = secant_correction(S, accepted[0] - theta, ev, accepted[1]) if alpha == 1.0 else None
         theta, ev = accepted
         record.iterations += 1
         record.ai_iterations += 1

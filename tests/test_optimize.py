@@ -1,0 +1,158 @@
+"""The optimizer's budget, progress record and boundary handling (src/hetvc/optimize.py).
+
+* ``max_iter`` bounds every iteration, the L-BFGS fallback's included, and with it the
+  evaluations of ℓ (counted by wrapping the engine); ``time_limit`` stops a fit as "time limit";
+* the progress callback sees every iteration;
+* a degenerate floor eigenspace is looked at in the gradient's eigenbasis, so a direction along
+  which ℓ increases inwards is freed whatever basis LAPACK returns;
+* on DROPS (2 traits × 10 environments, unstructured ΣG of rank < 20) AI converges without the
+  fallback, to a higher ℓ than 200 iterations of the fallback reach.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hetvc
+import hetvc.optimize as opt
+from hetvc.data import build_design
+from hetvc.engines import Evaluation, choose_engine
+from hetvc.fit import _kinship
+from hetvc.model import Model
+from reference import make_problem
+
+TRAITS = ["y1", "y2"]
+
+
+def _model(genetic="unstructured", residual="homogeneous", seed=5, **kw):
+    data, K, _, _ = make_problem(seed, n_geno=30, n_env=3, genetic=genetic, residual=residual, **kw)
+    Kmat, ids = _kinship(K, None)
+    return Model.build(build_design(data, Kmat, ids, TRAITS, "env", "id", None), genetic, residual)
+
+
+class CountingEngine:
+    """An engine that counts its evaluations of ℓ."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, 0
+        self.name = engine.name
+
+    def evaluate(self, theta, derivatives=True):
+        self.calls += 1
+        return self.engine.evaluate(theta, derivatives)
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 7])
+def test_max_iter_bounds_iterations_and_evaluations(max_iter):
+    model = _model()
+    eng = CountingEngine(choose_engine(model)[0])
+    _, _, rec = opt.maximize(eng, model, model.start(), tol=1e-14, max_iter=max_iter)
+    assert not rec.converged and rec.status == "iteration limit"
+    assert rec.iterations == max_iter == rec.ai_iterations + rec.fallback_iterations
+    assert rec.evaluations == eng.calls
+    assert eng.calls <= 1 + max_iter * (opt.MAX_HALVINGS + 1)
+    assert f"within {max_iter} iterations" in rec.message
+
+
+def test_max_iter_bounds_the_fallback(monkeypatch):
+    """The fallback starts after one AI iteration and must stop at max_iter too (it once ran
+    for 10 minutes under --max-iter 5)."""
+    monkeypatch.setattr(opt, "AI_ITERATIONS", 1)
+    model = _model()
+    eng = CountingEngine(choose_engine(model)[0])
+    _, _, rec = opt.maximize(eng, model, model.start(), tol=1e-14, max_iter=6)
+    assert rec.fallback_iterations >= 1
+    assert rec.iterations == 6 == rec.ai_iterations + rec.fallback_iterations
+    assert rec.fallback_evaluations <= rec.evaluations == eng.calls
+    assert eng.calls <= 1 + 6 * (opt.MAX_HALVINGS + 1)
+    assert [h.method for h in rec.history].count("L-BFGS") == rec.fallback_iterations
+
+
+def test_time_limit_stops_the_fit():
+    data, K, _, _ = make_problem(5, n_geno=30, n_env=3, genetic="unstructured")
+    fit = hetvc.fit(data, K, TRAITS, env="env", id="id", genetic="unstructured", time_limit=1e-9)
+    assert fit.record["status"] == "time limit" and not fit.converged
+    assert fit.record["time_limit"] == 1e-9
+    assert "time limit" in fit.record["message"]
+    with pytest.raises(hetvc.InputError, match="time_limit"):
+        hetvc.fit(data, K, TRAITS, env="env", id="id", time_limit=0)
+    with pytest.raises(hetvc.InputError, match="max_iter"):
+        hetvc.fit(data, K, TRAITS, env="env", id="id", max_iter=0)
+
+
+def test_progress_sees_every_iteration():
+    data, K, _, _ = make_problem(5, n_geno=30, n_env=3, genetic="heterogeneous")
+    seen = []
+
+    def progress(record):
+        it = record.history[-1]
+        seen.append((it.iteration, it.method, it.evaluations, record.evaluations, it.loglik))
+
+    fit = hetvc.fit(data, K, TRAITS, env="env", id="id", progress=progress)
+    assert fit.converged
+    assert [s[0] for s in seen] == list(range(fit.record["iterations"] + 1))
+    assert all(s[2] == s[3] for s in seen)  # evaluations so far, as the record has them
+    assert np.all(np.diff([s[4] for s in seen]) >= -1e-9)  # ℓ never decreases
+    assert seen[-1][4] == pytest.approx(fit.loglik, abs=1e-9)
+    assert fit.record["finished_by"] == "AI"
+
+
+def test_degenerate_floor_eigenspace_frees_an_inward_direction():
+    """ΣG (scaled) with a 2-dimensional eigenspace at the floor; the gradient restricted to it
+    has eigenvalues +1 (ℓ increases inwards) and −100 (outwards) along q1 ± q2, so in almost
+    every basis of that eigenspace (LAPACK returns any) both diagonal entries are negative.
+    Exactly one direction must be held on the boundary."""
+    model = _model()
+    blk = model.blocks()[0]
+    assert blk.name == "G" and blk.dim == 6
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    C = Q @ np.diag([opt.FLOOR, opt.FLOOR, 0.3, 0.5, 0.8, 1.0]) @ Q.T
+    inner = np.array([[-49.5, 50.5], [50.5, -49.5]])  # eigenvalues +1 and −100
+    grad = Q[:, :2] @ inner @ Q[:, :2].T
+    theta = model.start()
+    theta[blk.theta_index] = blk.unscaled_theta(C)
+    halve = np.where(blk.ia == blk.ib, 1.0, 0.5)
+    score = np.zeros(model.n_params)
+    score[blk.theta_index] = (grad / np.outer(blk.sd, blk.sd))[blk.ia, blk.ib] / halve
+    np.testing.assert_allclose(blk.scaled_gradient(score), grad, atol=1e-12)
+    ev = Evaluation(loglik=0.0, score=score, ai=np.eye(model.n_params))
+    _, _, active = opt.restricted_step(model, theta, ev)
+    assert active[0] == 1
+
+
+def test_secant_correction_satisfies_the_secant_equation():
+    rng = np.random.default_rng(1)
+    n = 6
+    A = rng.normal(size=(n, n))
+    ai0, ai1 = A @ A.T + n * np.eye(n), A @ A.T + (n + 1) * np.eye(n)
+    H = np.diag(rng.uniform(0.5, 2.0, n))  # the curvature actually met
+    s = rng.normal(size=n)
+    g0 = rng.normal(size=n)
+    ev0 = Evaluation(0.0, g0, ai0)
+    ev1 = Evaluation(0.0, g0 - H @ s, ai1)
+    S = opt.secant_correction(None, s, ev0, ev1)
+    B = ai1 + S
+    np.testing.assert_allclose(B @ s, H @ s, rtol=1e-10)
+    assert np.allclose(B, B.T) and np.linalg.eigvalsh(B)[0] > 0
+    # ℓ not concave along s: no update
+    ev_bad = Evaluation(0.0, g0 + H @ s, ai1)
+    assert opt.secant_correction(None, s, ev0, ev_bad) is None
+
+
+def test_drops_unstructured_converges_to_the_maximum(shared_data):
+    """DROPS, grain yield, plant height and anthesis in 10 environments, unstructured ΣG (465
+    parameters) and one ΣE (6): ΣG is singular at the optimum.  Before the gradient-eigenbasis
+    fix the fit reported convergence after 37 iterations at ℓ = −16154.5043, a point where a
+    direction held on the boundary should have grown; the maximum is −16154.32603."""
+    folder = shared_data / "drops_maize"
+    data = pd.read_csv(folder / "pheno_long.csv", dtype={"genotype": str})
+    K = hetvc.read_kinship(folder / "grm_vanraden.csv")
+    K = K / float(np.mean(np.diag(K.to_numpy())))
+    fit = hetvc.fit(data, K, ["grain_yield", "plant_height", "anthesis"], env="env", id="genotype",
+                    genetic="unstructured", residual="homogeneous", pev=False)
+    rec = fit.record
+    assert fit.converged and rec["finished_by"] == "AI" and rec["fallback_evaluations"] == 0
+    assert rec["evaluations"] <= 60
+    assert fit.loglik == pytest.approx(-16154.32603, abs=2e-5)
+    assert "G" in fit.boundary

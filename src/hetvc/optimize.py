@@ -364,7 +364,6 @@ def maximize(
     clock.log(record, Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
     poor, fallback_at, stationary = 0, None, False
     S = None
-    last_active = None
     while True:
         if clock.expired():
             record.status = "time limit"
@@ -376,12 +375,11 @@ def maximize(
                 theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record, clock)
                 poor, fallback_at = 0, record.iterations
         step, decrement, active = restricted_step(model, theta, ev, None if S is None else ev.ai + S)
-        if S is not None and (active != last_active or decrement < tol):
-            # a new face (the correction was learnt on another), or convergence, which the
-            # AI decrement itself must confirm: the plain AI step
+        if S is not None and (any(active) or decrement < tol):
+            # a boundary reached (the correction is for interior points only), or convergence,
+            # which the AI decrement itself must confirm: the plain AI step
             S = None
             step, decrement, active = restricted_step(model, theta, ev)
-        last_active = active
         record.history[-1].decrement = decrement
         record.history[-1].active = sum(active)
         if decrement < tol:
@@ -428,8 +426,11 @@ def maximize(
         if alpha < first_alpha:
             safeguard.append("halved")
         poor = poor + 1 if alpha < first_alpha / 32 else 0  # heavy halving, not a step to the boundary
-        # learn from full steps on one face only: a cut or halved step says the model was poor
-        S = secant_correction(S, accepted[0] - theta, ev, accepted[1]) if alpha == 1.0 else None
+        # learn from full steps between interior points only: a cut or halved step says the
+        # model was poor, and on a face of the cone the change of the score along a rotation
+        # of the null space would teach B the face's curvature a second time
+        interior = alpha == 1.0 and not any(active)
+        S = secant_correction(S, accepted[0] - theta, ev, accepted[1]) if interior else None
         theta, ev = accepted
         record.iterations += 1
         record.ai_iterations += 1

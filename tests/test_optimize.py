@@ -58,6 +58,7 @@ def test_max_iter_bounds_the_fallback(monkeypatch):
     """The fallback starts after one AI iteration and must stop at max_iter too (it once ran
     for 10 minutes under --max-iter 5)."""
     monkeypatch.setattr(opt, "AI_ITERATIONS", 1)
+    monkeypatch.setattr(opt, "stagnating", lambda record: True)
     model = _model()
     eng = CountingEngine(choose_engine(model)[0])
     _, _, rec = opt.maximize(eng, model, model.start(), tol=1e-14, max_iter=6)
@@ -156,3 +157,45 @@ def test_drops_unstructured_converges_to_the_maximum(shared_data):
     assert rec["evaluations"] <= 60
     assert fit.loglik == pytest.approx(-16154.32603, abs=2e-5)
     assert "G" in fit.boundary
+
+
+class FailingEngine(CountingEngine):
+    """Reports ℓ lowered by 1 from evaluation ``fail_from`` on: every later step fails."""
+
+    def __init__(self, engine, fail_from):
+        super().__init__(engine)
+        self.fail_from = fail_from
+
+    def evaluate(self, theta, derivatives=True):
+        ev = super().evaluate(theta, derivatives)
+        if self.calls >= self.fail_from:
+            ev = Evaluation(ev.loglik - 1.0, ev.score, ev.ai)
+        return ev
+
+
+def test_a_failed_step_below_the_precision_of_loglik_is_convergence(monkeypatch):
+    """With ℓ resolved only to 1e-3 (``_noise`` patched), a failed AI step whose decrement is
+    below PRECISION·1e-3 means convergence to the precision of ℓ; a failed step far from the
+    optimum does not."""
+    monkeypatch.setattr(opt, "_noise", lambda loglik: 1e-3)
+    model = _model(genetic="heterogeneous")
+    full = CountingEngine(choose_engine(model)[0])
+    _, _, rec = opt.maximize(full, model, model.start(), tol=1e-14, max_iter=60)
+    assert rec.converged and "precision" not in rec.message
+    late = FailingEngine(choose_engine(model)[0], fail_from=full.calls - 1)
+    _, _, rec = opt.maximize(late, model, model.start(), tol=1e-14, max_iter=60)
+    assert rec.converged and "converged to the precision of ℓ" in rec.message
+    early = FailingEngine(choose_engine(model)[0], fail_from=2)
+    _, _, rec = opt.maximize(early, model, model.start(), tol=1e-14, max_iter=10)
+    assert not rec.converged and "precision" not in rec.message
+
+
+def test_stagnation_is_a_decrement_that_does_not_halve():
+    rec = opt.OptimizationRecord("iteration limit", False, 0, 0, 1e-8, 100, [])
+    halving = [opt.Iteration(k, 0.0, 1.0, 2.0 ** -k, 0, "") for k in range(12)]
+    rec.history = halving
+    assert not opt.stagnating(rec)
+    rec.history = [opt.Iteration(k, 0.0, 1.0, 1.0 - 0.01 * k, 0, "") for k in range(12)]
+    assert opt.stagnating(rec)
+    rec.history = halving[:opt.STAGNATION_WINDOW]  # too short to tell
+    assert not opt.stagnating(rec)

@@ -28,7 +28,7 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
 
 If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
 halving — a step cut to the boundary is progress, not a stall —, a step fails, or
-``AI_ITERATIONS`` pass), the fit runs **L-BFGS in log-Cholesky coordinates** φ (each block
+``AI_ITERATIONS`` pass and the decrement stagnates), the fit runs **L-BFGS in log-Cholesky coordinates** φ (each block
 C̃ = LL', log L_aa on the diagonal: every φ is positive definite; gradient J'·score with
 J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
 
@@ -40,7 +40,9 @@ the method that finished.
 Convergence: the Newton decrement ½·s'·AI⁺·s of the (restricted) step is below ``tol`` — the
 ℓ still to gain under the quadratic model, with the active directions held on the boundary
 (their gradient points outwards, which is the KKT condition there).  It is always judged with
-AI itself, not with the secant-corrected matrix.
+AI itself, not with the secant-corrected matrix.  Where ``tol`` is below what ℓ can resolve
+(ℓ is rounded to about 1e-11·|ℓ|), a decrement below ``PRECISION`` times that rounding whose
+AI step no longer increases ℓ also counts as converged, and the record says so.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ from .model import Model
 
 FLOOR = 1e-8  # smallest scaled eigenvalue of an estimate: the boundary of the parameter space
 MAX_HALVINGS = 40
-AI_ITERATIONS = 40  # AI iterations before the L-BFGS fallback
+AI_ITERATIONS = 40  # AI iterations after which a stagnating AI hands over to L-BFGS once
+STAGNATION_WINDOW = 5  # ... stagnating: the decrement did not halve over this many iterations
 POOR_STEPS = 3  # consecutive heavily halved steps (α < 1/32) before the fallback
+PRECISION = 10  # a decrement below PRECISION × the rounding of ℓ is all ℓ can resolve
 
 
 @dataclass
@@ -249,6 +253,14 @@ def secant_correction(S: np.ndarray | None, s: np.ndarray, ev0: Evaluation, ev1:
     return B - np.outer(Bs, Bs) / sBs + np.outer(g, g) / sg - ev1.ai
 
 
+def stagnating(record: OptimizationRecord) -> bool:
+    """True when the Newton decrement did not halve over the last ``STAGNATION_WINDOW`` AI
+    iterations (a slow but steady AI, as on a nearly singular ΣG, keeps going: the fallback
+    would be slower still)."""
+    d = [h.decrement for h in record.history if h.method == "AI" and np.isfinite(h.decrement)]
+    return len(d) > STAGNATION_WINDOW and not d[-1] <= 0.5 * d[-1 - STAGNATION_WINDOW]
+
+
 class _Budget(Exception):
     """Raised inside the L-BFGS objective when the iteration or time budget is spent."""
 
@@ -370,7 +382,8 @@ def maximize(
             record.message = (f"stopped by the time limit ({time_limit:g} s) after {record.iterations} "
                               "iterations; raise time_limit or simplify the model")
             break
-        if poor >= POOR_STEPS or (record.ai_iterations == AI_ITERATIONS and fallback_at is None):
+        if poor >= POOR_STEPS or (record.ai_iterations >= AI_ITERATIONS and fallback_at is None
+                                   and stagnating(record)):
             if record.iterations < max_iter:
                 theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record, clock)
                 poor, fallback_at = 0, record.iterations
@@ -395,8 +408,8 @@ def maximize(
         alpha = max_feasible_step(model, theta, step, active)
         if alpha < 1.0:
             safeguard.append("to boundary")
-        first_alpha, accepted = alpha, None
-        for _ in range(MAX_HALVINGS):
+        first_alpha, accepted, at_precision = alpha, None, False
+        for halving in range(MAX_HALVINGS):
             if clock.expired():
                 break
             cand = model.project(theta + alpha * step, FLOOR)
@@ -405,7 +418,16 @@ def maximize(
             if ev_c is not None and ev_c.loglik >= ev.loglik - _noise(ev.loglik):
                 accepted = (cand, ev_c)
                 break
+            if halving == 0 and decrement < PRECISION * _noise(ev.loglik):
+                at_precision = True  # what is left to gain is below what ℓ can resolve
+                break
             alpha /= 2
+        if at_precision:
+            record.status, record.converged = "converged", True
+            record.message = (f"converged to the precision of ℓ: the Newton decrement {decrement:.1e} is "
+                              f"below {PRECISION:g}× the rounding of ℓ ({_noise(ev.loglik):.1e}) and the AI "
+                              "step no longer increases ℓ")
+            break
         if accepted is None and clock.expired():
             continue
         if accepted is None and fallback_at != record.iterations:

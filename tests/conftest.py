@@ -35,3 +35,14 @@ def dense_model(data, K, traits, genetic, residual, method="reml", fixed=None, e
     design = build_design(data, Kmat, ids, traits, env, "id", fixed)
     model = Model.build(design, genetic, residual, method)
     return model, DenseEngine(model)
+
+
+def simulated_trial(tmp_path_factory, n: int, snps: int, seed: int):
+    """A folder with pheno.csv and kinship.csv of a simulated 2-trait, 2-environment trial in
+    which every genotype is in every environment (traits t1, t2; columns id, env)."""
+    from hetvc.simulate import simulate
+
+    folder = tmp_path_factory.mktemp("trial")
+    simulate(n=n, traits=2, locations=2, snps=snps, h2=0.5, w=0.5, rho=0.5, design="full",
+             seed=seed).to_dir(folder)
+    return folder

@@ -6,6 +6,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from conftest import simulated_trial
 from click.testing import CliRunner
 
 import hetvc.cli.fit as cli_fit
@@ -22,12 +23,7 @@ LAST = re.compile(rf"^hetvc: (\S+) it \d+ logLik {NUM}(?: step (?:{NUM}|L-BFGS))
 
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
-    from hetvc.simulate import simulate
-
-    folder = tmp_path_factory.mktemp("trial")
-    simulate(n=50, traits=2, locations=2, snps=80, h2=0.5, w=0.5, rho=0.5, design="full",
-             seed=5).to_dir(folder)
-    return folder
+    return simulated_trial(tmp_path_factory, n=50, snps=80, seed=5)
 
 
 def run(trial, *extra):

@@ -16,6 +16,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import simulated_trial
 from click.testing import CliRunner
 
 import hetvc
@@ -45,12 +46,7 @@ MODELS = "homogeneous,heterogeneous,unstructured"
 
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
-    from hetvc.simulate import simulate
-
-    folder = tmp_path_factory.mktemp("trial")
-    simulate(n=60, traits=2, locations=2, snps=100, h2=0.5, w=0.5, rho=0.5, design="full",
-             seed=3).to_dir(folder)
-    return folder
+    return simulated_trial(tmp_path_factory, n=60, snps=100, seed=3)
 
 
 def fit_args(trial, out, *extra):

@@ -187,3 +187,21 @@ def test_kinship_given_as_a_path(tmp_path):
     for p in (path, str(path), bytes(path)):
         fit = _fit(data, p, "heterogeneous", "homogeneous", pev=False)
         assert fit.loglik == ref.loglik
+
+
+def test_records_without_trait_values_need_no_id_in_k():
+    """A record with no observed trait plays no part: its id need not be in K, its environment
+    is no level, its covariates are not read (DT_cornhybrids lists all 400 crosses, 300 of them
+    never made, with ids that K does not hold)."""
+    data, K, _, _ = make_problem(3, n_geno=30, n_env=2, n_covariates=1)
+    ghosts = pd.DataFrame({"id": ["not-in-K", "nor-this"], "env": ["E9", "E1"],
+                           "y1": [np.nan, np.nan], "y2": [np.nan, np.nan], "x1": [np.nan, 1.0]})
+    ref = _fit(data, K, "heterogeneous", "homogeneous", fixed="~ x1")
+    fit = _fit(pd.concat([data, ghosts], ignore_index=True), K, "heterogeneous", "homogeneous", fixed="~ x1")
+    assert fit.envs == ref.envs == ["E1", "E2"]
+    assert fit.loglik == pytest.approx(ref.loglik, abs=1e-9)
+    assert any("2 record(s) with no observed trait were ignored" in n for n in fit.notes)
+    bad = data.copy()
+    bad.loc[5, "id"] = "not-in-K"
+    with pytest.raises(hetvc.InputError, match="not-in-K"):
+        _fit(bad, K, "heterogeneous", "homogeneous")

@@ -126,7 +126,7 @@ def _match_ids(data: pd.DataFrame, id: str, ids: list) -> np.ndarray:
     col = data[id]
     blank = col.isna() | (col.astype(str).str.strip() == "")
     if blank.any():
-        row = blank.to_numpy().nonzero()[0][0]
+        row = blank.index[blank.to_numpy()][0]  # the data's own row (records without traits dropped)
         raise InputError(f"id column {id!r} is blank in row {row + 1}; every record needs an id")
     labels = col.astype(str).to_numpy()
     position = {label: j for j, label in enumerate(ids)}
@@ -174,19 +174,6 @@ def build_design(
     _check_columns(data, traits, env, id)
     data = data.reset_index(drop=True)
     values = np.column_stack([_trait_values(data, t) for t in traits])
-    geno_of_record = _match_ids(data, id, [str(i) for i in ids])
-    if env is None:
-        envs = ["all"]
-        env_of_record = np.zeros(len(data), dtype=int)
-    else:
-        col = data[env]
-        if col.isna().any():
-            row = col.isna().to_numpy().nonzero()[0][0]
-            raise InputError(f"environment column {env!r} is blank in row {row + 1}")
-        envs = _env_levels(col)
-        env_of_record = pd.Categorical(col, categories=envs).codes.astype(int)
-    covariates, cov_names = _covariate_matrix(data, fixed)
-
     observed = ~np.isnan(values)
     notes = []
     empty = ~observed.any(axis=1)
@@ -194,6 +181,25 @@ def build_design(
         raise InputError(f"no trait values observed in columns {', '.join(traits)}")
     if empty.any():
         notes.append(f"{int(empty.sum())} record(s) with no observed trait were ignored")
+    # a record without any trait value plays no part: its id need not be in K, its
+    # environment is no level, its covariates are not read
+    kept = data.loc[~empty]
+    geno_of_record = np.full(len(data), -1)
+    geno_of_record[~empty] = _match_ids(kept, id, [str(i) for i in ids])
+    env_of_record = np.zeros(len(data), dtype=int)
+    if env is None:
+        envs = ["all"]
+    else:
+        col = kept[env]
+        if col.isna().any():
+            row = col.index[col.isna().to_numpy()][0]
+            raise InputError(f"environment column {env!r} is blank in row {row + 1}")
+        envs = _env_levels(col)
+        env_of_record[~empty] = pd.Categorical(col, categories=envs).codes.astype(int)
+    kept_covariates, cov_names = _covariate_matrix(kept, fixed)
+    covariates = np.zeros((len(data), kept_covariates.shape[1]))
+    covariates[~empty] = kept_covariates
+
     for i, t in enumerate(traits):
         if not observed[:, i].any():
             raise InputError(f"trait {t!r} has no observed values; drop it from the traits")

@@ -250,3 +250,23 @@ def test_fitted_structures_are_named_when_env_is_none(problem):
     assert (fit.genetic, fit.residual) == ("homogeneous", "homogeneous")
     assert fit.summary().startswith("hetvc fit: genetic=homogeneous, residual=homogeneous")
     assert hetvc.load(fit.to_json()).genetic == "homogeneous"
+
+
+def test_a_correlation_with_a_zero_variance_is_undefined(problem):
+    """DT_cornhybrids printed r = 0.999 and h² = 5e-09 for a plant-height genetic variance of
+    3.5e-07: h² = 0 is an estimate, a correlation with a zero variance is not."""
+    data, K = problem[:2]
+    fit = hetvc.fit(data, K, TRAITS, env="env", id="id", genetic="heterogeneous")
+    r = fit.genetic_correlations()
+    assert r["r"].notna().all()
+    names = fit.param_names()
+    theta = fit.theta.copy()
+    theta[names.index("G[E1][y1,y1]")] = 1e-9
+    theta[names.index("G[E1][y1,y2]")] = 0.0
+    zeroed = dataclasses.replace(fit, theta=theta)
+    r = zeroed.genetic_correlations().set_index("env1")
+    assert np.isnan(r.loc["E1", "r"]) and np.isnan(r.loc["E1", "se"])
+    assert r.loc["E1", "se_note"] == "undefined: the genetic variance of y1 in E1 is zero"
+    assert np.isfinite(r.loc["E2", "r"])
+    h2 = zeroed.heritability().set_index(["env", "trait"])
+    assert 0 <= h2.loc[("E1", "y1"), "h2"] < 1e-6  # h² = 0 stays a number

@@ -19,7 +19,9 @@ carries no information is NaN with its reason in the column ``se_note`` ("" when
 fine): a parameter whose ΣG/ΣE block is on the boundary (AI⁻¹ does not describe an estimate at
 the edge of the parameter space), a parameter the AI matrix has no information on, an SE above
 ``ABSURD_SE`` × the phenotypic variance of its cell(s) (a variance) or above 1 (h², a
-correlation); a derived quantity inherits the reason of any parameter it depends on.
+correlation); a derived quantity inherits the reason of any parameter it depends on.  A
+genetic correlation involving a variance below ``ZERO_VARIANCE`` × its phenotypic variance is
+undefined (NaN, not 0 or ±1), with that reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pandas as pd
 from .structures import make_structure
 
 _H = 1e-20  # complex step
+ZERO_VARIANCE = 1e-6  # a genetic variance below this share of its phenotypic variance is zero
 ABSURD_SE = 1e3  # a variance SE above this many phenotypic variances carries no information
 
 
@@ -307,6 +310,16 @@ class FitResult:
             return G[ia, ib] / np.sqrt(G[ia, ia] * G[ib, ib])
 
         value, se, note = self._derived_se(corr, 1.0, "a correlation")
+        # a correlation with a variance at zero is undefined, not 0 or ±1
+        G, _ = self._full(self.theta)
+        scale = self._row_variances()[0]
+        row_scale = scale if self._G.env_specific else np.tile(scale, L)
+        null = np.diag(G) <= ZERO_VARIANCE * row_scale
+        for k in np.nonzero(null[ia] | null[ib])[0]:
+            zero = ia[k] if null[ia[k]] else ib[k]
+            env, trait = self._labels()[zero]
+            value[k], se[k] = np.nan, np.nan
+            note[k] = f"undefined: the genetic variance of {trait} in {env} is zero"
         return pd.DataFrame([p[:5] for p in pairs], columns=["between", "env1", "env2", "trait1", "trait2"]).assign(
             r=value, se=se, se_note=note)
 

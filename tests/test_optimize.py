@@ -122,25 +122,6 @@ def test_degenerate_floor_eigenspace_frees_an_inward_direction():
     assert active[0] == 1
 
 
-def test_secant_correction_satisfies_the_secant_equation():
-    rng = np.random.default_rng(1)
-    n = 6
-    A = rng.normal(size=(n, n))
-    ai0, ai1 = A @ A.T + n * np.eye(n), A @ A.T + (n + 1) * np.eye(n)
-    H = np.diag(rng.uniform(0.5, 2.0, n))  # the curvature actually met
-    s = rng.normal(size=n)
-    g0 = rng.normal(size=n)
-    ev0 = Evaluation(0.0, g0, ai0)
-    ev1 = Evaluation(0.0, g0 - H @ s, ai1)
-    S = opt.secant_correction(None, s, ev0, ev1)
-    B = ai1 + S
-    np.testing.assert_allclose(B @ s, H @ s, rtol=1e-10)
-    assert np.allclose(B, B.T) and np.linalg.eigvalsh(B)[0] > 0
-    # ℓ not concave along s: no update
-    ev_bad = Evaluation(0.0, g0 + H @ s, ai1)
-    assert opt.secant_correction(None, s, ev0, ev_bad) is None
-
-
 def test_drops_unstructured_converges_to_the_maximum(shared_data):
     """DROPS, grain yield, plant height and anthesis in 10 environments, unstructured ΣG (465
     parameters) and one ΣE (6): ΣG is singular at the optimum.  Before the gradient-eigenbasis
@@ -199,3 +180,32 @@ def test_stagnation_is_a_decrement_that_does_not_halve():
     assert opt.stagnating(rec)
     rec.history = halving[:opt.STAGNATION_WINDOW]  # too short to tell
     assert not opt.stagnating(rec)
+
+
+class RidgeEngine:
+    """ℓ(θ) = −½·c·(θ − θ*)'A(θ − θ*) while the engine's AI is A: AI overstates the
+    curvature 1/c times, as on a ridge of a REML likelihood."""
+
+    name = "ridge"
+
+    def __init__(self, target, c):
+        self.target, self.c = target, c
+        self.A = np.diag(1.0 / np.maximum(np.abs(target), 1e-3) ** 2)
+
+    def evaluate(self, theta, derivatives=True):
+        d = theta - self.target
+        return Evaluation(-0.5 * self.c * d @ self.A @ d, -self.c * self.A @ d, self.A.copy())
+
+
+@pytest.mark.parametrize("c", [0.5, 0.2])
+def test_steps_are_extended_where_ai_overstates_the_curvature(monkeypatch, c):
+    model = _model(genetic="heterogeneous")
+    start = model.start()
+    target = 1.5 * start  # interior: every block stays positive definite
+    _, _, rec = opt.maximize(RidgeEngine(target, c), model, start, tol=1e-10, max_iter=100)
+    assert rec.converged
+    assert any("extended" in h.safeguard for h in rec.history)
+    monkeypatch.setattr(opt, "EXTEND_GAIN", np.inf)
+    _, _, plain = opt.maximize(RidgeEngine(target, c), model, start, tol=1e-10, max_iter=100)
+    assert plain.converged and not any("extended" in h.safeguard for h in plain.history)
+    assert rec.iterations < plain.iterations / 2

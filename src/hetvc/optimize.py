@@ -20,11 +20,11 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
   eigenvalues ≥ ``FLOOR`` (the block then lands on the boundary, and the next iteration
   activates that direction);
 * **halving** — α is halved until ℓ does not decrease (beyond rounding);
+* **extension** — a full step that gains clearly more than the decrement predicts (AI
+  overstates the curvature, as on a ridge of ℓ) is tried once more at the length the measured
+  gain implies (:func:`extrapolate`), and kept if ℓ is higher there;
 * **pseudo-inverse** — AI is equilibrated to unit diagonal and inverted on its eigenvalues
-  above 1e-12 of the largest, so an unidentified direction gets no step;
-* **secant correction** — while full steps stay on one face, AI is corrected by a BFGS update
-  from the change of the score (:func:`secant_correction`); AI overstates the curvature along
-  directions the data say little about, and the corrected steps are longer there.
+  above 1e-12 of the largest, so an unidentified direction gets no step.
 
 If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
 halving — a step cut to the boundary is progress, not a stall —, a step fails, or
@@ -39,8 +39,7 @@ the method that finished.
 
 Convergence: the Newton decrement ½·s'·AI⁺·s of the (restricted) step is below ``tol`` — the
 ℓ still to gain under the quadratic model, with the active directions held on the boundary
-(their gradient points outwards, which is the KKT condition there).  It is always judged with
-AI itself, not with the secant-corrected matrix.  Where ``tol`` is below what ℓ can resolve
+(their gradient points outwards, which is the KKT condition there).  Where ``tol`` is below what ℓ can resolve
 (ℓ is rounded to about 1e-11·|ℓ|), a decrement below ``PRECISION`` times that rounding whose
 AI step no longer increases ℓ also counts as converged, and the record says so.
 """
@@ -62,6 +61,8 @@ AI_ITERATIONS = 40  # AI iterations after which a stagnating AI hands over to L-
 STAGNATION_WINDOW = 5  # ... stagnating: the decrement did not halve over this many iterations
 POOR_STEPS = 3  # consecutive heavily halved steps (α < 1/32) before the fallback
 PRECISION = 10  # a decrement below PRECISION × the rounding of ℓ is all ℓ can resolve
+EXTEND_GAIN = 1.2  # a full step gaining more than this × the decrement is extended ...
+EXTEND_MAX = 8.0  # ... to at most this many times its length
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _tangent_basis(vals, vecs, grad, active) -> list[tuple[np.ndarray, float]]:
     return out
 
 
-def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation, hess: np.ndarray | None = None) -> tuple[np.ndarray, float, list]:
+def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np.ndarray, float, list]:
     """AI step restricted to the free directions: (step, decrement, active count per block).
 
     A direction q of a block at the floor is active when ℓ increases outwards along it
@@ -179,8 +180,7 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation, hess: np.nd
                 columns.append(col)
                 extra.append(curvature)
         B = np.column_stack(columns) if columns else np.zeros((model.n_params, 0))
-        H = ev.ai if hess is None else hess
-        eta, decrement, _ = newton_step(B.T @ H @ B + np.diag(extra), B.T @ ev.score)
+        eta, decrement, _ = newton_step(B.T @ ev.ai @ B + np.diag(extra), B.T @ ev.score)
         step = B @ eta
         added = False
         for blk, vals, vecs, grad, at_floor, active in eig:
@@ -234,23 +234,30 @@ def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
     return jac
 
 
-def secant_correction(S: np.ndarray | None, s: np.ndarray, ev0: Evaluation, ev1: Evaluation) -> np.ndarray | None:
-    """Correction S of AI towards the curvature of ℓ, by a BFGS update of B = AI₁ + S along the
-    step s = θ₁ − θ₀ (a structured secant method, as NL2SOL's for least squares).
+def extrapolate(engine: Engine, model: Model, theta: np.ndarray, step: np.ndarray, active: list,
+                ev: Evaluation, accepted: tuple, decrement: float, record: OptimizationRecord):
+    """A longer step along the AI direction where AI overstates the curvature.
 
-    AI is ½ y'P V_k P V_l P y, the average of observed and expected information; where the data
-    say little about a direction (a nearly singular ΣG) it overstates the curvature and the AI
-    steps are too short.  The update makes B₊ s = g with g = score₀ − score₁, the curvature
-    actually met along s, and keeps B₊ positive definite; S = B₊ − AI₁ is carried to the next
-    iteration.  Skipped (S kept) when s'g ≤ 0 (ℓ not concave along s)."""
-    g = ev0.score - ev1.score
-    sg = float(s @ g)
-    B = ev1.ai if S is None else ev1.ai + S
-    Bs = B @ s
-    sBs = float(s @ Bs)
-    if not (sBs > 0 and sg > 1e-12 * sBs):
-        return S
-    return B - np.outer(Bs, Bs) / sBs + np.outer(g, g) / sg - ev1.ai
+    Along the step s = AI⁺·score the model predicts a gain of d(2α − α²) (d the decrement); if
+    the curvature is really c times AI's, the full step gains d(2 − c), so a measured gain
+    Δ > ``EXTEND_GAIN``·d gives c = 2 − Δ/d and the best α = 1/c (at most ``EXTEND_MAX``, and
+    within the parameter space).  On a ridge of ℓ — a variance traded against another, a
+    nearly unidentified direction — AI's curvature is several times too large and plain AI
+    steps crawl.  One extra evaluation; returns ((θ, evaluation), α) when it gains more than
+    the full step, else None."""
+    gain = accepted[1].loglik - ev.loglik
+    if not gain > EXTEND_GAIN * decrement:
+        return None
+    alpha = min(1.0 / max(2.0 - gain / decrement, 1.0 / EXTEND_MAX), EXTEND_MAX)
+    alpha *= max_feasible_step(model, theta, alpha * step, active)
+    if alpha <= 1.0:
+        return None
+    cand = model.project(theta + alpha * step, FLOOR)
+    ev_c = _evaluate(engine, cand)
+    record.evaluations += 1
+    if ev_c is None or ev_c.loglik <= accepted[1].loglik:
+        return None
+    return (cand, ev_c), alpha
 
 
 def stagnating(record: OptimizationRecord) -> bool:
@@ -375,7 +382,6 @@ def maximize(
     )
     clock.log(record, Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
     poor, fallback_at, stationary = 0, None, False
-    S = None
     while True:
         if clock.expired():
             record.status = "time limit"
@@ -387,12 +393,7 @@ def maximize(
             if record.iterations < max_iter:
                 theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record, clock)
                 poor, fallback_at = 0, record.iterations
-        step, decrement, active = restricted_step(model, theta, ev, None if S is None else ev.ai + S)
-        if S is not None and (any(active) or decrement < tol):
-            # a boundary reached (the correction is for interior points only), or convergence,
-            # which the AI decrement itself must confirm: the plain AI step
-            S = None
-            step, decrement, active = restricted_step(model, theta, ev)
+        step, decrement, active = restricted_step(model, theta, ev)
         record.history[-1].decrement = decrement
         record.history[-1].active = sum(active)
         if decrement < tol:
@@ -448,11 +449,11 @@ def maximize(
         if alpha < first_alpha:
             safeguard.append("halved")
         poor = poor + 1 if alpha < first_alpha / 32 else 0  # heavy halving, not a step to the boundary
-        # learn from full steps between interior points only: a cut or halved step says the
-        # model was poor, and on a face of the cone the change of the score along a rotation
-        # of the null space would teach B the face's curvature a second time
-        interior = alpha == 1.0 and not any(active)
-        S = secant_correction(S, accepted[0] - theta, ev, accepted[1]) if interior else None
+        if alpha == 1.0 and decrement > 100 * _noise(ev.loglik) and not clock.expired():
+            longer = extrapolate(engine, model, theta, step, active, ev, accepted, decrement, record)
+            if longer is not None:
+                accepted, alpha = longer
+                safeguard.append("extended")
         theta, ev = accepted
         record.iterations += 1
         record.ai_iterations += 1

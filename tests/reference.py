@@ -1,7 +1,7 @@
 """Independent brute-force reference for hetvc (used by the tests only).
 
 Nothing here imports hetvc.  Everything is computed from the model definition in
-docs / DESIGN.md sections 1, 2 and 4, as plainly as possible; speed is not a goal.
+docs/design.md sections 1 and 2, as plainly as possible; speed is not a goal.
 
 Conventions (they must match the engine exactly)
 ------------------------------------------------

@@ -1,4 +1,4 @@
-"""Records, traits, environments and ids → a validated design (DESIGN.md §1).
+"""Records, traits, environments and ids → a validated design (docs/design.md §1).
 
 The design holds one row per *observed* trait value o = 1..N (missing values drop out, the
 record keeps its other traits): y_o, its record, genotype (a row of K), environment and trait,

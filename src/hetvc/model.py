@@ -1,4 +1,4 @@
-"""The model: a design plus a genetic and a residual covariance structure (DESIGN.md §1).
+"""The model: a design plus a genetic and a residual covariance structure (docs/design.md §1).
 
     y = X b + Z u + e,   V = Var(y) = Σ_k θ_k V_k
 

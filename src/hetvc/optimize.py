@@ -1,6 +1,6 @@
 """Average-information Newton–Raphson for REML/ML that never leaves the parameter space.
 
-Each iteration takes the AI step (Gilmour et al. 1995, DESIGN.md §2)
+Each iteration takes the AI step (Gilmour et al. 1995, docs/design.md §2)
 
     θ ← θ + α · AI⁻¹ · score
 

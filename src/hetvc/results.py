@@ -1,4 +1,4 @@
-"""The fitted model: estimates, standard errors, derived quantities, tables (DESIGN.md §4).
+"""The fitted model: estimates, standard errors, derived quantities, tables (docs/design.md §5).
 
 A :class:`FitResult` is plain data — names, θ̂ and its covariance AI⁻¹, ℓ, the optimisation
 record, BLUEs and BLUPs — so it round-trips through JSON (:meth:`FitResult.to_json`,

@@ -1,4 +1,4 @@
-"""Covariance structures: θ ↔ matrices, parameter names, PD checks (DESIGN.md §1).
+"""Covariance structures: θ ↔ matrices, parameter names, PD checks (docs/design.md §1).
 
 A structure is a symmetric d×d matrix Σ of which some elements are free parameters and the
 others are zero.  Each observed value o carries an index ``a(o)`` into Σ; the random term the

@@ -1,4 +1,4 @@
-"""Engines: exact ways to compute ℓ, score and AI for a model (DESIGN.md §3)."""
+"""Engines: exact ways to compute ℓ, score and AI for a model (docs/design.md §3)."""
 
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution
 from .dense import DenseEngine

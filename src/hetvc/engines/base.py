@@ -1,4 +1,4 @@
-"""What every engine computes for a model at a given θ (DESIGN.md §2–3).
+"""What every engine computes for a model at a given θ (docs/design.md §2–3).
 
 An engine answers two questions and holds no other state than its precomputations:
 

@@ -1,4 +1,4 @@
-"""The dense engine: V over the observed values and its Cholesky factor (DESIGN.md §2–3).
+"""The dense engine: V over the observed values and its Cholesky factor (docs/design.md §2–3).
 
 Exact for any design, any structure, any pattern of missing values; O(N³) per iteration.
 

@@ -1,4 +1,4 @@
-r"""The spectral engine: exact REML/ML after rotating by eigenvectors of K (DESIGN.md §3).
+r"""The spectral engine: exact REML/ML after rotating by eigenvectors of K (docs/design.md §3).
 
 Where it applies
 ----------------

@@ -43,7 +43,9 @@ __all__ = [
 DPI = 110
 _COLORS = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057",
            "#f18f01", "#6b717e", "#a23b72"]
-_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
+# closed outlines only: a boundary fit is drawn hollow, and a hollow plus or cross ('P', 'X')
+# reads as a plus or a cross, not as a hollow marker
+_MARKERS = ["o", "s", "D", "^", "v", "p", "h", "<"]
 
 
 # -- helpers ----------------------------------------------------------------------------------

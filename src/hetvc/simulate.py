@@ -49,7 +49,7 @@ so that, with index a = l·m + i (environment-major, hetvc's layout of ΣG),
 * The block-diagonal part of G, G_l = s_l²·Cg, is what the ``heterogeneous`` genetic
   structure estimates; its off-diagonal blocks s_l·s_l'·(1−w)·Cg are the covariance it
   ignores.  The residual ΣE = Ce is the same in every location.
-* The pooled heritability (DESIGN §4, paper eq. 12) is
+* The pooled heritability (docs/design.md §5, paper eq. 12) is
   h²_i = Σ_l π_l G_l[i,i] / (Σ_l π_l G_l[i,i] + Σ_l π_l Ce[i,i]), π_l the realised share of
   records in location l.
 

@@ -72,14 +72,14 @@ At most ``2 × slots`` tasks are in flight, so an interrupt loses little and mem
 
 Summary (:func:`summarize`, :func:`table1`, :func:`win_rates`)
 ----------------------------------------------------------------
-For each fit, ``h2_pooled`` is the pooled heritability (paper eq. 12, DESIGN §4) averaged
+For each fit, ``h2_pooled`` is the pooled heritability (paper eq. 12, docs/design.md §5) averaged
 over the m traits.  Per scenario and model: the mean of ``h2_pooled`` over replicates, its
 Monte-Carlo SE ``sd / √R`` (sd with ddof = 1, R the fits used), the share of fits that
 converged (of all fits, error rows counting as not converged) and the bias against the
 true pooled h².  By default only converged fits enter the mean (``converged_only``).
 Win rates: per scenario, the share of replicates (with every model fitted without error) in
 which each model has the smallest AIC (BIC); ties go to the first model.  The two models are
-not nested (DESIGN §1), so no likelihood-ratio test is reported.
+not nested (docs/design.md §1 and §5), so no likelihood-ratio test is reported.
 
 Progress: a ``rich`` progress bar (fits done, rate, ETA) when stderr is a terminal, else a
 plain line at most every ``log_every`` seconds.

@@ -11,7 +11,7 @@ trait cells c with genetic index ga[c], residual index ra[c] and record slot sl[
 :func:`plan` finds the blocks (or says why there are none):
 
 * ``heterogeneous`` genetic: one block per environment (d = m), whatever the overlap of
-  genotypes between environments — DESIGN §3 case (a), and case (b) with that structure;
+  genotypes between environments — docs/design.md §3 case (a), and case (b) with that structure;
 * ``homogeneous`` or ``unstructured`` genetic with every genotype in every environment:
   one block with d = L·m (case (b), balanced multi-environment trial);
 * ``homogeneous`` genetic with one residual matrix and one record per genotype: one block
@@ -41,7 +41,7 @@ with H0 = E_b + s0·G_b positive definite (s0 = 0 unless E_b is not PD, then s0 
 
     W_j = H_j⁻¹ = Φ diag(δ_j) Φ',   δ_ji = 1 / (1 + (s_j − s0) λ_i).
 
-Every formula of DESIGN §3 then costs O(d) per row in Φ coordinates (ŷ_j = Φ'ỹ_j ...):
+Every formula of docs/design.md §3 then costs O(d) per row in Φ coordinates (ŷ_j = Φ'ỹ_j ...):
 log|V|, X'V⁻¹X, b̂, y'Py, the traces tr(P V_k) (via R̂_j = x̃_j' Q̂ x̃_j with
 Q̂ = (Φ'⊗I) T (X'V⁻¹X)⁻¹ T' (Φ⊗I)), y'PV_kPy, and the AI as ½ (F'WF − F'WX C X'WF) with
 F = [V_k P y], all with ∂H_j = s_j D^k (genetic element) or D^k (residual element), D^k the

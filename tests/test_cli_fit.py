@@ -395,3 +395,76 @@ def test_jitter_hint_is_the_cli_option(sim, tmp_path):
     assert "(--jitter 0.01 × mean diagonal)" in note and "jitter=" not in note
     with pytest.raises(hetvc.errors.InputError, match=r"pass jitter=0\.01"):  # Python keeps its hint
         hetvc.check_kinship(K)
+
+
+def test_kinship_scale_centred_and_the_note_on_a_k_that_is_not_centred(sim, tmp_path):
+    """bmtme's GRM has mean(K)/mean(diag K) = 0.32: the variance among its lines is 0.68·ΣG,
+    and h² = ΣG/(ΣG+ΣE) overstates their share.  --kinship-scale centred divides K by
+    mean(diag K) − mean(K) (Legarra 2016)."""
+    from hetvc.cli.fit import load_kinship
+
+    K = pd.read_csv(sim / "kinship.csv", index_col=0, dtype={"id": str})
+    K.index = K.index.astype(str)
+    K = K / np.diag(K).mean()
+    assert abs(K.to_numpy().mean()) < 0.05  # a GRM of centred genotypes: no note
+    _, _, notes = load_kinship(sim / "kinship.csv", None, "standardized", None, None, "mean-diag")
+    assert not [n for n in notes if "not centred" in n]
+    shifted = 0.5 * (K + 0.4)  # mean diagonal 0.7, mean 0.2 + 0.5·mean(K)
+    shifted.to_csv(tmp_path / "shifted.csv")
+    ratio = shifted.to_numpy().mean() / np.diag(shifted).mean()
+    Ks, facts, notes = load_kinship(tmp_path / "shifted.csv", None, "standardized", None, None, "mean-diag")
+    (note,) = [n for n in notes if "not centred" in n]
+    assert f"mean(K)/mean(diag K) = {ratio:.2f}" in note and f"= {1 - ratio:.2f}·ΣG" in note
+    assert "overstates" in note and "--kinship-scale centred" in note
+    assert facts["kinship_scale"] == pytest.approx(1 / 0.7)
+    # centred: the genotypes' variance, mean(diag K) − mean(K), is 1 after scaling
+    Kc, facts, notes = load_kinship(tmp_path / "shifted.csv", None, "standardized", None, None, "centred")
+    values = Kc.to_numpy()
+    assert np.diag(values).mean() - values.mean() == pytest.approx(1.0)
+    assert facts["kinship_scaling"] == "centred" and not [n for n in notes if "not centred" in n]
+    (note,) = [n for n in notes if "mean(diag K) − mean(K)" in n]
+    assert "Legarra 2016" in note
+    res = run(*fit_args(sim, "--genetic", "homogeneous", "--kinship-scale", "centred", "--json", "--quiet"))
+    assert res.exit_code == 0, res.output
+    assert "--kinship-scale centred" in json.loads(res.stdout)["data"]["command"]
+
+
+def test_a_mean_diagonal_near_1_prints_its_digits(sim, tmp_path):
+    from hetvc.cli.fit import load_kinship
+
+    K = pd.read_csv(sim / "kinship.csv", index_col=0, dtype={"id": str})
+    K.index = K.index.astype(str)
+    for diag, shown in ((1.0002, "(1.0002)"), (1 + 3e-7, None)):
+        path = tmp_path / f"K{diag}.csv"
+        (K * diag / np.diag(K).mean()).to_csv(path)
+        _, facts, notes = load_kinship(path, None, "standardized", None, None, "mean-diag")
+        found = [n for n in notes if "divided by its mean diagonal" in n]
+        assert (found[0].split(" so that")[0].endswith(shown) if shown else not found), found
+
+
+def test_threads_limit_blas_in_the_fits(sim, monkeypatch):
+    """--threads N (default 1) runs the fits under threadpoolctl's limit: OpenBLAS's waiting
+    threads made a 0.3 s fit take 63 s on a shared 2-core machine."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    real, seen = hetvc.fit, []
+
+    def blas():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    def fit(*args, **kwargs):
+        seen.append(blas())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hetvc, "fit", fit)
+    base = fit_args(sim, "--genetic", "homogeneous", "--json", "--quiet")
+    with threadpool_limits(2):  # the process may use more: the fit still gets 1
+        if blas() != {2}:
+            pytest.skip("BLAS cannot run 2 threads here")
+        assert run(*base).exit_code == 0
+        assert blas() == {2}  # restored after the fits
+    with threadpool_limits(1):
+        res = run(*base, "--threads", "2")
+    assert res.exit_code == 0, res.output
+    assert seen == [{1}, {2}]
+    assert "--threads" in run("fit", "--help").output and "--threads" in run("example", "--help").output

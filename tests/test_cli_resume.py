@@ -98,6 +98,9 @@ def test_ctrl_c_keeps_finished_fits_and_a_rerun_resumes(trial, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [m["model"] for m in summary["models"]] == ["homogeneous/homogeneous"]
     assert summary["data"]["not_fitted"] == ["heterogeneous/homogeneous", "unstructured/homogeneous"]
+    # a pipeline reading "selected" can tell that the run is incomplete
+    assert summary["complete"] is False and summary["converged"] is False
+    assert summary["not_fitted"] == ["heterogeneous/homogeneous", "unstructured/homogeneous"]
 
     # the same command again: the finished model is reused, not refitted
     calls.write_text("")
@@ -111,7 +114,9 @@ def test_ctrl_c_keeps_finished_fits_and_a_rerun_resumes(trial, tmp_path):
     assert list(comp["model"]) == ["homogeneous/homogeneous", "heterogeneous/homogeneous",
                                    "unstructured/homogeneous"]
     assert "Incomplete" not in (out / "report.md").read_text()
-    assert not json.loads((out / "summary.json").read_text())["data"].get("not_fitted")
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["data"].get("not_fitted")
+    assert summary["complete"] is True and summary["not_fitted"] == [] and summary["converged"] is True
 
 
 def test_changed_options_refit_and_time_limits(trial, tmp_path):

@@ -1,7 +1,9 @@
-"""hetvc.report and hetvc.plots on fits whose status is set by hand: a model that did not
-converge is never selected (and the report and terminal say why), none converged selects
-nothing, p-values below 1e-16 print as "< 1e-16", SEs that are not available as NA, AICc
-where the comparison has it, and figures mark fits that did not converge or lie on the
+"""hetvc.report and hetvc.plots on fits whose status is set by hand: the lowest AICc among
+converged fits is selected, a model that did not converge (or whose AICc is undefined) never
+is (and the report and terminal say why), none converged selects nothing, p-values below
+1e-16 print as "< 1e-16", SEs that are not available as NA, notes every fit carries are said
+once, long tables are cut in the terminal, times are labelled, summary.json says when a run
+is incomplete, and the h² table and figure mark fits that did not converge or lie on the
 boundary."""
 
 import dataclasses
@@ -31,13 +33,13 @@ def not_converged(fit, status="iteration limit", message="no convergence within 
                                             "message": message})
 
 
-def by_aic(fits):
-    return sorted(fits, key=lambda n: fits[n].aic)
+def by_aicc(fits):
+    return sorted(fits, key=lambda n: fits[n].aicc)
 
 
 def test_select_never_picks_a_fit_that_did_not_converge(fits):
     assert all(f.converged for f in fits.values())
-    best, second = by_aic(fits)[:2]
+    best, second = by_aicc(fits)[:2]
     assert report.select(fits) == best
     bad = {**fits, best: not_converged(fits[best])}
     assert report.select(bad) == second
@@ -49,7 +51,7 @@ def test_report_md_never_selects_a_model_its_table_marks_not_converged(fits, tmp
     """The old report printed 'Selected (lowest AIC among converged fits): X' while its own
     table said X did not converge.  Here X is read back with hetvc.load from a fit.json
     edited to say it did not converge."""
-    best, second = by_aic(fits)[:2]
+    best, second = by_aicc(fits)[:2]
     path = tmp_path / "best.json"
     fits[best].to_json(path)
     d = json.loads(path.read_text())
@@ -62,9 +64,9 @@ def test_report_md_never_selects_a_model_its_table_marks_not_converged(fits, tmp
     not_conv = [row.split("|")[1].strip() for row in md.splitlines()
                 if row.startswith("|") and "**no**" in row]
     assert not_conv == [best]
-    chosen = re.search(r"Selected \(lowest AIC among converged fits\): \*\*(.+?)\*\*", md).group(1)
+    chosen = re.search(r"Selected \(lowest AICc among converged fits\): \*\*(.+?)\*\*", md).group(1)
     assert chosen == second != best
-    assert f"Excluded from the selection (did not converge): **{best}** (iteration limit" in md
+    assert f"Excluded from the selection: **{best}** (iteration limit" in md
     assert f"## Selected model: {second}" in md
     assert result["selected"] == second and result["excluded"] == {
         best: "iteration limit: no convergence within 5 iterations"}
@@ -130,7 +132,7 @@ def test_p_values_below_1e16_and_bic_disagreement(fits, capsys):
     assert prefs["AIC"] == "unstructured/homogeneous" and prefs["BIC"] == "homogeneous/homogeneous"
     _print_summary(close, report.select(close), {}, report.comparison(close), None)
     text = capsys.readouterr().out
-    assert "AIC selects unstructured/homogeneous; BIC prefers homogeneous/homogeneous." in text
+    assert "AICc selects unstructured/homogeneous; BIC prefers homogeneous/homogeneous." in text
     assert "BIC prefers **homogeneous/homogeneous**" in report.markdown(close)
 
 
@@ -200,3 +202,132 @@ def test_heritability_figure_marks_not_converged_and_boundary_fits(fits, tmp_pat
     (tmp_path / "none").mkdir()
     only = write_figures({n: not_converged(f) for n, f in fits.items()}, None, tmp_path / "none")
     assert [p.name for p in only] == ["phenotypic_correlations.png"]
+
+
+# -- selection by AICc ------------------------------------------------------------------------------
+def test_selection_is_by_aicc_and_a_fit_without_one_is_excluded(fits, capsys):
+    """bmtme (30 lines, 3 traits): AIC chose a 51-parameter unstructured model that AICc and
+    BIC did not.  Here the larger model's ℓ is Δk + 0.1 above the smaller's: AIC prefers it
+    by 0.2, AICc's correction for few records per parameter prefers the smaller."""
+    from hetvc.cli.fit import _print_summary
+
+    small, big = fits["homogeneous/homogeneous"], fits["unstructured/homogeneous"]
+    pair = {"homogeneous/homogeneous": small,
+            "unstructured/homogeneous": dataclasses.replace(
+                big, loglik=small.loglik + (big.n_params - small.n_params) + 0.1)}
+    prefs = report.preferences(pair)
+    assert prefs["AIC"] == "unstructured/homogeneous"
+    assert prefs["AICc"] == prefs["BIC"] == "homogeneous/homogeneous"
+    assert report.select(pair) == "homogeneous/homogeneous"
+    lines = report.selection_lines(pair)
+    assert lines == ["Selected (lowest AICc among converged fits): homogeneous/homogeneous.",
+                     "AICc selects homogeneous/homogeneous; AIC prefers unstructured/homogeneous."]
+    _print_summary(pair, report.select(pair), {}, report.comparison(pair), None)
+    text = capsys.readouterr().out
+    assert "selected (lowest AICc among converged fits): homogeneous/homogeneous." in text
+    assert re.search(r"\bAICc\s+BIC\s+dAICc\b", text)
+    # n − k − 1 ≤ 0: AICc is undefined, and the fit with the best AIC is not selectable
+    best = by_aicc(fits)[0]
+    tiny = without_aicc(dataclasses.replace(fits[best], loglik=fits[best].loglik + 100.0))
+    assert np.isnan(tiny.aicc) and report.preferences({**fits, best: tiny})["AIC"] == best
+    crowded = {**fits, best: tiny}
+    assert report.select(crowded) == by_aicc(fits)[1]
+    assert report.excluded(crowded)[best].startswith("AICc undefined")
+    assert f"Excluded from the selection: {best} (AICc undefined" in " ".join(report.selection_lines(crowded))
+    assert report.select({best: tiny}) == best  # a single model: nothing to choose between
+    none = {n: without_aicc(f) for n, f in fits.items()}
+    assert report.select(none) is None
+    assert report.selection_lines(none)[0] == "No model is selected: AICc is undefined for every fit that converged."
+
+
+def without_aicc(fit):
+    """The fit with n − k − 1 ≤ 0 as far as AICc goes (n itself must stay: compare checks it)."""
+    class Crowded(type(fit)):
+        aicc = float("nan")
+
+    out = dataclasses.replace(fit)
+    out.__class__ = Crowded
+    return out
+
+
+def test_summary_says_when_models_were_not_fitted(fits):
+    s = report.summary(fits, data={"not_fitted": ["unstructured/heterogeneous"], "stopped": "interrupted"})
+    assert set(report.SUMMARY_KEYS) <= set(s)
+    assert s["complete"] is False and s["not_fitted"] == ["unstructured/heterogeneous"]
+    assert s["converged"] is False and s["selected"] == report.select(fits)
+    s = report.summary(fits)
+    assert s["complete"] is True and s["not_fitted"] == [] and s["converged"] is True
+
+
+# -- notes, long tables, times ----------------------------------------------------------------------
+def with_notes(fits, shared):
+    return {n: dataclasses.replace(f, notes=[*shared, f"only {n}"]) for n, f in fits.items()}
+
+
+def test_notes_every_fit_carries_are_said_once_with_the_data(fits, capsys):
+    from hetvc.cli.fit import _print_summary
+
+    dup = "environments '1' and '2' hold identical records: one environment entered twice?"
+    noted = with_notes(fits, [dup])
+    assert report.shared_notes(noted) == [dup]
+    assert report.shared_notes({"one": noted["homogeneous/homogeneous"]}) == []
+    md = report.markdown(noted, data={"notes": ["K divided by its mean diagonal"]})
+    assert md.count(dup) == 1
+    data_part, models_part = md.split("## Model comparison")
+    assert f"- {dup}" in data_part.split("What the data needed")[1]
+    for n in fits:
+        assert f"only {n}" in models_part  # a model's own notes stay with it
+    selected = report.select(noted)
+    _print_summary(noted, selected, {"notes": ["K divided by its mean diagonal"]},
+                   report.comparison(noted), None)
+    text = capsys.readouterr().out
+    assert text.count(dup) == 1
+    assert text.index(f"note: {dup}") < text.index("Model comparison")
+    assert f"note: only {selected}" in text
+
+
+def test_terminal_tables_are_cut_and_say_where_the_rest_is(fits, monkeypatch, capsys):
+    import hetvc.cli.fit as cli_fit
+
+    f = fits["unstructured/homogeneous"]
+    n_vc = len(f.variance_components())
+    text = report.fit_text(f, max_rows=2)
+    assert f"... {n_vc - 2} more rows: run with --out DIR to get them all in DIR/variance_components.csv" in text
+    vc = text.split("Variance components\n")[1].split("\n\n")[0].splitlines()
+    assert len(vc) == 1 + 2 + 1  # header, two rows, the line saying where the rest are
+    assert "... 1 more row: see res/heritability.csv" in report.fit_text(f, max_rows=1, out="res")
+    assert "more rows" not in report.fit_text(f)  # the API prints everything
+    monkeypatch.setattr(cli_fit, "TERMINAL_ROWS", 1)
+    cli_fit._print_summary(fits, report.select(fits), {}, report.comparison(fits), "res")
+    assert re.search(r"\.\.\. 1 more row: see res/variance_components\.csv", capsys.readouterr().out)
+
+
+def test_times_are_labelled_in_the_terminal_and_the_report(fits):
+    f = fits["heterogeneous/homogeneous"]
+    timed = dataclasses.replace(f, record={**f.record, "seconds": 15.0, "seconds_in_all": 16.7})
+    assert report.seconds_text(timed.record) == "16.7 s in all; optimisation 15.0 s"
+    assert report.seconds_text(f.record).startswith("optimisation ")  # a fit made by the API
+    (status,) = [ln for ln in report.fit_text(timed).splitlines() if ln.startswith("  status: ")]
+    assert status.endswith("; 16.7 s in all; optimisation 15.0 s)"), status
+    md = report.markdown({"heterogeneous/homogeneous": timed, "homogeneous/homogeneous": fits[
+        "homogeneous/homogeneous"]}, selected="heterogeneous/homogeneous")
+    assert "iterations (16.7 s in all; optimisation 15.0 s); engine:" in md
+
+
+def test_heritability_under_each_model_marks_boundary_and_not_converged(fits):
+    names = list(fits)
+    marked = {names[0]: fits[names[0]], names[1]: not_converged(fits[names[1]]),
+              names[2]: dataclasses.replace(fits[names[2]], boundary=["G"])}
+    md = report.markdown(marked)
+    table = md.split("## Heritability under each model")[1].split("##")[0]
+    rows = [r.split("|")[1].strip() for r in table.splitlines() if r.startswith("| ") and "model" not in r]
+    assert rows == [names[0], f"{names[1]} (not converged)", f"{names[2]} (boundary: G)"]
+
+
+def test_every_marker_can_be_drawn_hollow():
+    from matplotlib.markers import MarkerStyle
+
+    from hetvc.plots import _MARKERS
+
+    for m in _MARKERS:  # a hollow plus or cross reads as a plus or a cross
+        assert MarkerStyle(m).is_filled() and m not in ("P", "X", "+", "x", "1", "2", "3", "4", "|", "_"), m

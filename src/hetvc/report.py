@@ -24,15 +24,20 @@ names such as ``"heterogeneous/homogeneous"`` = genetic/residual) it writes into
                                 ``--json`` prints)
 ==============================  ==========================================================
 
-The *selected* model is the one with the lowest AIC among the fits that converged (AIC
-because ``homogeneous`` and ``heterogeneous`` genetic structures are not nested).  A fit that
-did not converge is never selected: its estimates are where the optimiser stopped, not REML
-estimates.  The report says which models were excluded and why, and where BIC (or AICc, when
-the fits have it) prefers another model.  When no model converged nothing is selected:
-``summary.json`` has ``"selected": null``; with several models ``fit.json``, ``blups.csv``,
-``blues.csv``, ``fitted.csv`` and the selected model's figures are not written (every model is
-in ``fits/``, and the tables of every model are), with a single model ``fit.json`` and its
-tables are still written, marked as not converged.  Every file is written atomically
+The *selected* model is the one with the lowest AICc among the fits that converged (AICc =
+AIC + 2k(k+1)/(n−k−1), n = N − p: an information criterion because ``homogeneous`` and
+``heterogeneous`` genetic structures are not nested, and AICc rather than AIC because a
+multi-environment model can have nearly as many covariance parameters as there are phenotyped
+genotypes, where AIC's penalty is too small; for large n AICc is AIC).  A fit that did not
+converge is never selected: its estimates are where the optimiser stopped, not REML
+estimates; nor is a fit whose AICc is undefined (n − k − 1 ≤ 0) when there are several.  The
+report says which models were excluded and why, and where AIC or BIC prefers another model.
+When nothing is selected: ``summary.json`` has ``"selected": null``; with several models
+``fit.json``, ``blups.csv``, ``blues.csv``, ``fitted.csv`` and the selected model's figures are
+not written (every model is in ``fits/``, and the tables of every model are), with a single
+model ``fit.json`` and its tables are still written, marked as not converged.  ``summary.json``
+says ``"complete": false`` and lists ``"not_fitted"`` models when a run was interrupted
+(``"converged"`` is then false too).  Every file is written atomically
 (:mod:`hetvc.io_utils`).
 """
 
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +56,19 @@ from .io_utils import atomic_write
 
 __all__ = [
     "SUMMARY_FORMAT", "model_name", "comparison", "select", "excluded", "preferences",
-    "format_p", "format_se", "fit_text", "tables", "summary", "markdown", "write_report",
+    "format_p", "format_se", "fit_text", "shared_notes", "seconds_text", "tables", "summary",
+    "markdown", "write_report",
 ]
 
 SUMMARY_FORMAT = "hetvc-summary/1"
 
 # Keys of the --json summary; tests hold them fixed (add keys, never rename or remove them).
 SUMMARY_KEYS = ("format", "version", "data", "models", "comparison", "selected", "converged",
-                "out", "files", "excluded")
+                "out", "files", "excluded", "complete", "not_fitted")
 MODEL_KEYS = ("model", "genetic", "residual", "converged", "status", "iterations", "seconds",
               "engine", "engine_reason", "loglik", "n_params", "aic", "bic", "boundary", "notes",
               "variance_components", "heritability", "pooled_heritability", "genetic_correlations",
-              "message", "aicc")
+              "message", "aicc", "seconds_in_all")
 P_FLOOR = 1e-16  # p-values below this print as "p < 1e-16" (double precision cannot say more)
 
 
@@ -117,29 +124,54 @@ def _status(f) -> str:
     return f"{status}: {message}" if message and not f.converged else str(status)
 
 
+def _aicc_undefined(f) -> str:
+    """'' or why a converged fit's AICc is undefined (n − k − 1 ≤ 0, n = N − p)."""
+    aicc = _aicc(f)
+    if aicc is None or math.isfinite(aicc):
+        return ""
+    return (f"AICc undefined: {f.n_params} covariance parameters and n = N − p = "
+            f"{f.n_obs - f.rank_x} leave n − k − 1 ≤ 0")
+
+
+def _criterion(f) -> float:
+    """The selection criterion of a fit: its AICc (AIC for a fit without one)."""
+    aicc = _aicc(f)
+    return f.aic if aicc is None else aicc
+
+
 def select(fits) -> str | None:
-    """Name of the model with the lowest AIC among the fits that converged; ``None`` when no
-    fit converged.  A fit that did not converge is never selected."""
+    """Name of the model with the lowest AICc among the fits that converged; ``None`` when
+    none is selectable.  A fit that did not converge is never selected, nor (among several
+    models) one whose AICc is undefined (n − k − 1 ≤ 0); a single converged model is selected
+    whatever its AICc (there is nothing to choose between)."""
     fits = _named(fits)
-    pool = {n: f for n, f in fits.items() if f.converged and np.isfinite(f.aic)}
+    if len(fits) == 1:
+        (name, f), = fits.items()
+        return name if f.converged else None
+    pool = {n: f for n, f in fits.items() if f.converged and np.isfinite(_criterion(f))}
     if not pool:
         return None
-    return min(pool, key=lambda n: pool[n].aic)
+    return min(pool, key=lambda n: _criterion(pool[n]))
 
 
 def excluded(fits) -> dict[str, str]:
-    """The models left out of the selection, each with why (its status and message)."""
-    return {n: _status(f) for n, f in _named(fits).items() if not f.converged}
+    """The models left out of the selection, each with why: its status and message when it
+    did not converge, or that its AICc is undefined (among several models)."""
+    fits = _named(fits)
+    out = {n: _status(f) for n, f in fits.items() if not f.converged}
+    if len(fits) > 1:
+        out.update({n: why for n, f in fits.items() if f.converged and (why := _aicc_undefined(f))})
+    return out
 
 
 def preferences(fits, comp: pd.DataFrame | None = None) -> dict[str, str]:
-    """The converged model that each criterion prefers: ``{"AIC": ..., "AICc": ..., "BIC": ...}``
+    """The converged model that each criterion prefers: ``{"AICc": ..., "AIC": ..., "BIC": ...}``
     (AICc only when the comparison has that column); empty when no fit converged."""
     fits = _named(fits)
     comp = comparison(fits) if comp is None else comp
     ok = comp[comp["model"].isin([n for n, f in fits.items() if f.converged])]
     out = {}
-    for crit in ("AIC", "AICc", "BIC"):
+    for crit in ("AICc", "AIC", "BIC"):
         if crit in ok.columns and len(ok):
             vals = pd.to_numeric(ok[crit], errors="coerce")
             if vals.notna().any():
@@ -148,24 +180,26 @@ def preferences(fits, comp: pd.DataFrame | None = None) -> dict[str, str]:
 
 
 def selection_lines(fits, comp: pd.DataFrame | None = None, strong=str) -> list[str]:
-    """Sentences on the selection: what was selected and by which rule, where BIC or AICc
-    disagree with AIC, which models were excluded and why (``strong`` marks model names)."""
+    """Sentences on the selection: what was selected and by which rule, where AIC or BIC
+    disagree with AICc, which models were excluded and why (``strong`` marks model names)."""
     fits = _named(fits)
     selected = select(fits)
     lines = []
-    if selected is None:
+    if selected is None and any(f.converged for f in fits.values()):
+        lines.append("No model is selected: AICc is undefined for every fit that converged.")
+    elif selected is None:
         lines.append(f"No model converged, so none is selected: the estimates of "
                      f"{'every model' if len(fits) > 1 else 'the model'} are where the optimiser "
                      f"stopped, not REML estimates.")
     else:
-        lines.append(f"Selected (lowest AIC among converged fits): {strong(selected)}.")
+        lines.append(f"Selected (lowest AICc among converged fits): {strong(selected)}.")
         others = [f"{c} prefers {strong(n)}" for c, n in preferences(fits, comp).items()
-                  if c != "AIC" and n != selected]
+                  if c != "AICc" and n != selected]
         if others:
-            lines.append(f"AIC selects {strong(selected)}; " + "; ".join(others) + ".")
+            lines.append(f"AICc selects {strong(selected)}; " + "; ".join(others) + ".")
     excl = excluded(fits)
     if excl:
-        lines.append("Excluded from the selection (did not converge): "
+        lines.append("Excluded from the selection: "
                      + "; ".join(f"{strong(n)} ({why})" for n, why in excl.items()) + ".")
     return lines
 
@@ -269,14 +303,18 @@ def _model_summary(name: str, f) -> dict:
         "pooled_heritability": f.pooled_heritability(),
         "genetic_correlations": f.genetic_correlations(),
         "message": rec.get("message") or "", "aicc": _aicc(f),
+        "seconds_in_all": rec.get("seconds_in_all"),
     }
 
 
 def summary(fits, selected: str | None = None, data: dict | None = None, out=None, files=()) -> dict:
     """The machine-readable summary (``--json``; keys :data:`SUMMARY_KEYS`, each model
-    :data:`MODEL_KEYS`).  ``selected`` is ``null`` when no model converged; ``excluded`` maps
-    each model left out of the selection to why.  NaN becomes ``null``."""
+    :data:`MODEL_KEYS`).  ``selected`` is ``null`` when no model is selectable; ``excluded``
+    maps each model left out of the selection to why.  ``complete`` is false and
+    ``not_fitted`` names the models when the run stopped before fitting them (``data`` has
+    ``not_fitted``); ``converged`` is then false too.  NaN becomes ``null``."""
     fits = _named(fits)
+    not_fitted = list((data or {}).get("not_fitted") or [])
     selected = select(fits) if selected is None else selected
     try:
         from importlib.metadata import version
@@ -291,10 +329,12 @@ def summary(fits, selected: str | None = None, data: dict | None = None, out=Non
         "models": [_model_summary(n, f) for n, f in fits.items()],
         "comparison": comparison(fits),
         "selected": selected,
-        "converged": all(f.converged for f in fits.values()),
+        "converged": all(f.converged for f in fits.values()) and not not_fitted,
         "out": None if out is None else str(out),
         "files": [str(p) for p in files],
         "excluded": excluded(fits),
+        "complete": not not_fitted,
+        "not_fitted": not_fitted,
     }
     return _clean(out_dict)
 
@@ -348,19 +388,62 @@ def _text_table(df: pd.DataFrame, se: str = "se") -> str:
     return df.drop(columns=[c for c in ("se_note",) if c in df.columns]).to_string(index=False)
 
 
-def fit_text(fit) -> str:
-    """The terminal summary of a fit: :meth:`FitResult.summary`'s head (model, engine, status,
-    ℓ, AIC/BIC, boundary, notes), then its tables with SEs that are not available printed as
-    ``NA`` and why."""
-    head = fit.summary().split("\n\n", 1)[0]
+def shared_notes(fits) -> list[str]:
+    """The notes that every one of several fits carries: notes about the data (duplicated
+    environments or traits, a single genotype in a cell: :mod:`hetvc.diagnostics`), said once
+    with the data's notes and left out of each model's."""
+    notes = [list(f.notes) for f in _named(fits).values()]
+    if len(notes) < 2:
+        return []
+    return [n for n in dict.fromkeys(notes[0]) if all(n in other for other in notes[1:])]
+
+
+def seconds_text(record) -> str:
+    """'16.7 s in all; optimisation 15.0 s': the whole fit (when the record has
+    ``seconds_in_all``, which the command line adds) and its optimisation."""
+    def sec(v):
+        return f"{v:.1f} s" if v >= 1 else f"{v:.2f} s"
+
+    total = record.get("seconds_in_all")
+    opt = f"optimisation {sec(float(record.get('seconds') or 0.0))}"
+    return opt if total is None else f"{sec(float(total))} in all; {opt}"
+
+
+def _status_text(fit) -> str:
+    """:meth:`FitResult.status_line` with its time labelled (:func:`seconds_text`)."""
+    return re.sub(r", \d+(?:\.\d+)? s\)", lambda m: f"; {seconds_text(fit.record)})",
+                  fit.status_line(), count=1)
+
+
+def _clipped(title: str, df: pd.DataFrame, csv: str, max_rows: int | None, out) -> list[str]:
+    """A titled terminal table of at most ``max_rows`` rows, then where the rest are."""
+    lines = ["", title]
+    if max_rows is None or len(df) <= max_rows:
+        return lines + [_text_table(df)]
+    where = (f"see {Path(out) / csv}" if out is not None
+             else f"run with --out DIR to get them all in DIR/{csv}")
+    more = len(df) - max_rows
+    return lines + [_text_table(df.iloc[:max_rows]), f"... {more} more row{'s' * (more > 1)}: {where}"]
+
+
+def fit_text(fit, *, skip_notes=(), max_rows: int | None = None, out=None) -> str:
+    """The terminal summary of a fit: :meth:`FitResult.summary`'s head (model, engine, status
+    with its time labelled, ℓ, AIC/BIC, boundary, notes but ``skip_notes``: said already),
+    then its tables with SEs that are not available printed as ``NA`` and why; each table cut
+    after ``max_rows`` rows with a line saying where the rest are (its CSV in ``out``, or that
+    ``--out`` writes it)."""
+    skip = {f"  note: {n}" for n in skip_notes}
+    head = [ln for ln in fit.summary().split("\n\n", 1)[0].splitlines() if ln not in skip]
+    head = [f"  status: {_status_text(fit)}" if ln.startswith("  status: ") else ln for ln in head]
     vc = fit.variance_components()
     vc = vc[[c for c in ("name", "estimate", "se", "se_note") if c in vc.columns]]
-    lines = [head, "", "Variance components", _text_table(vc)]
-    lines += ["", "Heritability per environment", _text_table(fit.heritability())]
-    lines += ["", "Pooled heritability", _text_table(fit.pooled_heritability())]
+    lines = ["\n".join(head)]
+    lines += _clipped("Variance components", vc, "variance_components.csv", max_rows, out)
+    lines += _clipped("Heritability per environment", fit.heritability(), "heritability.csv", max_rows, out)
+    lines += _clipped("Pooled heritability", fit.pooled_heritability(), "heritability.csv", max_rows, out)
     rg = fit.genetic_correlations()
     if len(rg):
-        lines += ["", "Genetic correlations", _text_table(rg)]
+        lines += _clipped("Genetic correlations", rg, "genetic_correlations.csv", max_rows, out)
     return "\n".join(lines)
 
 
@@ -442,7 +525,10 @@ def _h2_wide(f) -> pd.DataFrame:
 
 
 def _marked(name: str, f) -> str:
-    return name if f.converged else f"{name} (not converged)"
+    """A model's name marked "(not converged)" or "(boundary: G)" (its singular blocks)."""
+    if not f.converged:
+        return f"{name} (not converged)"
+    return f"{name} (boundary: {', '.join(f.boundary)})" if f.boundary else name
 
 
 def _h2_across_models(fits) -> pd.DataFrame:
@@ -538,18 +624,21 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         ("method", best.method.upper()),
     ]
     lines += [f"- **{k}**: {v}" for k, v in facts if v is not None]
-    if data.get("notes"):
+    shared = shared_notes(fits)
+    data_notes = list(dict.fromkeys(list(data.get("notes") or []) + shared))
+    if data_notes:
         lines += ["", "What the data needed (and what hetvc did):", ""]
-        lines += [f"- {n}" for n in data["notes"]]
+        lines += [f"- {n}" for n in data_notes]
 
     comp = comparison(fits)
     lines += ["", "## Model comparison", ""]
     lines += ["Genetic structure / residual structure; VCs = number of variance-covariance "
               "parameters. REML log-likelihoods are comparable because every model has the same "
               "fixed effects. `homogeneous` and `heterogeneous` genetic structures are not nested, "
-              "so they are compared by AIC/BIC; an LRT is shown only against a nested smaller model "
-              "(its χ² p-value is conservative when the restriction is on a boundary). Only fits "
-              "that converged are eligible for selection.", ""]
+              "so they are compared by information criteria (AICc, which corrects AIC for few records "
+              "per parameter, selects; AIC and BIC are shown beside it); an LRT is shown only "
+              "against a nested smaller model (its χ² p-value is conservative when the restriction "
+              "is on a boundary). Only fits that converged are eligible for selection.", ""]
     lines += [_comparison_md(comp, fits), ""]
     lines += [" ".join(selection_lines(fits, comp, strong=lambda s: f"**{s}**"))]
     if data.get("not_fitted"):
@@ -567,11 +656,11 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         lines += [f"- ℓ = {best.loglik:.4f}, k = {best.n_params}, AIC = {best.aic:.2f}"
                   + (f", AICc = {_aicc(best):.2f}" if _aicc(best) is not None else "")
                   + f", BIC = {best.bic:.2f}",
-                  f"- {rec['status']} after {rec['iterations']} iterations ({rec['seconds']:.2f} s); "
+                  f"- {rec['status']} after {rec['iterations']} iterations ({seconds_text(rec)}); "
                   f"engine: {best.engine} ({best.engine_reason})"]
         if best.boundary:
             lines.append(f"- on the boundary (a singular covariance block): {_boundary(best)}")
-        lines += [f"- note: {n}" for n in best.notes]
+        lines += [f"- note: {n}" for n in best.notes if n not in shared]
         h, p = best.heritability(), best.pooled_heritability()
         lines += ["", "### Heritability per environment (SE)", "",
                   "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i]); pooled: weighted by each environment's "
@@ -600,13 +689,13 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         for n, f in other:
             r = f.record
             line = (f"- **{n}**: ℓ = {f.loglik:.2f}, k = {f.n_params}; {r['status']} after "
-                    f"{r['iterations']} iterations ({r['seconds']:.2f} s, {f.engine})")
+                    f"{r['iterations']} iterations ({seconds_text(r)}; {f.engine})")
             if not f.converged and r.get("message"):
                 line += f"; {r['message']}"
             if f.boundary:
                 line += f"; boundary: {_boundary(f)}"
             lines.append(line)
-            lines += [f"  - note: {x}" for x in f.notes]
+            lines += [f"  - note: {x}" for x in f.notes if x not in shared]
         lines.append("")
 
     if figures:

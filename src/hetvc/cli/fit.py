@@ -4,6 +4,7 @@
               --traits yield,oil --env env --id genotype
               [--genetic heterogeneous] [--residual homogeneous] [--fixed "~ set_env"]
               [--compare homogeneous,heterogeneous,unstructured] [--out DIR] [--json]
+              [--kinship-scale mean-diag|centred|none] [--threads 1]
 
 PHENO is CSV/TSV (the delimiter is detected) or Parquet.  With ``--compare`` several models are
 fitted to the same data and laid out like the paper's Table 2; an item is a genetic structure
@@ -18,7 +19,8 @@ SIGTERM the report of the finished models is written and the command exits 130; 
 same command again reuses every fit whose fingerprint matches.  ``--time-limit`` bounds each
 model's optimisation.  Progress: a live line in a terminal; elsewhere ``hetvc: ...`` lines on
 stderr (the first iteration, then at most one every 5 s, and the last); ``--quiet`` silences
-them.  A model that did not converge is never selected.
+them.  The model with the lowest AICc among those that converged is selected.  The fits run
+with ``--threads`` BLAS threads (1 by default: see its help).
 
 Exit codes: 0 success, 2 bad input, 3 a fit that did not converge (its outputs are still
 written, marked as not converged), 130 interrupted.
@@ -179,7 +181,7 @@ def _checked(fn, *args, **kwargs):
 
 def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str):
     """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM)."""
-    from ..kinship import check_kinship, grm, read_kinship, scale_kinship
+    from ..kinship import check_kinship, grm, read_kinship
 
     notes, facts = [], {}
     n_markers = None
@@ -195,22 +197,63 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
         notes.append(f"GRM built from {genotypes}: {info.summary()}")
         n_markers = int(info.snps_used)
     notes += warned
-    diag = np.diag(K.to_numpy())
-    mean_diag = float(diag.mean())
-    facts["kinship_mean_diagonal"] = mean_diag
-    facts["kinship_scale"] = 1.0
-    if scale == "mean-diag" and abs(mean_diag - 1.0) > 1e-6:
-        K = scale_kinship(K, 1.0 / mean_diag, name=facts.get("kinship", "K"))
-        facts["kinship_scale"] = 1.0 / mean_diag
-        notes.append(f"K divided by its mean diagonal ({mean_diag:.4g}) so that genetic variances and h² "
-                     f"refer to the genotypes' own variance ({_diagonal_reason(mean_diag)}); "
-                     f"--kinship-scale none keeps K as given")
+    K, scale_notes = _scaled(K, scale, facts)
+    notes += scale_notes
     singular = _singularity(K.to_numpy(), n_markers)
     if singular:
         notes.append(
             f"K is singular ({singular}); no ridge is needed: V = ZKZ'⊗ΣG + ΣE stays positive "
             f"definite through the residual")
     return K, facts, notes
+
+
+NOT_CENTRED = 0.05  # |mean K / mean diag K| above which the mean-diag note says K is not centred
+
+
+def _scaled(K: pd.DataFrame, scale: str, facts: dict) -> tuple[pd.DataFrame, list]:
+    """(K, notes) under --kinship-scale: ``mean-diag`` divides K by its mean diagonal (and says
+    when K is not centred), ``centred`` by mean(diag K) − mean(K), ``none`` keeps it."""
+    from ..kinship import scale_kinship
+
+    values = K.to_numpy()
+    mean_diag, mean_all = float(np.diag(values).mean()), float(values.mean())
+    facts.update(kinship_scaling=scale, kinship_mean_diagonal=mean_diag, kinship_mean=mean_all,
+                 kinship_scale=1.0)
+    name = facts.get("kinship", "K")
+    if scale == "centred":
+        spread = mean_diag - mean_all
+        if not spread > 0:
+            raise InputError(f"--kinship-scale centred: mean(diag K) − mean(K) = {spread:.4g} is not "
+                             f"positive, so K gives no genetic variance among its genotypes; "
+                             f"use --kinship-scale mean-diag or none")
+        facts["kinship_scale"] = 1.0 / spread
+        return scale_kinship(K, 1.0 / spread, name=name), [
+            f"K divided by mean(diag K) − mean(K) = {_factor(spread)} (mean diagonal "
+            f"{_factor(mean_diag)}, mean {mean_all:.4g}), so that ΣG is the expected genetic variance "
+            f"among the genotypes in K and h² is the share of their variance that is genetic "
+            f"(Legarra 2016, Theor Popul Biol); --kinship-scale none keeps K as given"]
+    if scale != "mean-diag":
+        return K, []
+    notes = []
+    if abs(mean_diag - 1.0) > 1e-6:
+        K = scale_kinship(K, 1.0 / mean_diag, name=name)
+        facts["kinship_scale"] = 1.0 / mean_diag
+        notes.append(f"K divided by its mean diagonal ({_factor(mean_diag)}) so that genetic variances "
+                     f"and h² refer to the genotypes' own variance ({_diagonal_reason(mean_diag)}); "
+                     f"--kinship-scale none keeps K as given")
+    mean_k = mean_all / mean_diag  # mean of K once its mean diagonal is 1
+    if abs(mean_k) > NOT_CENTRED:
+        notes.append(
+            f"K is not centred: mean(K)/mean(diag K) = {mean_k:.2f}, so the genetic variance "
+            f"among these genotypes is about (1 − {mean_k:.2f})·ΣG = {1 - mean_k:.2f}·ΣG, and "
+            f"h² = ΣG/(ΣG + ΣE) overstates the share of the lines' variance that is genetic; "
+            f"--kinship-scale centred refers ΣG and h² to these genotypes")
+    return K, notes
+
+
+def _factor(value: float) -> str:
+    """A scale factor with the digits that tell it from 1 (1.0002, not 1)."""
+    return f"{value:.4g}" if abs(value - 1.0) >= 1e-3 else f"{value:.7g}"
 
 
 def _diagonal_reason(mean_diag: float) -> str:
@@ -498,61 +541,87 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def eta(record) -> str:
-    """Time left for the fit: ``~12 s left`` when the Newton decrement falls steadily (an
-    extrapolation), else ``≤ 40 s left`` from the time limit or from max_iter at the mean time
-    per iteration (a bound); '' before the first iteration."""
+def _extrapolated(record, per: float) -> float | None:
+    """Seconds left when the Newton decrement falls steadily under AI: the iterations its
+    linear rate over the last two known values needs to reach tol, at ``per`` seconds each;
+    None otherwise (too early, an L-BFGS iteration, a decrement that does not fall)."""
     import math
 
-    its, secs = _get(record, "iterations"), float(_get(record, "seconds"))
-    if its < 1 or secs <= 0:
-        return ""
-    per = secs / its
-    bounds = [(_get(record, "max_iter") - its) * per]
-    limit = _get(record, "time_limit")
-    if limit:
-        bounds.append(max(float(limit) - secs, 0.0))
-    bound = min(bounds)
     # history[j].decrement is the Newton decrement at the estimate after iteration j, known once
     # the next iteration starts: extrapolate its linear rate from the last two known values
     history = _get(record, "history")
     known = [(int(_get(h, "iteration")), float(_get(h, "decrement"))) for h in history]
     known = [(j, d) for j, d in known if math.isfinite(d) and d > 0]
     tol = float(_get(record, "tol"))
-    if len(known) >= 3 and _get(history[-1], "method") == "AI" and known[-1][1] < known[-2][1]:
-        (_, d0), (j, d) = known[-2], known[-1]
-        rate = d / d0
-        if rate < 0.9:
-            n = math.ceil(math.log(tol / d) / math.log(rate) - 1e-9) if d > tol else 0
-            n = max(n - (its - j), 1)  # less the iterations taken since that estimate
-            if n * per < bound:
-                return f"~{_duration(n * per)} left"
-    return f"≤ {_duration(bound)} left"
+    if len(known) < 3 or _get(history[-1], "method") != "AI" or known[-1][1] >= known[-2][1]:
+        return None
+    (_, d0), (j, d) = known[-2], known[-1]
+    rate = d / d0
+    if rate >= 0.9:
+        return None
+    n = math.ceil(math.log(tol / d) / math.log(rate) - 1e-9) if d > tol else 0
+    return max(n - (_get(record, "iterations") - j), 1) * per  # less the iterations taken since
 
 
-def progress_text(name: str, record, elapsed: float, with_eta: bool = True) -> str:
-    """``heterogeneous/homogeneous it 12 logLik -1234.567 step 1 evals 13 4.2 s (≤ 40 s left)``:
-    the iteration just taken (``record.history[-1]``), the step length α (or ``L-BFGS``),
-    evaluations of ℓ so far and the time since the model's fit began."""
+class TimeLeft:
+    """The time left of one model's fit, for its progress line (call it after every
+    iteration): ``~12 s left`` when the extrapolation from the Newton decrement
+    (:func:`_extrapolated`) has been stable, i.e. this iteration's and the last one's agree on
+    when the fit ends (within a quarter of the time left, or one iteration's time); otherwise
+    ``≤ 40 s left``, a bound from the time limit or from max_iter at the mean time per
+    iteration; '' before the first iteration.  A single extrapolation is never shown: early
+    ones jump (~245 s, ~50 s, then a bound of 413 s)."""
+
+    STABLE = 0.25
+
+    def __init__(self):
+        self.finish = None  # when the last extrapolation said the fit ends (s since it began)
+
+    def __call__(self, record) -> str:
+        its, secs = _get(record, "iterations"), float(_get(record, "seconds"))
+        if its < 1 or secs <= 0:
+            return ""
+        per = secs / its
+        bounds = [(_get(record, "max_iter") - its) * per]
+        limit = _get(record, "time_limit")
+        if limit:
+            bounds.append(max(float(limit) - secs, 0.0))
+        bound = min(bounds)
+        left = _extrapolated(record, per)
+        finish, self.finish = self.finish, None if left is None else secs + left
+        if (left is not None and left < bound and finish is not None
+                and abs(secs + left - finish) <= max(self.STABLE * left, per)):
+            return f"~{_duration(left)} left"
+        return f"≤ {_duration(bound)} left"
+
+
+def progress_text(name: str, record, elapsed: float, left: str = "", full: bool = True) -> str:
+    """``heterogeneous/homogeneous it 12 4.2 s (≤ 40 s left) logLik -1234.567 step 1 evals 13``:
+    the iteration just taken (``record.history[-1]``), the time since the model's fit began and
+    ``left`` (:class:`TimeLeft`) first, so that a narrow terminal cuts the least useful end;
+    then ℓ, the step length α (or ``L-BFGS``) and evaluations of ℓ so far (not with
+    ``full=False``)."""
     import math
 
     it = _get(record, "history")[-1]
-    parts = [name, f"it {_get(it, 'iteration')}", f"logLik {float(_get(it, 'loglik')):.3f}"]
+    parts = [name, f"it {_get(it, 'iteration')}", _duration(elapsed) + (f" ({left})" if left else "")]
+    if not full:
+        return " ".join(parts)
+    parts.append(f"logLik {float(_get(it, 'loglik')):.3f}")
     if _get(it, "method") != "AI":
         parts.append(f"step {_get(it, 'method')}")
     elif _get(it, "iteration") > 0 and math.isfinite(float(_get(it, "step"))):
         parts.append(f"step {float(_get(it, 'step')):.3g}")
-    parts += [f"evals {_get(record, 'evaluations')}", _duration(elapsed)]
-    text = " ".join(parts)
-    left = eta(record) if with_eta else ""
-    return f"{text} ({left})" if left else text
+    parts.append(f"evals {_get(record, 'evaluations')}")
+    return " ".join(parts)
 
 
 class Progress:
-    """Per-model progress on stderr: in a terminal a live rich line (iteration, ℓ, step,
-    evaluations, elapsed, ETA); elsewhere plain ``hetvc: ...`` lines, the first iteration,
-    then at most one every :data:`PLAIN_INTERVAL` seconds, and always the final one; nothing
-    with ``quiet``.  Each finished model also gets a result line."""
+    """Per-model progress on stderr: in a terminal a live rich line (iteration, elapsed, time
+    left, ℓ, step, evaluations); elsewhere plain ``hetvc: ...`` lines, the first iteration,
+    then at most one every :data:`PLAIN_INTERVAL` seconds, and always the final one (short,
+    with the status only, when the last line already showed that iteration); nothing with
+    ``quiet``.  Each finished model also gets a result line."""
 
     def __init__(self, n_models: int, quiet: bool = False, interval: float | None = None):
         from rich.console import Console
@@ -581,6 +650,8 @@ class Progress:
         self.name, self.k = name, k
         self.t0 = time.perf_counter()
         self.last = None  # when the last plain line was printed
+        self.shown = None  # the iteration it showed
+        self.left = TimeLeft()
         if self.terminal and not self.quiet:
             self.task = self.bar.add_task(f"[{k}/{self.n}] fitting {name}", total=None)
 
@@ -588,12 +659,12 @@ class Progress:
         if self.quiet:
             return
         now = time.perf_counter()
+        text = progress_text(self.name, record, now - self.t0, self.left(record))
         if self.terminal:
-            self.bar.update(self.task, description=f"[{self.k}/{self.n}] "
-                            + progress_text(self.name, record, now - self.t0))
+            self.bar.update(self.task, description=f"[{self.k}/{self.n}] {text}")
         elif self.last is None or now - self.last >= self.interval:
-            self._plain(progress_text(self.name, record, now - self.t0))
-            self.last = now
+            self._plain(text)
+            self.last, self.shown = now, _get(_get(record, "history")[-1], "iteration")
 
     def stop(self) -> None:
         if self.task is not None:
@@ -605,9 +676,11 @@ class Progress:
         self.stop()
         if self.quiet:
             return
-        if not self.terminal and fit.record.get("history"):
-            self._plain(progress_text(self.name, fit.record, time.perf_counter() - self.t0,
-                                      with_eta=False) + f": {fit.record.get('status')}")
+        history = fit.record.get("history")
+        if not self.terminal and history:
+            again = self.shown == _get(history[-1], "iteration")  # that line said the rest
+            self._plain(progress_text(self.name, fit.record, time.perf_counter() - self.t0, full=not again)
+                        + f": {fit.record.get('status')}")
         self.message(line)
 
     def message(self, line: str) -> None:
@@ -624,25 +697,31 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-def _result_line(k, n, name, fit, seconds, reused: Path | None = None) -> str:
+def _result_line(k, n, name, fit, reused: Path | None = None) -> str:
+    from ..report import seconds_text
+
     rec = fit.record
     if reused is not None:
         return (f"[{k}/{n}] {name}: reused {reused} (logLik {fit.loglik:.3f}, k {fit.n_params}, "
                 f"{rec['status']} after {rec['iterations']} iterations)")
     return (f"[{k}/{n}] {name}: logLik {fit.loglik:.3f}, k {fit.n_params}, "
-            f"{rec['status']} after {rec['iterations']} iterations ({seconds:.1f} s, {fit.engine})")
+            f"{rec['status']} after {rec['iterations']} iterations ({seconds_text(rec)}; {fit.engine})")
 
 
 def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol, max_iter,
-                 out, as_json, figures, facts, notes, quiet=False, pev=True, time_limit=None):
+                 out, as_json, figures, facts, notes, quiet=False, pev=True, time_limit=None,
+                 threads=None):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
-    not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.
+    not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.  The
+    fits run with at most ``threads`` BLAS threads (``None``: as the process has them).
 
     With ``--out`` and several models each fit is written to ``out/fits/`` as soon as it
     finishes, with a fingerprint of its inputs; a fit file with the same inputs is reused."""
     import signal
 
-    import hetvc
+    from threadpoolctl import threadpool_limits
+
+    import hetvc  # loads numpy's and scipy's BLAS, which threadpool_limits then reaches
 
     from ..report import model_name
 
@@ -672,7 +751,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
     except (ValueError, OSError):  # not the main thread
         previous = None
     try:
-        with progress:
+        with progress, threadpool_limits(threads):
             for k, (g, r) in enumerate(models, 1):
                 name = f"{g}/{r}"
                 path = Path(out) / "fits" / f"{g}-{r}.json" if keep else None
@@ -683,7 +762,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
                     fit, why = reusable(path, inputs, time_limit)
                     if fit is not None:
                         fits[name], fit_files[name] = fit, path
-                        progress.message(_result_line(k, len(models), name, fit, 0.0, reused=path))
+                        progress.message(_result_line(k, len(models), name, fit, reused=path))
                         continue
                     if why:
                         progress.message(f"[{k}/{len(models)}] {name}: {path} {why}: fitting again")
@@ -692,6 +771,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
                 fit = hetvc.fit(data, K, traits, env=env, id=id, genetic=g, residual=r, fixed=formula,
                                 method=method, engine=engine, tol=tol, max_iter=max_iter, pev=pev,
                                 time_limit=time_limit, progress=progress)
+                fit.record["seconds_in_all"] = time.perf_counter() - t0  # optimisation and the rest
                 if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
                     fit.fixed = fixed
                     fit.notes = list(fit.notes) + fixed_notes
@@ -705,7 +785,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
                         path = Path(out) / "fits" / f"{fitted.replace('/', '-')}.json"
                     fit_files[fitted] = write_fit(fit, path, inputs, time_limit)
                 fits[fitted] = fit
-                progress.finish(fit, _result_line(k, len(models), fitted, fit, time.perf_counter() - t0))
+                progress.finish(fit, _result_line(k, len(models), fitted, fit))
     except KeyboardInterrupt as err:
         progress.stop()
         stopped = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
@@ -778,12 +858,16 @@ def _stop(stopped, fits, models, out, data_facts, figures, fit_files):
     sys.exit(130)
 
 
+TERMINAL_ROWS = 30  # rows of each table in the terminal summary (report.md and the CSVs keep all)
+
+
 def _print_summary(fits, selected, facts, comp, out):
-    from ..report import fit_text, format_p, selection_lines
+    from ..report import fit_text, format_p, selection_lines, shared_notes
 
     echo = click.echo
     primary = selected if selected is not None else (next(iter(fits)) if len(fits) == 1 else None)
-    for n in facts.get("notes", []):
+    shared = shared_notes(fits)
+    for n in dict.fromkeys(list(facts.get("notes", [])) + shared):
         echo(f"note: {n}")
     if comp is not None:
         echo("")
@@ -791,10 +875,12 @@ def _print_summary(fits, selected, facts, comp, out):
         two = lambda v: f"{v:.2f}" if np.isfinite(v) else "-"
         cols = {"model (G/E)": comp["model"], "VCs": comp["k"],
                 "logLik": comp["logLik"].map(two), "AIC": comp["AIC"].map(two)}
+        delta = "dAIC"
         if "AICc" in comp.columns:
             cols["AICc"] = comp["AICc"].map(two)
+            delta = "dAICc"
         cols.update({
-            "BIC": comp["BIC"].map(two), "dAIC": comp["dAIC"].map(two),
+            "BIC": comp["BIC"].map(two), delta: comp[delta].map(two),
             "LRT vs": comp["lrt_vs"].map(lambda v: v if isinstance(v, str) else "-"),
             "p": comp["lrt_p"].map(lambda v: format_p(v, 3, "-")),
             "converged": [("yes" if fits[n].converged else f"NO ({fits[n].record.get('status')})")
@@ -805,9 +891,10 @@ def _print_summary(fits, selected, facts, comp, out):
             echo("selected" + line[len("Selected"):] if line.startswith("Selected") else line)
         echo("")
     if primary is not None:
-        echo(fit_text(fits[primary]))
+        echo(fit_text(fits[primary], skip_notes=shared, max_rows=TERMINAL_ROWS, out=out))
     else:
-        echo("No model converged: no estimates to show as a result"
+        why = "No model is selected (see above)" if any(f.converged for f in fits.values()) else "No model converged"
+        echo(f"{why}: no estimates to show as a result"
              + (f"; every fit is in {out}/fits/ and report.md" if out is not None else ""))
     if out is not None:
         echo("")
@@ -834,6 +921,11 @@ _model_options = [
     click.option("--no-pev", is_flag=True,
                  help="Skip the BLUPs' prediction error variances (for large K the slowest part)."),
     click.option("--quiet", is_flag=True, help="No progress or per-model lines on stderr."),
+    click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="BLAS threads for the fits. 1 by default: a fit solves many small systems, "
+                      "where more threads gain little and, on a machine whose cores are busy, "
+                      "OpenBLAS's waiting threads can make a fit many times slower (0.3 s became "
+                      "63 s on a shared 2-core machine). Raise it for a large K on cores of your own."),
 ]
 
 
@@ -854,8 +946,12 @@ def _apply(options):
 @click.option("--grm-method", type=click.Choice(["standardized", "vanraden"]), default="standardized",
               show_default=True, help="GRM form for --genotypes.")
 @click.option("--genotype-id", default=None, help="Id column of a CSV dosage table [default: 'id' or the first].")
-@click.option("--kinship-scale", type=click.Choice(["mean-diag", "none"]), default="mean-diag", show_default=True,
-              help="mean-diag: divide K by its mean diagonal, so that h² is a share of the genotypes' variance.")
+@click.option("--kinship-scale", type=click.Choice(["mean-diag", "centred", "none"]), default="mean-diag",
+              show_default=True,
+              help="mean-diag: divide K by its mean diagonal (ΣG is the variance of a genotype's own "
+                   "value); centred: divide K by mean(diag K) − mean(K), so that ΣG and h² refer to "
+                   "the variance among the genotypes in K (Legarra 2016; the two agree for a centred "
+                   "K); none: K as given.")
 @click.option("--jitter", type=float, default=None,
               help="Repair a K that is not positive semi-definite by a ridge (jitter × mean diagonal).")
 @click.option("--traits", required=True, help="Trait columns, comma separated: yield,oil.")
@@ -873,11 +969,11 @@ def _apply(options):
 @_apply(_model_options)
 def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, jitter, traits, env, id_,
                 fixed, compare, sep, out, genetic, residual, method, engine, tol, max_iter, time_limit,
-                as_json, no_figures, no_pev, quiet):
+                as_json, no_figures, no_pev, quiet, threads):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
     Prints variance components with SEs, h² per trait × environment and pooled, genetic
-    correlations, logLik/AIC/BIC and convergence; with --compare, the model comparison in the
+    correlations, logLik/AIC/AICc/BIC and convergence; with --compare, the model comparison in the
     layout of the paper's Table 2.  With --out, writes fit.json, CSV tables, figures and
     report.md; with --compare each model's fit goes to OUT/fits/ as soon as it finishes, and
     running the same command again reuses the fits made with the same inputs and options.
@@ -897,11 +993,12 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     facts["command"] = _command_line("fit", pheno, dict(
         kinship=kinship, genotypes=genotypes, traits=",".join(trait_list), env=env, id=id_, fixed=fixed,
         compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
-        time_limit=time_limit, out=out))
+        kinship_scale=None if kinship_scale == "mean-diag" else kinship_scale, time_limit=time_limit,
+        out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
                  engine=engine, tol=tol, max_iter=max_iter, out=out, as_json=as_json,
                  figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet,
-                 pev=not no_pev, time_limit=time_limit)
+                 pev=not no_pev, time_limit=time_limit, threads=threads)
 
 
 @click.command("example")
@@ -912,7 +1009,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
 @click.option("--traits", default="yield,height", show_default=True, help="Traits (yield, oil, height).")
 @_apply(_model_options)
 def example_command(out, compare, traits, genetic, residual, method, engine, tol, max_iter, time_limit,
-                    as_json, no_figures, no_pev, quiet):
+                    as_json, no_figures, no_pev, quiet, threads):
     """Run the paper's Table-2 comparison on the bundled SoyNAM example and write the report.
 
     160 soybean lines of 4 SoyNAM families, yield and plant height at 3 US locations (2012),
@@ -939,7 +1036,7 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     run_analysis(data, K, traits=trait_list, env=roles["env"], id=roles["id"], models=models, fixed=None,
                  method=method, engine=engine, tol=tol, max_iter=max_iter, out=out,
                  as_json=as_json, figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes,
-                 quiet=quiet, pev=not no_pev, time_limit=time_limit)
+                 quiet=quiet, pev=not no_pev, time_limit=time_limit, threads=threads)
 
 
 COMMANDS = [fit_command, example_command]

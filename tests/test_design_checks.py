@@ -187,3 +187,24 @@ def test_kinship_variance_is_the_centred_mean_diagonal(problem):
     model = _model(sub, K)
     Ko = K.iloc[:10, :10].to_numpy()
     assert kinship_variance(model) == pytest.approx(np.mean(np.diag(Ko)) - Ko.mean(), rel=1e-12)
+
+
+def test_the_cli_refuses_a_single_record_environment_with_exit_2(problem, tmp_path):
+    """hetvc fit --compare all on a trial with one record in environment XYZ: exit 2 and one
+    line naming XYZ, before any model is fitted (it used to fit for 200 iterations, report
+    G[XYZ] = 1.2e8, or end in a traceback)."""
+    from click.testing import CliRunner
+
+    from hetvc.cli import main
+
+    data, K = problem
+    _with_env(data, [0]).to_csv(tmp_path / "pheno.csv", index=False)
+    K.to_csv(tmp_path / "K.csv")
+    result = CliRunner().invoke(main, [
+        "fit", str(tmp_path / "pheno.csv"), "--kinship", str(tmp_path / "K.csv"), "--traits", "y1,y2",
+        "--env", "env", "--id", "id", "--compare", "all", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "environment 'XYZ' has a single record" in errors[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "fits").exists()  # refused before fitting

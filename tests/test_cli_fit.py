@@ -468,3 +468,18 @@ def test_threads_limit_blas_in_the_fits(sim, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen == [{1}, {2}]
     assert "--threads" in run("fit", "--help").output and "--threads" in run("example", "--help").output
+
+
+def test_records_without_traits_are_not_counted_as_phenotyped():
+    """gryphon lists 230 animals with neither BWT nor TARSUS: they are not phenotyped
+    genotypes, their absent values are not 'missing trait values' of records that are used."""
+    from hetvc.cli.fit import data_notes
+
+    ids = [f"a{i}" for i in range(6)]
+    K = pd.DataFrame(np.eye(6), index=ids, columns=ids)
+    data = pd.DataFrame({"id": ids, "y1": [1.0, 2.0, 3.0, np.nan, np.nan, np.nan],
+                         "y2": [1.0, np.nan, 2.0, 5.0, np.nan, np.nan]})
+    facts, notes = data_notes(data, K, ["y1", "y2"], None, "id")
+    assert facts["n_phenotyped"] == 4
+    assert any("2 genotype(s) in K have no records" in n for n in notes)
+    assert any("missing trait values (y1: 1, y2: 1)" in n for n in notes)

@@ -235,14 +235,16 @@ def _scaled(K: pd.DataFrame, scale: str, facts: dict) -> tuple[pd.DataFrame, lis
     if scale != "mean-diag":
         return K, []
     notes = []
+    mean_k = mean_all / mean_diag  # mean of K once its mean diagonal is 1
+    centred = abs(mean_k) <= NOT_CENTRED
     if abs(mean_diag - 1.0) > 1e-6:
         K = scale_kinship(K, 1.0 / mean_diag, name=name)
         facts["kinship_scale"] = 1.0 / mean_diag
-        notes.append(f"K divided by its mean diagonal ({_factor(mean_diag)}) so that genetic variances "
-                     f"and h² refer to the genotypes' own variance ({_diagonal_reason(mean_diag)}); "
-                     f"--kinship-scale none keeps K as given")
-    mean_k = mean_all / mean_diag  # mean of K once its mean diagonal is 1
-    if abs(mean_k) > NOT_CENTRED:
+        refer = ("so that genetic variances and h² refer to the genotypes' own variance" if centred
+                 else "so that ΣG is the variance of a genotype's own value")
+        notes.append(f"K divided by its mean diagonal ({_factor(mean_diag)}) {refer} "
+                     f"({_diagonal_reason(mean_diag)}); --kinship-scale none keeps K as given")
+    if not centred:
         notes.append(
             f"K is not centred: mean(K)/mean(diag K) = {mean_k:.2f}, so the genetic variance "
             f"among these genotypes is about (1 − {mean_k:.2f})·ΣG = {1 - mean_k:.2f}·ΣG, and "
@@ -370,6 +372,9 @@ def data_notes(data: pd.DataFrame, K: pd.DataFrame, traits, env, id) -> tuple[di
     present = [t for t in traits if t in data.columns]
     if id not in data.columns or (env is not None and env not in data.columns) or len(present) < len(traits):
         return facts, notes  # hetvc.fit names the missing column
+    vals = data[present].apply(pd.to_numeric, errors="coerce")
+    blank = vals.isna().all(axis=1)
+    data, vals = data.loc[~blank], vals.loc[~blank]  # records without any trait play no part (the fit notes them)
     ids = data[id].astype(str)
     facts["n_phenotyped"] = int(ids.nunique())
     untested = len(set(map(str, K.index)) - set(ids))
@@ -383,7 +388,6 @@ def data_notes(data: pd.DataFrame, K: pd.DataFrame, traits, env, id) -> tuple[di
             notes.append(
                 f"{n_rep} genotype × environment pair(s) have more than one record (repeated plots): "
                 f"each record is kept; they share the genotype's genetic value and have independent residuals")
-    vals = data[present].apply(pd.to_numeric, errors="coerce")
     miss = vals.isna()
     if miss.to_numpy().any():
         per = ", ".join(f"{t}: {int(miss[t].sum())}" for t in present if miss[t].any())

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-GENETIC = ("homogeneous", "heterogeneous", "unstructured")
+GENETIC = ("homogeneous", "heterogeneous", "diagonal", "unstructured")
 RESIDUAL = ("homogeneous", "heterogeneous")
 LOG2PI = math.log(2.0 * math.pi)
 
@@ -272,6 +272,8 @@ def _blocks(structure, m, L, which):
         return [np.arange(l * m, (l + 1) * m) for l in range(L)]
     if structure == "unstructured" and which == "G":
         return [np.arange(L * m)]
+    if structure == "diagonal" and which == "G":
+        return [np.array([a]) for a in range(L * m)]
     raise ValueError(structure)
 
 
@@ -551,6 +553,8 @@ def make_problem(seed, n_geno=30, n_env=2, n_traits=2, genetic="heterogeneous",
             G[l * m:(l + 1) * m, l * m:(l + 1) * m] = _random_cov(rng, m, 1.0)
     elif genetic == "unstructured":
         G = _random_cov(rng, L * m, 1.0, corr=0.7)
+    elif genetic == "diagonal":
+        G = np.diag(rng.uniform(0.5, 1.5, size=L * m))
     else:
         raise ValueError(genetic)
     if residual == "homogeneous":

@@ -171,5 +171,5 @@ def test_error_rank_deficient_fixed_effects(small):
 
 def test_error_unknown_structure_and_column(small):
     data, K = small
-    assert "structure" in _error(data, K, genetic="diagonal")
+    assert "structure" in _error(data, K, genetic="no-such-structure")
     assert "'yield'" in _error(data, K, traits=["yield"])

@@ -1,8 +1,9 @@
 """Model comparison by ℓ, AIC, AICc and BIC; likelihood-ratio tests only between nested models.
 
-Genetic structures nest as homogeneous ⊂ unstructured ⊃ heterogeneous (homogeneous and
-heterogeneous do not nest: the first has covariance across environments, the second none);
-residual structures as homogeneous ⊂ heterogeneous.  Under REML, ℓ is comparable only between
+Genetic structures nest as homogeneous ⊂ unstructured ⊃ heterogeneous ⊃ diagonal (homogeneous
+and heterogeneous do not nest: the first has covariance across environments, the second none);
+residual structures as homogeneous ⊂ heterogeneous.  Each structure says what it nests in
+(:mod:`hetvc.structures`).  Under REML, ℓ is comparable only between
 models with the same fixed effects.  The LRT p-value uses χ² with Δk degrees of freedom, which
 is conservative when the restriction puts a variance on its boundary.
 """
@@ -14,15 +15,13 @@ import pandas as pd
 from scipy import stats
 
 from .errors import InputError
-
-_NESTS_G = {("homogeneous", "unstructured"), ("heterogeneous", "unstructured")}
-_NESTS_E = {("homogeneous", "heterogeneous")}
+from .structures import structure_class
 
 
 def nested(small, big) -> bool:
     """True when model ``small`` is a special case of model ``big`` (same data, same X)."""
-    g = small.genetic == big.genetic or (small.genetic, big.genetic) in _NESTS_G
-    e = small.residual == big.residual or (small.residual, big.residual) in _NESTS_E
+    g = small.genetic == big.genetic or structure_class("G", small.genetic).nests_in("G", big.genetic)
+    e = small.residual == big.residual or structure_class("E", small.residual).nests_in("E", big.residual)
     return g and e and small.n_params < big.n_params
 
 

@@ -19,6 +19,7 @@ from .errors import InputError
 from .model import Model
 from .optimize import FLOOR, maximize, newton_step
 from .results import FitResult
+from .structures import structure_class
 
 
 def _kinship(K, jitter):
@@ -93,7 +94,8 @@ def fit(
     traits : trait column names (a single name is allowed).
     env : environment column; ``None`` for a single environment.
     genetic : ``"homogeneous"`` (one Σg everywhere), ``"heterogeneous"`` (Σg_l per
-        environment, no covariance across) or ``"unstructured"`` (full G×E).
+        environment, no covariance across), ``"diagonal"`` (a variance per trait ×
+        environment, no covariances) or ``"unstructured"`` (full G×E).
     residual : ``"homogeneous"`` or ``"heterogeneous"`` (ΣE_l per environment).
     fixed : formula of record-level covariates, each with a slope per trait
         (``"~ rep + x"``); a mean per trait × environment is always included.
@@ -113,10 +115,9 @@ def fit(
     """
     if isinstance(traits, str):
         traits = [traits]
-    if env is None and genetic == "heterogeneous":
-        genetic = "homogeneous"
-    if env is None and residual == "heterogeneous":
-        residual = "homogeneous"
+    if env is None:  # one environment: a structure that reduces to another there is that one
+        genetic = structure_class("G", genetic).one_environment or genetic
+        residual = structure_class("E", residual).one_environment or residual
     Kmat, ids = _kinship(K, jitter)
     design = build_design(data, Kmat, ids, traits, env, id, fixed)
     model = Model.build(design, genetic, residual, method)

@@ -180,7 +180,7 @@ class Model:
                     ia=np.array([local[a] for a in pairs[k, 0]]),
                     ib=np.array([local[b] for b in pairs[k, 1]]),
                     sd=np.sqrt(scale[blk]),
-                    name=f"{s.prefix}[{s.labels[blk[0]][0]}]" if len(s.blocks) > 1 else s.prefix,
+                    name=s.block_name(blk),
                 ))
             offset += s.n_params
         return out

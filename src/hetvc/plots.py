@@ -167,7 +167,7 @@ def genetic_correlations(fit, path) -> Path:
     G, R = _genetic_matrix(fit)
     envs, traits = list(fit.envs), list(fit.traits)
     m = len(traits)
-    shared = fit.genetic == "homogeneous"
+    shared = not fit.genetic_structure.env_specific
     panels = ["all environments"] if shared else envs
     ncols, nrows = _grid(len(panels), 5)
     fig, axes = _figure(ncols, nrows, max(2.8, 0.8 * m + 1.4), max(2.6, 0.8 * m + 1.2))
@@ -313,8 +313,8 @@ def write_figures(fits: dict, selected: str | None, folder) -> list[Path]:
         heritability(fits, folder / "heritability.png"),
         observed_fitted(best, folder / "observed_fitted.png"),
     ]
-    unstructured = [n for n, f in fits.items() if f.genetic == "unstructured" and f.converged]
-    if unstructured:
-        name = selected if best.genetic == "unstructured" else unstructured[0]
+    between = [n for n, f in fits.items() if f.genetic_structure.environment_correlations and f.converged]
+    if between:
+        name = selected if best.genetic_structure.environment_correlations else between[0]
         out.append(environment_correlations(fits[name], folder / "environment_correlations.png"))
     return out

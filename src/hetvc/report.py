@@ -494,15 +494,9 @@ def _se_footnote(*frames) -> list[str]:
 
 
 def _boundary(f) -> str:
-    """Boundary blocks by name; an unstructured ΣG is one block, whatever its first label."""
-    names = []
-    for b in f.boundary:
-        if b.startswith("G") and f.genetic == "unstructured":
-            names.append("ΣG (the whole unstructured matrix is singular)")
-        elif b.startswith("E") and f.residual == "homogeneous" or b.startswith("G") and f.genetic == "homogeneous":
-            names.append(f"Σ{b[0]} (shared by all environments)")
-        else:
-            names.append(b)
+    """Boundary blocks as a reader needs them (each structure describes its own blocks)."""
+    names = [(f.genetic_structure if b.startswith("G") else f.residual_structure).describe_block(b)
+             for b in f.boundary]
     return ", ".join(dict.fromkeys(names))
 
 
@@ -549,7 +543,7 @@ def _h2_across_models(fits) -> pd.DataFrame:
 def _trait_rg(f) -> pd.DataFrame:
     rg = f.genetic_correlations()
     rg = rg[rg["between"] == "traits"]
-    if f.genetic == "homogeneous":
+    if not f.genetic_structure.env_specific:  # one Σg shared by all environments
         rg = rg.drop_duplicates(["trait1", "trait2"]).assign(env1="all")
     return pd.DataFrame({"environment": rg["env1"].astype(str), "traits": rg["trait1"] + " – " + rg["trait2"],
                          "r_g (SE)": [_est_se(r, s) for r, s in zip(rg["r"], rg["se"])]})
@@ -668,7 +662,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                   _md_table(_h2_wide(best))] + _se_footnote(h, p) + [""]
         lines += ["### Genetic correlations between traits (SE)", "", _md_table(_trait_rg(best))]
         lines += _se_footnote(best.genetic_correlations()) + [""]
-        if best.genetic == "unstructured":
+        if best.genetic_structure.environment_correlations:
             lines += ["### Genetic correlations between environments", ""]
             if len(best.envs) <= 6:
                 for t in best.traits:

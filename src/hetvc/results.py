@@ -75,6 +75,16 @@ class FitResult:
         self._E = make_structure("E", self.residual, self.envs, self.traits)
 
     @property
+    def genetic_structure(self):
+        """The genetic :class:`~hetvc.structures.CovStructure` (what it links, nests, names)."""
+        return self._G
+
+    @property
+    def residual_structure(self):
+        """The residual :class:`~hetvc.structures.CovStructure`."""
+        return self._E
+
+    @property
     def converged(self) -> bool:
         return bool(self.record["converged"])
 
@@ -157,10 +167,7 @@ class FitResult:
         """Name of the ΣG/ΣE block of every parameter (as in ``boundary``)."""
         out = []
         for s in (self._G, self._E):
-            block_of = {}
-            for blk in s.blocks:
-                name = f"{s.prefix}[{s.labels[blk[0]][0]}]" if len(s.blocks) > 1 else s.prefix
-                block_of.update({int(a): name for a in blk})
+            block_of = {int(a): s.block_name(blk) for blk in s.blocks for a in blk}
             out += [block_of[a] for a, _ in s.pairs]
         return out
 
@@ -291,11 +298,11 @@ class FitResult:
         ``unstructured``/``homogeneous`` ΣG, between environments within each trait."""
         L, m = len(self.envs), len(self.traits)
         pairs = []
-        for l in range(L):
+        for l in range(L if self._G.trait_covariances else 0):
             for i in range(m):
                 for j in range(i + 1, m):
                     pairs.append(("traits", self.envs[l], self.envs[l], self.traits[i], self.traits[j], l * m + i, l * m + j))
-        if self.genetic == "unstructured":
+        if self._G.environment_correlations:
             for i in range(m):
                 for l in range(L):
                     for b in range(l + 1, L):

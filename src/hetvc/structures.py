@@ -11,23 +11,28 @@ name           d, index a(o)      free elements
 ============== ================== ==========================================
 homogeneous    m, trait i         all (Σg, shared by every environment)
 heterogeneous  L·m, l·m + i       within each environment block (Σg_l)
+diagonal       L·m, l·m + i       the diagonal (a variance per trait × environment)
 unstructured   L·m, l·m + i       all (full G×E)
 ============== ================== ==========================================
 
 Residual structures (kernel I, unit = record): ``homogeneous`` (d = m, one ΣE) and
 ``heterogeneous`` (d = L·m, one ΣE_l per environment).
+
+Each structure is a class that also says what callers would otherwise decide by its name:
+whether it links environments, which correlations it estimates, which structures nest it
+(for LRTs), how its positive-definite blocks are named.  :data:`GENETIC_STRUCTURES` and
+:data:`RESIDUAL_STRUCTURES` map names to classes; a new structure is a class and one entry
+there.  Nothing outside this module compares a structure's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from .errors import InputError
-
-GENETIC = ("homogeneous", "heterogeneous", "unstructured")
-RESIDUAL = ("homogeneous", "heterogeneous")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class CovStructure:
 
     ``pairs[k] = (a, b)`` with ``a >= b`` is the matrix element of parameter k; ``blocks`` are
     the index sets of the independent diagonal blocks that must each be positive definite.
-    ``labels[a] = (environment or None, trait)`` names row a.
+    ``labels[a] = (environment or None, trait)`` names row a.  Subclasses set the class
+    attributes below and :meth:`groups`.
     """
 
     prefix: str
@@ -44,6 +50,45 @@ class CovStructure:
     labels: tuple
     pairs: tuple
     blocks: tuple
+
+    #: the structure's name in ``genetic=`` / ``residual=``
+    key: ClassVar[str] = ""
+    #: Σ has covariances between different environments (V does not split by environment)
+    links_environments: ClassVar[bool] = False
+    #: correlations between environments are estimated (and reported)
+    environment_correlations: ClassVar[bool] = False
+    #: covariances between traits are estimated (and trait correlations reported)
+    trait_covariances: ClassVar[bool] = True
+    #: names of the structures of the same kind ("G", "E") that contain this one
+    nested_in: ClassVar[dict] = {}
+    #: what the structure is with a single environment (``None``: it needs several)
+    one_environment: ClassVar[str | None] = None
+    #: its rows are (environment, trait) pairs (d = L·m), not traits (d = m)
+    per_environment: ClassVar[bool] = True
+
+    @classmethod
+    def groups(cls, n_envs: int, m: int) -> list[list[int]]:
+        """Index sets of the independent positive-definite blocks (rows l·m + i, or i)."""
+        raise NotImplementedError
+
+    @classmethod
+    def nests_in(cls, kind: str, other: str) -> bool:
+        """True when this structure is a special case of structure ``other`` of kind ``kind``."""
+        return other in cls.nested_in.get(kind, ())
+
+    def block_name(self, blk) -> str:
+        """Name of a positive-definite block: "G", "G[env]" (as in ``FitResult.boundary``)."""
+        if len(self.blocks) == 1:
+            return self.prefix
+        return f"{self.prefix}[{self.labels[blk[0]][0]}]"
+
+    def describe_block(self, name: str) -> str:
+        """A block name as a reader needs it when the block is singular."""
+        if len(self.blocks) == 1 and self.per_environment:
+            return f"Σ{self.prefix} (the whole {self.key} matrix is singular)"
+        if not self.per_environment:
+            return f"Σ{self.prefix} (shared by all environments)"
+        return name
 
     @property
     def dim(self) -> int:
@@ -56,7 +101,7 @@ class CovStructure:
     @property
     def env_specific(self) -> bool:
         """True when the matrix index depends on the environment (d = L·m)."""
-        return self.labels[0][0] is not None
+        return self.per_environment
 
     def index(self, env: np.ndarray, trait: np.ndarray, n_traits: int) -> np.ndarray:
         """Matrix index a(o) of observations with environment ``env`` and trait ``trait``."""
@@ -105,33 +150,94 @@ def _pairs_within(groups: list[list[int]]) -> tuple:
     return tuple((a, b) for g in groups for ai, a in enumerate(g) for b in g[: ai + 1])
 
 
+class Homogeneous(CovStructure):
+    """One m×m matrix shared by every environment (J_L ⊗ Σg for the genetic term)."""
+
+    key = "homogeneous"
+    links_environments = True
+    nested_in = {"G": ("unstructured",), "E": ("heterogeneous",)}
+    one_environment = "homogeneous"
+    per_environment = False
+
+    @classmethod
+    def groups(cls, n_envs, m):
+        return [list(range(m))]
+
+
+class Heterogeneous(CovStructure):
+    """Σ_l per environment, no covariance between environments: blockdiag(Σ_1 … Σ_L)."""
+
+    key = "heterogeneous"
+    nested_in = {"G": ("unstructured",)}
+    one_environment = "homogeneous"
+
+    @classmethod
+    def groups(cls, n_envs, m):
+        return [list(range(l * m, (l + 1) * m)) for l in range(n_envs)]
+
+
+class Diagonal(CovStructure):
+    """A variance per trait × environment, no covariance between traits or environments
+    (sommer's and ASReml's ``diag``)."""
+
+    key = "diagonal"
+    trait_covariances = False
+    nested_in = {"G": ("heterogeneous", "unstructured")}
+
+    @classmethod
+    def groups(cls, n_envs, m):
+        return [[a] for a in range(n_envs * m)]
+
+    def block_name(self, blk) -> str:
+        env, trait = self.labels[blk[0]]
+        return f"{self.prefix}[{env}][{trait}]"
+
+
+class Unstructured(CovStructure):
+    """Any positive-definite (L·m)×(L·m) matrix: full G×E."""
+
+    key = "unstructured"
+    links_environments = True
+    environment_correlations = True
+    one_environment = "homogeneous"
+
+    @classmethod
+    def groups(cls, n_envs, m):
+        return [list(range(n_envs * m))]
+
+
+GENETIC_STRUCTURES = {c.key: c for c in (Homogeneous, Heterogeneous, Diagonal, Unstructured)}
+RESIDUAL_STRUCTURES = {c.key: c for c in (Homogeneous, Heterogeneous)}
+GENETIC = tuple(GENETIC_STRUCTURES)
+RESIDUAL = tuple(RESIDUAL_STRUCTURES)
+
+
+def structure_class(kind: str, name: str) -> type[CovStructure]:
+    """The class of the genetic (``kind='G'``) or residual (``kind='E'``) structure ``name``."""
+    registry = GENETIC_STRUCTURES if kind == "G" else RESIDUAL_STRUCTURES
+    if name not in registry:
+        what = "genetic" if kind == "G" else "residual"
+        raise InputError(f"unknown {what} structure {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
+
+
 def make_structure(kind: str, name: str, envs: list, traits: list) -> CovStructure:
     """Build the genetic (``kind='G'``) or residual (``kind='E'``) structure called ``name``."""
-    allowed = GENETIC if kind == "G" else RESIDUAL
+    cls = structure_class(kind, name)
     what = "genetic" if kind == "G" else "residual"
-    if name not in allowed:
-        raise InputError(f"unknown {what} structure {name!r}; choose one of {', '.join(allowed)}")
+    if cls.per_environment and len(envs) < 2:
+        raise InputError(
+            f"{what}={name!r} needs at least two environments, the data have one "
+            f"({envs[0]!r}); use {what}='homogeneous'"
+        )
     m = len(traits)
-    if name == "homogeneous":
-        labels = tuple((None, t) for t in traits)
-        groups = [list(range(m))]
-        blocks = groups
-    else:
-        if len(envs) < 2:
-            raise InputError(
-                f"{what}={name!r} needs at least two environments, the data have one "
-                f"({envs[0]!r}); use {what}='homogeneous'"
-            )
-        labels = tuple((e, t) for e in envs for t in traits)
-        per_env = [list(range(l * m, (l + 1) * m)) for l in range(len(envs))]
-        if name == "heterogeneous":
-            groups = blocks = per_env
-        else:  # unstructured
-            groups = blocks = [list(range(len(labels)))]
-    return CovStructure(
+    labels = (tuple((e, t) for e in envs for t in traits) if cls.per_environment
+              else tuple((None, t) for t in traits))
+    groups = cls.groups(len(envs), m)
+    return cls(
         prefix=kind,
         name=name,
         labels=labels,
         pairs=_pairs_within(groups),
-        blocks=tuple(np.array(b) for b in blocks),
+        blocks=tuple(np.array(b) for b in groups),
     )

@@ -42,9 +42,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConvergenceError, InputError
+from ..structures import GENETIC, RESIDUAL, structure_class
 
-GENETIC = ("homogeneous", "heterogeneous", "unstructured")
-RESIDUAL = ("homogeneous", "heterogeneous")
 EXAMPLE_MODELS = "all"
 _DELIMITERS = ",;\t|"
 
@@ -418,20 +417,28 @@ def _command_line(name: str, pheno, opts: dict) -> str:
 
 # -- one environment ----------------------------------------------------------------------------
 def as_fitted(models, env=None) -> tuple[list, list]:
-    """(models, notes): without --env (one environment) every genetic and residual structure
-    is the homogeneous one (hetvc.fit fits it so), so models are named by what is fitted and
-    duplicates are fitted once.  (An --env column with one level is an error for the
+    """(models, notes): without --env (one environment) a structure is the one it reduces to
+    there (heterogeneous and unstructured: homogeneous; hetvc.fit fits it so), so models are
+    named by what is fitted and duplicates are fitted once.  (An --env column with one level is an error for the
     environment-specific structures, raised by hetvc.fit.)"""
     if env is not None:
         return list(models), []
-    fitted = list(dict.fromkeys(("homogeneous", "homogeneous") for _ in models))
-    changed = [f"{g}/{r}" for g, r in models if (g, r) != ("homogeneous", "homogeneous")]
-    if not changed:
-        return fitted, []
-    return fitted, [f"one environment (no --env): heterogeneous and unstructured structures reduce to the "
-                    f"homogeneous one, so {', '.join(changed)} "
-                    f"{'is' if len(changed) == 1 else 'are'} fitted as homogeneous/homogeneous"
-                    + (" (once)" if len(models) > 1 else "")]
+    g_cls, e_cls = (lambda g: structure_class("G", g)), (lambda r: structure_class("E", r))
+    needs_envs = [f"{g}/{r}" for g, r in models if not (g_cls(g).one_environment or not g_cls(g).per_environment)
+                  or not (e_cls(r).one_environment or not e_cls(r).per_environment)]
+    if len(models) == 1 or len(needs_envs) == len(models):
+        needs_envs = []  # nothing to skip: hetvc.fit says why the structure needs environments
+    models = [(g, r) for g, r in models if f"{g}/{r}" not in needs_envs]
+    as_one = {(g, r): (g_cls(g).one_environment or g, e_cls(r).one_environment or r) for g, r in models}
+    fitted = list(dict.fromkeys(as_one.values()))
+    said = []
+    for target in fitted:  # e.g. heterogeneous/homogeneous, ... are fitted as homogeneous/homogeneous
+        changed = [f"{g}/{r}" for g, r in models if as_one[g, r] == target != (g, r)]
+        if changed:
+            said.append(f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} fitted as "
+                        f"{'/'.join(target)}" + (" (once)" if len(models) > 1 else ""))
+    said += [f"{', '.join(needs_envs)} need several environments and are not fitted"] if needs_envs else []
+    return fitted, [f"one environment (no --env): {'; '.join(said)}"] if said else []
 
 
 # -- keeping finished fits (resume) -------------------------------------------------------------------
@@ -736,7 +743,8 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
     notes = notes + fixed_notes
     if facts.get("empty_cells") and len(models) > 1:
         # env-specific structures cannot be estimated: skip them (a single model fails in fit)
-        feasible = [(g, r) for g, r in models if g == "homogeneous" and r == "homogeneous"]
+        feasible = [(g, r) for g, r in models
+                    if not structure_class("G", g).per_environment and not structure_class("E", r).per_environment]
         skipped = [f"{g}/{r}" for g, r in models if (g, r) not in feasible]
         if not feasible:
             t, e = facts["empty_cells"][0]

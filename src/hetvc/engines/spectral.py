@@ -252,7 +252,7 @@ def plan(model: Model) -> tuple[SpectralPlan | None, str]:
     gen, res = model.genetic, model.residual
     traits = np.arange(m)
     blocks = []
-    if gen.name == "heterogeneous":
+    if gen.env_specific and not gen.links_environments:  # V splits by environment
         for l in range(L):
             sel = renv == l
             order = np.argsort(rgeno[sel], kind="stable")
@@ -261,11 +261,11 @@ def plan(model: Model) -> tuple[SpectralPlan | None, str]:
                 f"environment {d.envs[l]}", rgeno[sel][order], pos[r_l],
                 gen.index(np.full(m, l), traits, m), res.index(np.full(m, l), traits, m),
                 np.zeros(m, dtype=int)))
-        desc = (f"spectral: {L} environment blocks (heterogeneous genetic; every record complete, "
+        desc = (f"spectral: {L} environment blocks ({gen.name} genetic; every record complete, "
                 f"one record per genotype and environment)")
     else:
         genos, per_geno = np.unique(rgeno, return_counts=True)
-        if gen.name == "homogeneous" and (per_geno == 1).all() and (L == 1 or not res.env_specific):
+        if not gen.env_specific and (per_geno == 1).all() and (L == 1 or not res.env_specific):
             order = np.argsort(rgeno, kind="stable")
             blocks.append(BlockPlan(
                 "all records", rgeno[order], pos[recs[order]], gen.index(renv[order][:1].repeat(m), traits, m),
@@ -289,11 +289,12 @@ def plan(model: Model) -> tuple[SpectralPlan | None, str]:
             g = int(genos[miss[0]])
             there = set(renv[rgeno == g].tolist())
             l = next(e for e in range(L) if e not in there)
-            if gen.name == "homogeneous" and (per_geno == 1).all():
-                why = "homogeneous genetic with heterogeneous residual needs every genotype in every environment"
+            if not gen.env_specific and (per_geno == 1).all():
+                why = (f"{gen.name} genetic with {res.name} residual needs every genotype in every "
+                       "environment")
             else:
                 why = (f"{gen.name} genetic needs every genotype in every environment"
-                       + (" (or one record per genotype and a homogeneous residual)" if gen.name == "homogeneous" else ""))
+                       + ("" if gen.env_specific else " (or one record per genotype and a homogeneous residual)"))
             return None, (f"dense: {why}; {len(miss)} genotype{_s(len(miss))} miss an environment "
                           f"(e.g. {d.ids[g]!r} in {d.envs[l]!r})")
     return SpectralPlan(desc, blocks), desc

@@ -371,7 +371,7 @@ def test_cli_runs_and_quick_defaults(tmp_path, monkeypatch):
 
 
 def test_figures(tiny_study, tmp_path):
-    from hetvc.study_plots import genetic_variance_bias, make_figures
+    from hetvc.study.figures import genetic_variance_bias, make_figures
 
     out, res = tiny_study
     paths = make_figures(out, res.results, folder=tmp_path / "fig")

@@ -27,7 +27,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .io_utils import atomic_path
+from ..io_utils import atomic_path
+from .results_file import json_table, load_results
+from .scenario import DEFAULT_RHO, DEFAULT_SEED, SCENARIO_FIELDS, Scenario, replicate_seed
+from .summary import MODEL_LABELS, PAPER_TABLE1, summarize
 
 __all__ = ["figure1", "plot_h2_vs_w", "plot_genetic_variance_bias", "make_figures", "save"]
 
@@ -60,8 +63,6 @@ def save(fig, folder, name: str, dpi: int = 110) -> list[Path]:
 
 
 def _label(model: str) -> str:
-    from .study import MODEL_LABELS
-
     return MODEL_LABELS.get(model, model)
 
 
@@ -87,8 +88,7 @@ def figure1(scenarios: Sequence, folder, base_seed: int | None = None, name: str
     """Heat maps of the phenotypic correlation for each of ``scenarios`` (see module doc).
 
     The data are replicate 0 of each scenario (:func:`hetvc.study.replicate_seed`)."""
-    from .simulate import simulate
-    from .study import DEFAULT_SEED, replicate_seed
+    from ..simulate import simulate
 
     plt = _plt()
     base_seed = DEFAULT_SEED if base_seed is None else base_seed
@@ -165,8 +165,6 @@ def _finish_rho_panels(fig, axes, rhos, ylabel: str, title: str, folder, name: s
 
 def plot_h2_vs_w(summary: pd.DataFrame, folder, name: str = "h2_vs_w", paper: bool = True) -> list[Path]:
     """Mean pooled h² (± 1.96 MC SE) against w, one panel per ρ (see module doc)."""
-    from .study import DEFAULT_RHO, PAPER_TABLE1
-
     rhos = sorted(summary["rho"].unique())
     plt, fig, axes = _panels(rhos)
     models = list(dict.fromkeys(summary["model"]))
@@ -192,8 +190,6 @@ def plot_h2_vs_w(summary: pd.DataFrame, folder, name: str = "h2_vs_w", paper: bo
 def genetic_variance_bias(results: pd.DataFrame) -> pd.DataFrame:
     """Per scenario, model and location: mean bias of Σg_l[i,i] (averaged over traits), its
     SE over replicates and the fits used (successful fits only)."""
-    from .study import SCENARIO_FIELDS, json_table
-
     ok = results[results["status"] == "ok"]
     if len(ok) == 0:
         return pd.DataFrame()
@@ -237,8 +233,6 @@ def plot_genetic_variance_bias(results: pd.DataFrame, folder, name: str = "genet
 def make_figures(out, results: pd.DataFrame | None = None, base_seed: int | None = None,
                  fig1_scenarios: Sequence | None = None, folder=None) -> list[Path]:
     """All three figures of a study folder into ``<out>/figures`` (or ``folder``)."""
-    from .study import Scenario, load_results, summarize
-
     out = Path(out)
     if results is None:
         results = load_results(out)

@@ -1,0 +1,177 @@
+"""Where the tasks run: local worker processes, the coordinating process, or a Dask cluster.
+
+* default: a :class:`concurrent.futures.ProcessPoolExecutor` (``forkserver`` start method
+  where available, else ``spawn``) with ``workers`` processes (default: every core), each
+  limited to ``max(1, cores // workers)`` BLAS threads.  A worker that dies (killed, out of
+  memory) breaks the pool: the pool is restarted and the unfinished tasks resubmitted (up to
+  ``max_restarts`` times).  ``workers=0`` runs the tasks in the coordinating process
+  itself (no pool).  Ctrl-C cancels what has not started, keeps what has finished,
+  and leaves a folder that the next ``run`` resumes.
+* ``scheduler="tcp://host:port"`` or a ``dask.distributed.Client``: the tasks go to that
+  cluster (``client.submit``, two retries on a lost worker; Dask itself reschedules the
+  tasks of a worker that disappears).  Dask is optional (``pip install 'hetvc[cluster]'``)
+  and imported only then; the workers need hetvc installed.
+
+Every backend has the same face: ``name``, ``slots`` (tasks it runs at once),
+``describe()``, ``submit(task)`` (a future of the task's rows), ``wait_any(futures)``,
+``broken(err)`` (did this error kill the pool?), ``restart()``, ``cancel(futures)`` and
+``close()``; :func:`open_backend` picks one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
+from concurrent.futures.process import BrokenProcessPool
+
+from ..errors import InputError
+from .folder import usable_cores
+from .task import run_task
+
+
+def open_backend(scheduler=None, workers: int | None = None):
+    """A Dask backend for ``scheduler``, else the inline one for ``workers=0``, else local
+    processes (``workers``, default every core)."""
+    if scheduler is not None:
+        return _DaskBackend(scheduler)
+    if workers == 0:
+        return _InlineBackend()
+    return _LocalBackend(int(workers or usable_cores()))
+
+
+def _init_worker(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class _LocalBackend:
+    name = "local"
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.threads = max(1, usable_cores() // workers)
+        methods = mp.get_all_start_methods()
+        self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if self.ctx.get_start_method() == "forkserver":
+            self.ctx.set_forkserver_preload(["hetvc.study", "hetvc.fit", "hetvc.simulate"])
+        self.pool = None
+        self.start()
+
+    @property
+    def slots(self) -> int:
+        return self.workers
+
+    def describe(self) -> str:
+        return f"{self.workers} local worker process{'es' if self.workers > 1 else ''} ({self.threads} BLAS thread{'s' if self.threads > 1 else ''} each)"
+
+    def start(self):
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_init_worker,
+                                        initargs=(self.threads,))
+
+    def restart(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.start()
+
+    def submit(self, task):
+        return self.pool.submit(run_task, task)
+
+    def wait_any(self, futures):
+        done, _ = futures_wait(futures, return_when=FIRST_COMPLETED)
+        return done
+
+    def broken(self, err) -> bool:
+        return isinstance(err, BrokenProcessPool)
+
+    def cancel(self, futures):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _InlineBackend:
+    """``workers=0``: every task in the coordinating process, one at a time (no pool)."""
+
+    name = "inline"
+    slots = 1
+
+    def describe(self) -> str:
+        return "the coordinating process (workers=0, no pool)"
+
+    def submit(self, task):
+        from concurrent.futures import Future
+
+        fut = Future()
+        fut.set_result(run_task(task))
+        return fut
+
+    def wait_any(self, futures):
+        return futures
+
+    def broken(self, err) -> bool:
+        return False
+
+    def restart(self):  # pragma: no cover
+        pass
+
+    def cancel(self, futures):
+        pass
+
+    def close(self):
+        pass
+
+
+class _DaskBackend:
+    name = "dask"
+
+    def __init__(self, scheduler):
+        try:
+            from dask import distributed
+        except ImportError:
+            raise InputError("a Dask scheduler was given but dask.distributed is not installed; "
+                             "pip install 'hetvc[cluster]' (or 'dask[distributed]')") from None
+        self.dd = distributed
+        if isinstance(scheduler, distributed.Client):
+            self.client, self.own = scheduler, False
+        elif isinstance(scheduler, str):
+            try:
+                self.client, self.own = distributed.Client(scheduler, timeout="30s"), True
+            except (OSError, TimeoutError) as err:
+                raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {err}") from None
+        else:
+            raise InputError(f"scheduler must be an address like tcp://host:8786 or a dask.distributed.Client, "
+                             f"not {type(scheduler).__name__}")
+
+    @property
+    def slots(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def describe(self) -> str:
+        return f"Dask cluster at {self.client.scheduler.address} ({self.slots} threads)"
+
+    def submit(self, task):
+        return self.client.submit(run_task, task, pure=False, retries=2)
+
+    def wait_any(self, futures):
+        return self.dd.wait(futures, return_when="FIRST_COMPLETED").done
+
+    def broken(self, err) -> bool:
+        return False
+
+    def restart(self):  # pragma: no cover - Dask reschedules by itself
+        pass
+
+    def cancel(self, futures):
+        self.client.cancel(list(futures))
+
+    def close(self):
+        if self.own:
+            self.client.close()

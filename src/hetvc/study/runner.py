@@ -20,6 +20,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import InputError
+from ..structures import GENETIC
 from ..io_utils import atomic_write
 from .backends import open_backend
 from .figures import make_figures
@@ -72,9 +73,9 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
     if replicates < 1:
         raise InputError(f"replicates must be ≥ 1, not {replicates}")
     models = tuple(models)
-    bad = [m for m in models if m not in ("homogeneous", "heterogeneous", "unstructured")]
+    bad = [m for m in models if m not in GENETIC]
     if bad or not models or len(set(models)) != len(models):
-        raise InputError(f"models must be distinct names among homogeneous, heterogeneous, unstructured; got {list(models)}")
+        raise InputError(f"models must be distinct names among {', '.join(GENETIC)}; got {list(models)}")
     if workers is not None and (int(workers) != workers or workers < 0):
         raise InputError(f"workers must be an integer ≥ 0 (0: no worker processes), not {workers!r}")
     options = dict(residual=residual, tol=float(tol), max_iter=int(max_iter))

@@ -26,6 +26,7 @@ from .scenario import DEFAULT_RHO, SCENARIO_FIELDS, model_rank
 MODEL_LABELS = {
     "homogeneous": "mvLMM, general VC (homogeneous)",
     "heterogeneous": "mvLMM, location-specific VCs (heterogeneous)",
+    "diagonal": "mvLMM, diagonal G (a variance per trait × location)",
     "unstructured": "mvLMM, unstructured G×E",
 }
 

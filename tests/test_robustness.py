@@ -18,7 +18,7 @@ TRAITS = ["y1", "y2"]
 def _check(data, K, genetic="heterogeneous", residual="homogeneous", **kw):
     fit = hetvc.fit(data, K, TRAITS, env="env", genetic=genetic, residual=residual, tol=1e-10, **kw)
     assert fit.converged, fit.record["message"]
-    G, E = fit._full(fit.theta)
+    G, E = fit.full_covariances()
     for M in (G, E):
         assert np.linalg.eigvalsh(M)[0] >= -1e-12 * np.abs(M).max()
     ref = reference_fit(data, K, TRAITS, "env", "id", genetic, residual)
@@ -112,7 +112,7 @@ def test_any_small_problem_fits_or_gives_a_hetvc_error(problem):
         assert "\n" not in str(err)
         return
     assert np.isfinite(fit.loglik)
-    G, E = fit._full(fit.theta)
+    G, E = fit.full_covariances()
     assert np.linalg.eigvalsh(E)[0] > 0
     assert np.linalg.eigvalsh(G)[0] >= -1e-10 * max(np.abs(G).max(), 1e-300)
     se = fit.variance_components()["se"]

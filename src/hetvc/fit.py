@@ -55,14 +55,9 @@ def _start_theta(model: Model, start) -> np.ndarray:
 
 def _theta_from_result(model: Model, result: FitResult) -> np.ndarray:
     """Start from another fit's ΣG and ΣE (e.g. the homogeneous fit for the heterogeneous one)."""
-    G, E = result._full(result.theta)
-    L = len(model.design.envs)
-    m = len(model.design.traits)
-    if not model.genetic.env_specific:
-        G = sum(G[l * m:(l + 1) * m, l * m:(l + 1) * m] for l in range(L)) / L
-    if not model.residual.env_specific:
-        E = sum(E[l * m:(l + 1) * m, l * m:(l + 1) * m] for l in range(L)) / L
-    return model.join(G, E)
+    G, E = result.full_covariances()
+    return np.concatenate([model.genetic.from_full(G, result.layout),
+                           model.residual.from_full(E, result.layout)])
 
 
 def fit(

@@ -174,8 +174,7 @@ def genetic_correlations(fit, path) -> Path:
     im = None
     for k, e in enumerate(panels):
         l = 0 if shared else envs.index(e)
-        blk = slice(l * m, (l + 1) * m)
-        Gl, Rl = G[blk, blk], R[blk, blk]
+        Gl, Rl = fit.layout.env_block(G, l), fit.layout.env_block(R, l)
         cells = [[_fmt_cov(Gl[i, j]) for j in range(m)] for i in range(m)]
         im = _corr_heatmap(axes[k], Rl, traits, str(e), cells=cells if m <= 4 else None)
     _hide_unused(axes, len(panels))
@@ -195,7 +194,7 @@ def environment_correlations(fit, path) -> Path:
     fig, axes = _figure(ncols, nrows, side, side * 0.9)
     im = None
     for i, t in enumerate(traits):
-        idx = [l * m + i for l in range(L)]
+        idx = fit.layout.trait_rows(i)
         im = _corr_heatmap(axes[i], R[np.ix_(idx, idx)], envs, f"{t}", fontsize=8 if L > 6 else 9)
     _hide_unused(axes, m)
     fig.colorbar(im, ax=list(axes[:m]), shrink=0.8, label="genetic r between environments")

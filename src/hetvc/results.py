@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .layout import Layout
 from .structures import make_structure
 
 _H = 1e-20  # complex step
@@ -109,36 +110,31 @@ class FitResult:
     def param_names(self) -> list[str]:
         return self._G.param_names() + self._E.param_names()
 
-    def _full(self, theta) -> tuple[np.ndarray, np.ndarray]:
-        """ΣG and ΣE as (L·m)×(L·m) matrices indexed l·m + i, whatever the structures."""
-        k = self._G.n_params
-        G, E = self._G.matrix(theta[:k]), self._E.matrix(theta[k:])
-        L = len(self.envs)
-        if not self._G.env_specific:
-            G = np.kron(np.ones((L, L)), G)
-        if not self._E.env_specific:
-            E = np.kron(np.eye(L), E)
-        return G, E
+    @property
+    def layout(self) -> Layout:
+        """The environment × trait order of the full matrices (row l·m + i)."""
+        return Layout(self.envs, self.traits)
 
-    def _labels(self):
-        return pd.MultiIndex.from_tuples(
-            [(e, t) for e in self.envs for t in self.traits], names=["env", "trait"]
-        )
+    def full_covariances(self, theta=None) -> tuple[np.ndarray, np.ndarray]:
+        """ΣG and ΣE as (L·m)×(L·m) matrices of :attr:`layout`, whatever the structures (θ̂ by
+        default; any θ, complex too, for derivatives)."""
+        theta = self.theta if theta is None else theta
+        k, L = self._G.n_params, len(self.envs)
+        return self._G.full(theta[:k], L), self._E.full(theta[k:], L)
+
 
     def genetic_covariance(self, env=None) -> pd.DataFrame:
         """ΣG_l for one environment (m×m), or the full (L·m)×(L·m) ΣG when env is None."""
-        return self._matrix_frame(self._full(self.theta)[0], env)
+        return self._matrix_frame(self.full_covariances()[0], env)
 
     def residual_covariance(self, env=None) -> pd.DataFrame:
         """ΣE_l for one environment (m×m), or the full block-diagonal ΣE when env is None."""
-        return self._matrix_frame(self._full(self.theta)[1], env)
+        return self._matrix_frame(self.full_covariances()[1], env)
 
     def _matrix_frame(self, M, env) -> pd.DataFrame:
         if env is None:
-            return pd.DataFrame(M, index=self._labels(), columns=self._labels())
-        l = self.envs.index(env)
-        m = len(self.traits)
-        blk = M[l * m:(l + 1) * m, l * m:(l + 1) * m]
+            return pd.DataFrame(M, index=self.layout.labels(), columns=self.layout.labels())
+        blk = self.layout.env_block(M, self.envs.index(env))
         return pd.DataFrame(blk, index=self.traits, columns=self.traits)
 
     # -- delta method --------------------------------------------------------------------------
@@ -250,7 +246,7 @@ class FitResult:
         return out
 
     def _diag_parts(self, theta):
-        G, E = self._full(theta)
+        G, E = self.full_covariances(theta)
         L, m = len(self.envs), len(self.traits)
         return np.diagonal(G).reshape(L, m), np.diagonal(E).reshape(L, m)
 
@@ -278,7 +274,7 @@ class FitResult:
             return g / (g + e)
 
         value, se, note = self._derived_se(h2, 1.0, "an h²")
-        idx = self._labels()
+        idx = self.layout.labels()
         return pd.DataFrame({"env": idx.get_level_values(0), "trait": idx.get_level_values(1),
                              "h2": value, "se": se, "se_note": note})
 
@@ -296,35 +292,35 @@ class FitResult:
     def genetic_correlations(self) -> pd.DataFrame:
         """Genetic correlations between traits within each environment and, for
         ``unstructured``/``homogeneous`` ΣG, between environments within each trait."""
-        L, m = len(self.envs), len(self.traits)
+        L, m, row = len(self.envs), len(self.traits), self.layout.row
         pairs = []
         for l in range(L if self._G.trait_covariances else 0):
             for i in range(m):
                 for j in range(i + 1, m):
-                    pairs.append(("traits", self.envs[l], self.envs[l], self.traits[i], self.traits[j], l * m + i, l * m + j))
+                    pairs.append(("traits", self.envs[l], self.envs[l], self.traits[i], self.traits[j], row(l, i), row(l, j)))
         if self._G.environment_correlations:
             for i in range(m):
                 for l in range(L):
                     for b in range(l + 1, L):
-                        pairs.append(("environments", self.envs[l], self.envs[b], self.traits[i], self.traits[i], l * m + i, b * m + i))
+                        pairs.append(("environments", self.envs[l], self.envs[b], self.traits[i], self.traits[i], row(l, i), row(b, i)))
         if not pairs:
             return pd.DataFrame(columns=["between", "env1", "env2", "trait1", "trait2", "r", "se", "se_note"])
         ia = np.array([p[5] for p in pairs])
         ib = np.array([p[6] for p in pairs])
 
         def corr(theta):
-            G, _ = self._full(theta)
+            G, _ = self.full_covariances(theta)
             return G[ia, ib] / np.sqrt(G[ia, ia] * G[ib, ib])
 
         value, se, note = self._derived_se(corr, 1.0, "a correlation")
         # a correlation with a variance at zero is undefined, not 0 or ±1
-        G, _ = self._full(self.theta)
+        G, _ = self.full_covariances()
         scale = self._row_variances()[0]
         row_scale = scale if self._G.env_specific else np.tile(scale, L)
         null = np.diag(G) <= ZERO_VARIANCE * row_scale
         for k in np.nonzero(null[ia] | null[ib])[0]:
             zero = ia[k] if null[ia[k]] else ib[k]
-            env, trait = self._labels()[zero]
+            env, trait = self.layout.labels()[zero]
             value[k], se[k] = np.nan, np.nan
             note[k] = f"undefined: the genetic variance of {trait} in {env} is zero"
         return pd.DataFrame([p[:5] for p in pairs], columns=["between", "env1", "env2", "trait1", "trait2"]).assign(
@@ -339,8 +335,7 @@ class FitResult:
         """BLUP of the genetic value of every genotype in K, in every environment, for every
         trait (with prediction error variance when computed)."""
         L, m, q = len(self.envs), len(self.traits), len(self.ids)
-        env_specific = self._G.env_specific
-        cols = np.array([(l * m + i) if env_specific else i for l in range(L) for i in range(m)])
+        cols = self._G.index(np.repeat(np.arange(L), m), np.tile(np.arange(m), L), m)
         out = pd.DataFrame({
             "id": np.repeat(self.ids, L * m),
             "env": np.tile(np.repeat(self.envs, m), q),

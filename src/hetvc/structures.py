@@ -103,6 +103,22 @@ class CovStructure:
         """True when the matrix index depends on the environment (d = L·m)."""
         return self.per_environment
 
+    def full(self, theta: np.ndarray, n_envs: int) -> np.ndarray:
+        """Σ as the full (L·m)×(L·m) matrix of the layout (row l·m + i).  A structure whose rows
+        are traits is the same in every environment: for the genetic term, whose unit (a
+        genotype) spans environments, J_L ⊗ Σ; for the residual, whose unit (a record) lies in
+        one environment, I_L ⊗ Σ."""
+        M = self.matrix(theta)
+        if self.per_environment:
+            return M
+        across = np.ones((n_envs, n_envs)) if self.prefix == "G" else np.eye(n_envs)
+        return np.kron(across, M)
+
+    def from_full(self, M: np.ndarray, layout) -> np.ndarray:
+        """θ of this structure from a full matrix of ``layout`` (the average environment block
+        for a structure whose rows are traits): e.g. another fit's estimate as a start."""
+        return self.theta(M if self.per_environment else layout.mean_env_block(M))
+
     def index(self, env: np.ndarray, trait: np.ndarray, n_traits: int) -> np.ndarray:
         """Matrix index a(o) of observations with environment ``env`` and trait ``trait``."""
         return env * n_traits + trait if self.env_specific else trait.copy()

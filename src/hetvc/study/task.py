@@ -83,7 +83,7 @@ def run_task(task: Task) -> list[dict]:
                       max_iter=task.max_iter)
             ph = res.pooled_heritability()["h2"].to_numpy()
             h2_env = res.heritability()["h2"].to_numpy().reshape(len(res.envs), len(traits))
-            G, E = res._full(res.theta)
+            G, E = res.full_covariances()
             L, m = len(res.envs), len(traits)
             rows.append(dict(
                 base, model=model, status="ok", engine=res.engine, converged=res.converged,

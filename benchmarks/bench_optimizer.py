@@ -6,6 +6,7 @@ plant_height, anthesis: 465 + 6 or 60 parameters) and 4 traits (+ silking: 820 +
 Evaluations (ℓ with score and AI) are the machine-independent measure of the optimizer's work.
 
     python benchmarks/bench_optimizer.py [--rows d3he,d3ho,d4ho,d4he] [--threads 1] [--time-limit S]
+                                         [--markdown docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 
 import hetvc
 
+from _report import Report, add_markdown_option, row, table
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "drops_maize"
 TRAITS3 = ["grain_yield", "plant_height", "anthesis"]
 ROWS = {
@@ -27,6 +30,9 @@ ROWS = {
     "d4ho": (TRAITS3 + ["silking"], "unstructured", "homogeneous"),
     "d4he": (TRAITS3 + ["silking"], "unstructured", "heterogeneous"),
 }
+HEADERS = ["row", "traits", "G/E", "k", "AI iterations", "evaluations", "fallback evaluations", "finished by",
+           "status", "seconds", "logLik"]
+ALIGN = "lrlrrrrllrr"
 
 
 def main() -> None:
@@ -36,16 +42,18 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=None,
                         help="passed to hetvc.fit (where the installed hetvc knows it)")
     parser.add_argument("--max-iter", type=int, default=200)
+    add_markdown_option(parser)
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
 
+    report = Report.from_args(args, __file__, threads=args.threads)
     data = pd.read_csv(DATA / "pheno_long.csv", dtype={"genotype": str})
     K = hetvc.read_kinship(DATA / "grm_vanraden.csv")
     K = K / float(np.mean(np.diag(K.to_numpy())))
-    print("| row | traits | G/E | k | AI iterations | evaluations | fallback evaluations | finished by | status | seconds | logLik |")
-    print("|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|")
-    for row in args.rows.split(","):
-        traits, g, r = ROWS[row]
+    print(table(HEADERS, [], ALIGN))
+    rows = []
+    for name in args.rows.split(","):
+        traits, g, r = ROWS[name]
         kw = dict(traits=traits, env="env", id="genotype", genetic=g, residual=r, max_iter=args.max_iter)
         if args.time_limit is not None:
             kw["time_limit"] = args.time_limit
@@ -54,9 +62,14 @@ def main() -> None:
             fit = hetvc.fit(data, K, **kw)
         sec = time.perf_counter() - t0
         rec = fit.record
-        print(f"| {row} | {len(traits)} | {g}/{r} | {fit.n_params} | {rec['iterations']} | {rec['evaluations']} | "
-              f"{rec.get('fallback_evaluations', '')} | {rec.get('finished_by', '')} | {rec['status']} | "
-              f"{sec:.1f} | {fit.loglik:.4f} |", flush=True)
+        rows.append([name, len(traits), f"{g}/{r}", fit.n_params, rec["iterations"], rec["evaluations"],
+                     rec.get("fallback_evaluations", ""), rec.get("finished_by", ""), rec["status"],
+                     f"{sec:.1f}", f"{fit.loglik:.4f}"])
+        print(row(rows[-1]), flush=True)
+    report.write(table(HEADERS, rows, ALIGN),
+                 notes=["data: `../shared/data/drops_maize` (DROPS maize), K = VanRaden GRM / mean(diag); "
+                        f"max_iter {args.max_iter}"
+                        + (f", time_limit {args.time_limit:g} s" if args.time_limit is not None else "")])
 
 
 if __name__ == "__main__":

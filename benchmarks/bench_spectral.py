@@ -7,6 +7,7 @@ engine and GEMMA beside it where they are feasible.
              largest kinships)  --rows paper,mvlmm1000,...  --gemma-timeout SECONDS
              --threads N (OPENBLAS_NUM_THREADS of every row; on a busy 2-core machine 1 is
              several times faster than OpenBLAS's default threading for these sizes)
+             --markdown FILE (also write the table as this script's section of FILE)
 
 Every row runs in its own process (so peak memory is its own).  Columns:
 
@@ -43,6 +44,8 @@ import time
 import tracemalloc
 
 import numpy as np
+
+from _report import Report, add_markdown_option, table
 
 # row: (label, simulate kwargs, fit kwargs, dense?, gemma?)
 ROWS = {
@@ -208,17 +211,43 @@ def print_table(results: list, header: str) -> None:
               f"{r['iterations']:>4} {r['fit_s']:>8.2f} {r['check_s']:>7.2f} {_fmt(r.get('peak_mb'), '8.0f'):>8} {r['rss_mb']:>7.0f} "
               f"{_fmt(r.get('dense_s'), '8.2f'):>8} {_fmt(ratio, '6.0f'):>6} {gem:>8} "
               f"{_fmt(r.get('gemma_eig_s'), '8.2f'):>8} {_fmt(r.get('gemma_dloglik'), '9.1e'):>9}")
+    for note in _notes(results):
+        print("  " + note)
+
+
+def _notes(results: list) -> list:
+    """The checks under the table: low-rank against full decompositions, dense against
+    spectral, optimizer statuses other than converged."""
+    notes = []
     by_row = {r["row"]: r for r in results if "error" not in r}
     for row, r in by_row.items():
         full = by_row.get(row + "f")
         if full is not None:
-            print(f"  {r['label']}: ℓ with {r['eig']} − ℓ with full eigh = {r['loglik'] - full['loglik']:.1e}")
+            notes.append(f"{r['label']}: ℓ with {r['eig']} − ℓ with full eigh = {r['loglik'] - full['loglik']:.1e}")
     for r in results:
         if r.get("dense_s"):
-            print(f"  {r['label']}: dense vs spectral |Δℓ| = {r['dense_dloglik']:.1e}, "
-                  f"max |Δθ|/max|θ| = {r['dense_dtheta']:.1e}")
+            notes.append(f"{r['label']}: dense vs spectral |Δℓ| = {r['dense_dloglik']:.1e}, "
+                         f"max |Δθ|/max|θ| = {r['dense_dtheta']:.1e}")
         if r.get("status") not in (None, "converged"):
-            print(f"  {r['label']}: optimizer status {r['status']!r}")
+            notes.append(f"{r['label']}: optimizer status {r['status']!r}")
+    return notes
+
+
+def markdown_table(results: list) -> str:
+    """The table of print_table in Markdown (rows that failed say so in their first cells)."""
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["label"], *["—"] * 5, f"failed: {r['error']}", *["—"] * 8])
+            continue
+        ratio = r["dense_s"] / r["fit_s"] if r.get("dense_s") else None
+        rows.append([r["label"], r["n"], r["N"], r["k"], r["eig"], r["iterations"], f"{r['fit_s']:.2f}",
+                     f"{r['check_s']:.2f}", _fmt(r.get("peak_mb"), ".0f"), f"{r['rss_mb']:.0f}",
+                     _fmt(r.get("dense_s"), ".2f"), _fmt(ratio, ".0f"),
+                     _fmt(r.get("gemma_s"), ".2f", r.get("gemma_note", "—")), _fmt(r.get("gemma_eig_s"), ".2f"),
+                     _fmt(r.get("gemma_dloglik"), ".1e")])
+    return table(["design", "n", "N", "k", "eig", "iter", "fit s", "check s", "peak MB", "RSS MB", "dense s",
+                  "ratio", "GEMMA s", "GEMMA eig s", "Δℓ GEMMA"], rows, "lrrrlrrrrrrrrrr")
 
 
 def main() -> None:
@@ -233,6 +262,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads of the fits and GEMMA (OPENBLAS_NUM_THREADS; default: inherit)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row, print JSON
+    add_markdown_option(parser)
     args = parser.parse_args()
     if args.row:
         try:
@@ -243,6 +273,7 @@ def main() -> None:
         print("RESULT " + json.dumps(res, default=float))
         return
     rows = args.rows.split(",") if args.rows else DEFAULT + (FULL_RANK if args.full_rank else [])
+    report = Report.from_args(args, __file__, threads=args.threads)
     load = os.getloadavg()
     env = dict(os.environ)
     if args.threads:
@@ -267,6 +298,9 @@ def main() -> None:
               file=sys.stderr, flush=True)
     print_table(results, header)
     print(f"load average at end {os.getloadavg()[0]:.1f}")
+    report.write(markdown_table(results), notes=[
+        *(["`--quick`: smoke-test sizes, not the designs' own"] if args.quick else []),
+        *_notes(results), f"load average at the end {os.getloadavg()[0]:.1f}"])
 
 
 if __name__ == "__main__":

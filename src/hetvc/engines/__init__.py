@@ -1,19 +1,28 @@
 """Engines: exact ways to compute ℓ, score and AI for a model (docs/design.md §3)."""
 
+from typing import NamedTuple
+
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution
 from .dense import DenseEngine
-from .spectral import EigenCache, KinshipEigen, SpectralEngine
+from .spectral import EigenCache, KinshipEigen, NotApplicable, SpectralEngine, SpectralNotApplicable, plan
 
 __all__ = [
     "Engine", "Evaluation", "Solution", "NotPositiveDefinite", "DenseEngine", "SpectralEngine",
-    "EigenCache", "KinshipEigen", "choose_engine",
+    "EigenCache", "KinshipEigen", "EngineChoice", "NotApplicable", "choose_engine",
 ]
 
 ENGINES = ("auto", "dense", "spectral")
 
 
-def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None):
-    """The engine to use for ``model``, and why (one line for the fit record).
+class EngineChoice(NamedTuple):
+    """The engine a fit uses and why (one line, kept as ``FitResult.engine_reason``)."""
+
+    engine: Engine
+    reason: str
+
+
+def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None) -> EngineChoice:
+    """The engine to use for ``model``, and why.
 
     ``"auto"``: the spectral engine whenever it is exact for the design (see
     :func:`hetvc.engines.spectral.plan`), else the dense engine with the reason, e.g.
@@ -23,7 +32,6 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None):
     eigendecompositions of K are reused (and extended) by the spectral engine.
     """
     from ..errors import InputError
-    from .spectral import plan
 
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}")
@@ -31,17 +39,17 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None):
         raise InputError(
             f"eigen must be a hetvc.engines.EigenCache (or None), not {type(eigen).__name__}")
     if engine == "dense":
-        return DenseEngine(model), "dense: forced by engine='dense'"
-    layout, reason = plan(model)
-    if layout is None:
+        return EngineChoice(DenseEngine(model), "dense: forced by engine='dense'")
+    spectral_plan = plan(model)
+    if isinstance(spectral_plan, NotApplicable):
         if engine == "spectral":
-            raise InputError(f"engine='spectral' does not apply to these data: {reason.removeprefix('dense: ')}")
-        return DenseEngine(model), reason
+            raise InputError(f"engine='spectral' does not apply to these data: {spectral_plan.reason}")
+        return EngineChoice(DenseEngine(model), f"dense: {spectral_plan.reason}")
     try:
-        eng = SpectralEngine(model, layout, eigen=eigen)
-    except InputError as err:
+        eng = SpectralEngine(model, spectral_plan, eigen=eigen)
+    except SpectralNotApplicable as err:
         if engine == "spectral":
             raise
-        return DenseEngine(model), f"dense: {err}".replace("the spectral engine does not apply: ", "")
+        return EngineChoice(DenseEngine(model), f"dense: {err.reason}")
     prefix = "forced by engine='spectral'; " if engine == "spectral" else ""
-    return eng, f"{prefix}{reason} [{eng.summary()}]"
+    return EngineChoice(eng, f"{prefix}{spectral_plan.description} [{eng.summary()}]")

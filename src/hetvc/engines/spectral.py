@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as sla
 
+from ..errors import InputError
 from ..model import Model
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
 
@@ -213,12 +214,27 @@ class SpectralPlan:
     blocks: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class NotApplicable:
+    """Why an engine does not apply to a model (one line, without the engine's name)."""
+
+    reason: str
+
+
+class SpectralNotApplicable(InputError):
+    """The spectral engine was asked for a model it does not apply to."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the spectral engine does not apply: {reason}")
+        self.reason = reason
+
+
 def _s(k: int) -> str:
     return "" if k == 1 else "s"
 
 
-def plan(model: Model) -> tuple[SpectralPlan | None, str]:
-    """The block layout of V for the spectral engine, or ``None`` and why not (one line)."""
+def plan(model: Model) -> SpectralPlan | NotApplicable:
+    """The block layout of V for the spectral engine, or why it does not apply (one line)."""
     d = model.design
     m, L = len(d.traits), len(d.envs)
     n_rec = d.n_records
@@ -229,8 +245,8 @@ def plan(model: Model) -> tuple[SpectralPlan | None, str]:
         r = int(short[0])
         have = set(d.trait[d.record == r].tolist())
         t = next(i for i in range(m) if i not in have)
-        return None, (
-            f"dense: {n_missing} missing trait value{_s(n_missing)} (first: data row {r + 1}, "
+        return NotApplicable(
+            f"{n_missing} missing trait value{_s(n_missing)} (first: data row {r + 1}, "
             f"trait {d.traits[t]!r}); the spectral engine needs every trait of every record"
         )
     pos = np.full((n_rec, m), -1, dtype=np.int64)
@@ -244,8 +260,8 @@ def plan(model: Model) -> tuple[SpectralPlan | None, str]:
         k = int(np.argmax(ncell > 1))
         g, l = divmod(int(uniq[k]), L)
         n_rep = int((ncell > 1).sum())
-        return None, (
-            f"dense: genotype {d.ids[g]!r} has {int(ncell[k])} records in environment "
+        return NotApplicable(
+            f"genotype {d.ids[g]!r} has {int(ncell[k])} records in environment "
             f"{d.envs[l]!r} (replicates; {n_rep} genotype×environment cell{_s(n_rep)} with more "
             f"than one record)"
         )
@@ -295,9 +311,9 @@ def plan(model: Model) -> tuple[SpectralPlan | None, str]:
             else:
                 why = (f"{gen.name} genetic needs every genotype in every environment"
                        + ("" if gen.env_specific else " (or one record per genotype and a homogeneous residual)"))
-            return None, (f"dense: {why}; {len(miss)} genotype{_s(len(miss))} miss an environment "
+            return NotApplicable(f"{why}; {len(miss)} genotype{_s(len(miss))} miss an environment "
                           f"(e.g. {d.ids[g]!r} in {d.envs[l]!r})")
-    return SpectralPlan(desc, blocks), desc
+    return SpectralPlan(desc, blocks)
 
 
 def _factor_fixed(X: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -384,11 +400,9 @@ class SpectralEngine(Engine):
 
     def __init__(self, model: Model, spectral_plan: SpectralPlan | None = None, eigen: EigenCache | None = None):
         if spectral_plan is None:
-            spectral_plan, reason = plan(model)
-            if spectral_plan is None:
-                from ..errors import InputError
-
-                raise InputError(f"the spectral engine does not apply: {reason}")
+            spectral_plan = plan(model)
+            if isinstance(spectral_plan, NotApplicable):
+                raise SpectralNotApplicable(spectral_plan.reason)
         self.model = model
         self.plan = spectral_plan
         self.cache = eigen if eigen is not None else EigenCache()
@@ -398,11 +412,9 @@ class SpectralEngine(Engine):
         fixed = [_factor_fixed(d.X, bp.obs) for bp in spectral_plan.blocks]
         for bp, (xs, _) in zip(spectral_plan.blocks, fixed):
             if bp.obs.shape[1] * xs.shape[1] > MAX_FIXED_COLUMNS:
-                from ..errors import InputError
-
-                raise InputError(
-                    f"the spectral engine does not apply: block {bp.label!r} needs {xs.shape[1]} fixed-effect "
-                    f"columns per cell ({bp.obs.shape[1] * xs.shape[1]} in all, more than {MAX_FIXED_COLUMNS})")
+                raise SpectralNotApplicable(
+                    f"block {bp.label!r} needs {xs.shape[1]} fixed-effect columns per cell "
+                    f"({bp.obs.shape[1] * xs.shape[1]} in all, more than {MAX_FIXED_COLUMNS})")
         before = self.cache.misses
         self.blocks = []
         for bp, fx in zip(spectral_plan.blocks, fixed):

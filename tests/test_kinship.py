@@ -388,7 +388,7 @@ def test_checked_frame_and_callers_frame_stay_independent_and_editable():
 
 
 def test_checked_kinship_reuses_a_check_while_k_is_unchanged(monkeypatch):
-    import hetvc.kinship as kinship
+    import hetvc.kinship.check as kinship  # check_kinship calls the psd_certificate of this module
 
     G = grm(simulate_genotypes(30, 20, rng=4))
     K = check_kinship(G)

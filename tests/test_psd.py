@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hetvc.psd import psd_certificate, smallest_eigenvalue
+from hetvc.kinship.psd import psd_certificate, smallest_eigenvalue
 
 
 def low_rank_minus(q, r, eps, seed=0):

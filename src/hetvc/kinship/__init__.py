@@ -1,0 +1,40 @@
+r"""Genotypes → genomic relationship matrix (GRM); reading, writing and checking kinships.
+
+    from hetvc.kinship import grm, read_kinship, check_kinship
+    K = grm("genotypes.bed")                   # or a .csv dosage table, an array, a DataFrame
+    K = read_kinship("K.csv")                  # validated by check_kinship
+
+One module a job, each documented in its own docstring; a module imports only those above it:
+
+* :mod:`~hetvc.kinship.ids` — matching ids by label, and the hint for near misses;
+* :mod:`~hetvc.kinship.tables` — delimited text tables: the separator, exact floats;
+* :mod:`~hetvc.kinship.tiles` — tile-by-tile passes over an n×n matrix (no n×n temporaries);
+* :mod:`~hetvc.kinship.psd` — the certificate of positive semi-definiteness;
+* :mod:`~hetvc.kinship.sources` — genotype sources: PLINK ``.bed``, CSV dosage tables, arrays;
+* :mod:`~hetvc.kinship.genomic` — the GRM (standardized or VanRaden), its formulas and costs;
+* :mod:`~hetvc.kinship.check` — :func:`check_kinship`, and the digest that spares a second check;
+* :mod:`~hetvc.kinship.files` — kinship files (``.csv``, ``.npy`` + ``.ids``).
+
+Counts of dropped SNPs and imputed calls are logged by logger ``hetvc.kinship``.
+"""
+
+from .check import check_kinship, checked_kinship, scale_kinship
+from .files import ids_path, read_kinship, write_kinship
+from .genomic import GRMInfo, grm
+from .genomic import _standardized_genotypes  # noqa: F401 - hetvc.simulate draws genetic values with it
+from .ids import check_ids, near_match_hint
+from .psd import PSDCertificate, psd_certificate, smallest_eigenvalue
+from .sources import read_genotypes
+from .tiles import _symmetrize  # noqa: F401 - hetvc.simulate symmetrises its K with it
+
+__all__ = [
+    "GRMInfo",
+    "grm",
+    "read_genotypes",
+    "read_kinship",
+    "write_kinship",
+    "check_kinship",
+    "checked_kinship",
+    "scale_kinship",
+    "check_ids",
+]

@@ -13,7 +13,7 @@ Every row runs in its own process (so peak memory is its own).  Columns:
 
 * ``fit s``: wall time of a first ``hetvc.fit`` on a K it has not seen: everything after the
   data are in memory — checking K (``check s``, included: labels, finiteness, symmetry and
-  the PSD certificate of hetvc.psd), building the design, the eigendecompositions (a fresh
+  the PSD certificate of hetvc.kinship.psd), building the design, the eigendecompositions (a fresh
   EigenCache), AI-REML, BLUEs, BLUPs and (unless the row says "no PEV") PEVs for every
   genotype in K.  Refits on the checked K skip ``check s`` (a SHA-256 of K instead).
 * ``eig``: how the kinship blocks were decomposed: ``eigh`` (LAPACK, full) or ``lowrank r``

@@ -1,4 +1,4 @@
-"""hetvc.psd: the PSD certificate against LAPACK's eigenvalues, on both of its paths."""
+"""hetvc.kinship.psd: the PSD certificate against LAPACK's eigenvalues, on both of its paths."""
 
 import numpy as np
 import pytest

@@ -170,7 +170,7 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fix
         traits=list(d.traits), envs=list(d.envs), ids=list(d.ids),
         genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=fixed,
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
-        engine=engine_name, engine_reason=reason, record=record.to_dict(),
+        engine=engine_name, engine_reason=reason, record=record,
         x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,
         blup=solution.blup, pev=solution.pev, env_share=counts / counts.sum(0, keepdims=True),
         observed=dict(record=d.record, id=np.asarray(d.ids)[d.geno], env=np.asarray(d.envs, dtype=object)[d.env],

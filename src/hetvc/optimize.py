@@ -47,7 +47,7 @@ AI step no longer increases ℓ also counts as converged, and the record says so
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -96,14 +96,44 @@ class OptimizationRecord:
     seconds: float = 0.0
     message: str = ""
     history: list = field(default_factory=list)
-    ai_iterations: int = 0
-    fallback_iterations: int = 0
-    fallback_evaluations: int = 0
+    # None in a record read from a fit.json written before hetvc counted the methods
+    ai_iterations: int | None = None
+    fallback_iterations: int | None = None
+    fallback_evaluations: int | None = None
     finished_by: str = "AI"
     time_limit: float | None = None
+    seconds_in_all: float | None = None  # the whole fit (engine set-up, PEVs), when measured
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OptimizationRecord":
+        """The record from :meth:`to_dict` (a fit.json); keys an older hetvc did not write take
+        their defaults."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        its = {f.name for f in fields(Iteration)}
+        kw["history"] = [h if isinstance(h, Iteration) else Iteration(**{k: v for k, v in h.items() if k in its})
+                         for h in d.get("history", [])]
+        return cls(**kw)
+
+    # read (and set) like the dict that fit.json holds: record["status"], record.get("message")
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value) -> None:
+        if key not in self.keys():
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
 
 
 def newton_step(ai: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -378,7 +408,8 @@ def maximize(
         )
     record = OptimizationRecord(
         status="iteration limit", converged=False, iterations=0, evaluations=1, tol=tol,
-        max_iter=max_iter, start=theta.tolist(), time_limit=time_limit,
+        max_iter=max_iter, start=theta.tolist(), time_limit=time_limit, ai_iterations=0,
+        fallback_iterations=0, fallback_evaluations=0,
     )
     clock.log(record, Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
     poor, fallback_at, stationary = 0, None, False

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .layout import Layout
+from .optimize import OptimizationRecord
 from .structures import make_structure
 
 _H = 1e-20  # complex step
@@ -59,7 +60,7 @@ class FitResult:
     rank_x: int
     engine: str
     engine_reason: str
-    record: dict
+    record: OptimizationRecord  # a dict (a fit.json's) is read into one
     x_names: list
     beta: np.ndarray
     beta_cov: np.ndarray
@@ -72,6 +73,8 @@ class FitResult:
 
     # -- structures and matrices ------------------------------------------------------------
     def __post_init__(self):
+        if not isinstance(self.record, OptimizationRecord):
+            self.record = OptimizationRecord.from_dict(self.record)
         self._G = make_structure("G", self.genetic, self.envs, self.traits)
         self._E = make_structure("E", self.residual, self.envs, self.traits)
 
@@ -403,6 +406,7 @@ class FitResult:
             v = getattr(self, name)
             out[name] = v.tolist() if isinstance(v, np.ndarray) else v
         out["observed"] = {k: np.asarray(v).tolist() for k, v in self.observed.items()}
+        out["record"] = self.record.to_dict()
         out["format"] = "hetvc-fit/1"
         return out
 

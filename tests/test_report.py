@@ -1,4 +1,4 @@
-"""hetvc.report and hetvc.plots on fits whose status is set by hand: the lowest AICc among
+"""hetvc.report and its figures on fits whose status is set by hand: the lowest AICc among
 converged fits is selected, a model that did not converge (or whose AICc is undefined) never
 is (and the report and terminal say why), none converged selects nothing, p-values below
 1e-16 print as "< 1e-16", SEs that are not available as NA, notes every fit carries are said
@@ -15,7 +15,7 @@ import pytest
 
 import hetvc
 from hetvc import report
-from hetvc.plots import heritability_figure, write_figures
+from hetvc.report.figures import heritability_figure, write_figures
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_p_values_below_1e16_and_bic_disagreement(fits, capsys):
 def test_aicc_is_shown_beside_aic_when_the_comparison_has_it(fits, monkeypatch, capsys):
     from hetvc.cli.fit import _print_summary
 
-    real = report.compare
+    real = report.selection.compare
 
     def with_aicc(*args, **kwargs):
         df = real(*args, **kwargs)
@@ -147,7 +147,7 @@ def test_aicc_is_shown_beside_aic_when_the_comparison_has_it(fits, monkeypatch, 
         df["dAICc"] = df["AICc"] - df["AICc"].min()
         return df
 
-    monkeypatch.setattr(report, "compare", with_aicc)
+    monkeypatch.setattr(report.selection, "compare", with_aicc)
     comp = report.comparison(fits)
     md = report.markdown(fits)
     header = next(r for r in md.splitlines() if r.startswith("| model"))
@@ -327,7 +327,7 @@ def test_heritability_under_each_model_marks_boundary_and_not_converged(fits):
 def test_every_marker_can_be_drawn_hollow():
     from matplotlib.markers import MarkerStyle
 
-    from hetvc.plots import _MARKERS
+    from hetvc.report.figures import _MARKERS
 
     for m in _MARKERS:  # a hollow plus or cross reads as a plus or a cross
         assert MarkerStyle(m).is_filled() and m not in ("P", "X", "+", "x", "1", "2", "3", "4", "|", "_"), m

@@ -1,5 +1,10 @@
 """Figures of a fit (PNG, matplotlib's Agg backend, no display needed).
 
+The one module of :mod:`hetvc.report` that imports matplotlib (the package does not import it:
+:func:`~hetvc.report.write.write_report` does when it draws).  One convention: a figure is a
+:class:`~matplotlib.figure.Figure` on an Agg canvas made by ``_figure`` (never pyplot, so no
+global state and nothing to close) and written by ``_save``.
+
 Every function takes fitted models (:class:`~hetvc.results.FitResult`) and a path, draws one
 figure and writes it atomically (:func:`hetvc.io_utils.atomic_path`); it returns the path.
 They read only what a fit stores, so they work as well on a fit reloaded with
@@ -33,7 +38,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .io_utils import atomic_path  # noqa: E402
+from ..io_utils import atomic_path  # noqa: E402
+from .selection import _named, model_name  # noqa: E402
 
 __all__ = [
     "phenotypic_correlations", "genetic_correlations", "environment_correlations",
@@ -179,7 +185,7 @@ def genetic_correlations(fit, path) -> Path:
         im = _corr_heatmap(axes[k], Rl, traits, str(e), cells=cells if m <= 4 else None)
     _hide_unused(axes, len(panels))
     fig.colorbar(im, ax=list(axes[:len(panels)]), shrink=0.8, label="genetic r")
-    fig.suptitle(f"Genetic correlation (colour) and covariance (cells): {fit.genetic}/{fit.residual}",
+    fig.suptitle(f"Genetic correlation (colour) and covariance (cells): {model_name(fit)}",
                  fontsize=10)
     return _save(fig, path)
 
@@ -198,7 +204,7 @@ def environment_correlations(fit, path) -> Path:
         im = _corr_heatmap(axes[i], R[np.ix_(idx, idx)], envs, f"{t}", fontsize=8 if L > 6 else 9)
     _hide_unused(axes, m)
     fig.colorbar(im, ax=list(axes[:m]), shrink=0.8, label="genetic r between environments")
-    fig.suptitle(f"Genetic correlation between environments ({fit.genetic}/{fit.residual})", fontsize=10)
+    fig.suptitle(f"Genetic correlation between environments ({model_name(fit)})", fontsize=10)
     return _save(fig, path)
 
 
@@ -216,8 +222,7 @@ def heritability_figure(fits) -> Figure:
     it is listed in the legend as "name (not converged)", with no points.  A fit on the
     boundary of the parameter space (a singular ΣG or ΣE block) is drawn with hollow markers
     and labelled "name (boundary)"."""
-    if not isinstance(fits, dict):
-        fits = {f"{fits.genetic}/{fits.residual}": fits}
+    fits = _named(fits)
     first = next(iter(fits.values()))
     envs, traits = list(first.envs), list(first.traits)
     drawn = [n for n, f in fits.items() if f.converged]
@@ -291,7 +296,7 @@ def observed_fitted(fit, path) -> Path:
     _hide_unused(axes, len(traits))
     if len(envs) <= 10:
         axes[0].legend(fontsize=7, markerscale=1.5, frameon=False)
-    fig.suptitle(f"Observed vs fitted ({fit.genetic}/{fit.residual})", fontsize=11)
+    fig.suptitle(f"Observed vs fitted ({model_name(fit)})", fontsize=11)
     return _save(fig, path)
 
 

@@ -1,0 +1,272 @@
+"""report.md: the readable report of a fit or a comparison of fits (:func:`markdown`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .selection import _aicc, _named, _primary, _status, comparison, select, selection_lines
+from .text import _finite, _note, _num, _se_cells, format_p, seconds_text, shared_notes
+
+__all__ = ["markdown"]
+
+
+def _md_table(df: pd.DataFrame, formats: dict | None = None) -> str:
+    formats = formats or {}
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in cols) + "|"]
+    for _, row in df.iterrows():
+        cells = [formats[c](row[c]) if c in formats else _num(row[c]) for c in cols]
+        lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines)
+
+
+def _est_se(v, se, digits=2) -> str:
+    if not _finite(v):
+        return "–"
+    s = f"{v:.{digits}f}"
+    return s + (f" ({se:.{digits}f})" if _finite(se) else " (NA)")
+
+
+def _se_footnote(*frames) -> list[str]:
+    """'SE NA: why' lines for the reasons given in the tables' se_note column."""
+    notes = []
+    for df in frames:
+        if "se_note" in df.columns:
+            se = df["se"] if "se" in df.columns else pd.Series(np.nan, index=df.index)
+            notes += [_note(n) for n, s in zip(df["se_note"], se) if _note(n) and not _finite(s)]
+    notes = list(dict.fromkeys(notes))
+    return ["", "SE NA: " + "; ".join(notes) + "."] if notes else []
+
+
+def _boundary(f) -> str:
+    """Boundary blocks as a reader needs them (each structure describes its own blocks)."""
+    names = [(f.genetic_structure if b.startswith("G") else f.residual_structure).describe_block(b)
+             for b in f.boundary]
+    return ", ".join(dict.fromkeys(names))
+
+
+def _h2_wide(f) -> pd.DataFrame:
+    h = f.heritability()
+    p = f.pooled_heritability()
+    rows = []
+    for e in f.envs:
+        row = {"environment": str(e)}
+        for t in f.traits:
+            r = h[(h["env"] == e) & (h["trait"] == t)].iloc[0]
+            row[t] = _est_se(r["h2"], r["se"])
+        rows.append(row)
+    row = {"environment": "**pooled**"}
+    for t in f.traits:
+        r = p[p["trait"] == t].iloc[0]
+        row[t] = _est_se(r["h2"], r["se"])
+    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _marked(name: str, f) -> str:
+    """A model's name marked "(not converged)" or "(boundary: G)" (its singular blocks)."""
+    if not f.converged:
+        return f"{name} (not converged)"
+    return f"{name} (boundary: {', '.join(f.boundary)})" if f.boundary else name
+
+
+def _h2_across_models(fits) -> pd.DataFrame:
+    first = next(iter(fits.values()))
+    rows = []
+    for n, f in fits.items():
+        h = f.heritability().set_index(["env", "trait"])
+        p = f.pooled_heritability().set_index("trait")
+        row = {"model": _marked(n, f)}
+        for t in first.traits:
+            for e in first.envs:
+                row[f"{t} {e}"] = f"{h.loc[(e, t), 'h2']:.2f}"
+            row[f"{t} pooled"] = f"{p.loc[t, 'h2']:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _trait_rg(f) -> pd.DataFrame:
+    rg = f.genetic_correlations()
+    rg = rg[rg["between"] == "traits"]
+    if not f.genetic_structure.env_specific:  # one Σg shared by all environments
+        rg = rg.drop_duplicates(["trait1", "trait2"]).assign(env1="all")
+    return pd.DataFrame({"environment": rg["env1"].astype(str), "traits": rg["trait1"] + " – " + rg["trait2"],
+                         "r_g (SE)": [_est_se(r, s) for r, s in zip(rg["r"], rg["se"])]})
+
+
+def _env_rg_matrix(f, trait) -> pd.DataFrame:
+    rg = f.genetic_correlations()
+    rg = rg[(rg["between"] == "environments") & (rg["trait1"] == trait)]
+    envs = [str(e) for e in f.envs]
+    M = pd.DataFrame("", index=envs, columns=envs)
+    for e in envs:
+        M.loc[e, e] = "1"
+    for _, r in rg.iterrows():
+        M.loc[str(r["env2"]), str(r["env1"])] = f"{r['r']:.2f}"
+    return M.reset_index(names="")
+
+
+def _comparison_md(comp: pd.DataFrame, fits: dict) -> str:
+    two = lambda v: f"{v:.2f}" if _finite(v) else "–"
+    cols = {
+        "model (ΣG / ΣE)": comp["model"],
+        "VCs": comp["k"],
+        "logLik": comp["logLik"].map(two),
+        "AIC": comp["AIC"].map(two),
+    }
+    if "AICc" in comp.columns:
+        cols["AICc"] = comp["AICc"].map(two)
+    cols["BIC"] = comp["BIC"].map(two)
+    cols["ΔAIC"] = comp["dAIC"].map(two)
+    if "dAICc" in comp.columns:
+        cols["ΔAICc"] = comp["dAICc"].map(two)
+    cols["ΔBIC"] = comp["dBIC"].map(two)
+    cols["LRT vs"] = comp["lrt_vs"].map(lambda v: v if isinstance(v, str) else "–")
+    cols["χ² (df)"] = [("–" if not _finite(s) else f"{s:.2f} ({int(d)})")
+                       for s, d in zip(comp["lrt_stat"], comp["lrt_df"])]
+    cols["p"] = comp["lrt_p"].map(lambda v: format_p(v, 2))
+    cols["converged"] = [("yes" if fits[n].converged else f"**no** ({fits[n].record.get('status')})")
+                         for n in comp["model"]]
+    return _md_table(pd.DataFrame(cols), {c: str for c in cols if c != "VCs"})
+
+
+def markdown(fits, selected: str | None = None, data: dict | None = None, figures=()) -> str:
+    """report.md: data, the comparison in the layout of the paper's Table 2 and the selection
+    (models that did not converge are excluded, and said so), the selected model's
+    heritabilities, genetic correlations and variance components, h² across models,
+    convergence, figures and files."""
+    fits = _named(fits)
+    selected = select(fits) if selected is None else selected
+    primary = _primary(fits, selected)
+    best = fits[primary] if primary is not None else next(iter(fits.values()))
+    data = data or {}
+    lines = ["# hetvc report", ""]
+    if data.get("command"):
+        lines += ["```", data["command"], "```", ""]
+    if data.get("not_fitted"):
+        lines += [f"**Incomplete: {data.get('stopped') or 'interrupted'} before "
+                  f"{len(data['not_fitted'])} model(s) were fitted ({', '.join(data['not_fitted'])}).** "
+                  "This report covers the models that finished; run the same command again to fit "
+                  "the rest (finished fits are reused).", ""]
+    lines += ["## Data", ""]
+    facts = [
+        ("phenotypes", data.get("pheno")),
+        ("kinship", data.get("kinship") or (f"GRM from {data['genotypes']}" if data.get("genotypes") else None)),
+        ("traits", ", ".join(best.traits)),
+        ("environments", f"{len(best.envs)}: " + ", ".join(map(str, best.envs))),
+        ("records", data.get("n_records")),
+        ("observed values (N)", best.n_obs),
+        ("genotypes in K", len(best.ids)),
+        ("phenotyped genotypes", data.get("n_phenotyped")),
+        ("fixed effects", "a mean per trait × environment" + (f" + {best.fixed}" if best.fixed else "")
+         + f" ({best.rank_x} columns)"),
+        ("method", best.method.upper()),
+    ]
+    lines += [f"- **{k}**: {v}" for k, v in facts if v is not None]
+    shared = shared_notes(fits)
+    data_notes = list(dict.fromkeys(list(data.get("notes") or []) + shared))
+    if data_notes:
+        lines += ["", "What the data needed (and what hetvc did):", ""]
+        lines += [f"- {n}" for n in data_notes]
+
+    comp = comparison(fits)
+    lines += ["", "## Model comparison", ""]
+    lines += ["Genetic structure / residual structure; VCs = number of variance-covariance "
+              "parameters. REML log-likelihoods are comparable because every model has the same "
+              "fixed effects. `homogeneous` and `heterogeneous` genetic structures are not nested, "
+              "so they are compared by information criteria (AICc, which corrects AIC for few records "
+              "per parameter, selects; AIC and BIC are shown beside it); an LRT is shown only "
+              "against a nested smaller model (its χ² p-value is conservative when the restriction "
+              "is on a boundary). Only fits that converged are eligible for selection.", ""]
+    lines += [_comparison_md(comp, fits), ""]
+    lines += [" ".join(selection_lines(fits, comp, strong=lambda s: f"**{s}**"))]
+    if data.get("not_fitted"):
+        lines += ["", f"Not fitted ({data.get('stopped') or 'interrupted'}): "
+                  + ", ".join(f"**{n}**" for n in data["not_fitted"]) + "."]
+
+    if primary is not None:
+        rec = best.record
+        if primary == selected:
+            lines += ["", f"## Selected model: {primary}", ""]
+        else:
+            lines += ["", f"## Model: {primary} (did not converge)", "",
+                      f"**This fit did not converge** ({_status(best)}): its estimates are where the "
+                      "optimiser stopped, not REML estimates; use them only to diagnose the fit.", ""]
+        lines += [f"- ℓ = {best.loglik:.4f}, k = {best.n_params}, AIC = {best.aic:.2f}"
+                  + (f", AICc = {_aicc(best):.2f}" if _aicc(best) is not None else "")
+                  + f", BIC = {best.bic:.2f}",
+                  f"- {rec['status']} after {rec['iterations']} iterations ({seconds_text(rec)}); "
+                  f"engine: {best.engine} ({best.engine_reason})"]
+        if best.boundary:
+            lines.append(f"- on the boundary (a singular covariance block): {_boundary(best)}")
+        lines += [f"- note: {n}" for n in best.notes if n not in shared]
+        h, p = best.heritability(), best.pooled_heritability()
+        lines += ["", "### Heritability per environment (SE)", "",
+                  "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i]); pooled: weighted by each environment's "
+                  "share of the trait's records (paper eq. 12 read as a proportion).", "",
+                  _md_table(_h2_wide(best))] + _se_footnote(h, p) + [""]
+        lines += ["### Genetic correlations between traits (SE)", "", _md_table(_trait_rg(best))]
+        lines += _se_footnote(best.genetic_correlations()) + [""]
+        if best.genetic_structure.environment_correlations:
+            lines += ["### Genetic correlations between environments", ""]
+            if len(best.envs) <= 6:
+                for t in best.traits:
+                    lines += [f"{t}:", "", _md_table(_env_rg_matrix(best, t)), ""]
+            else:
+                lines += ["See `genetic_correlations.csv` (rows `between = environments`) and "
+                          "`environment_correlations.png`.", ""]
+        vc = best.variance_components()
+        shown = pd.DataFrame({"name": vc["name"], "estimate": vc["estimate"],
+                              "se": _se_cells(vc)})
+        lines += ["### Variance components (SE from AI⁻¹)", "",
+                  _md_table(shown, {"estimate": _num, "se": str}), ""]
+
+    if len(fits) > 1:
+        lines += ["## Heritability under each model", "", _md_table(_h2_across_models(fits)), ""]
+        other = [(n, f) for n, f in fits.items() if n != primary]
+        lines += ["## Other models" if primary is not None else "## Models", ""]
+        for n, f in other:
+            r = f.record
+            line = (f"- **{n}**: ℓ = {f.loglik:.2f}, k = {f.n_params}; {r['status']} after "
+                    f"{r['iterations']} iterations ({seconds_text(r)}; {f.engine})")
+            if not f.converged and r.get("message"):
+                line += f"; {r['message']}"
+            if f.boundary:
+                line += f"; boundary: {_boundary(f)}"
+            lines.append(line)
+            lines += [f"  - note: {x}" for x in f.notes if x not in shared]
+        lines.append("")
+
+    if figures:
+        lines += ["## Figures", ""]
+        captions = {
+            "phenotypic_correlations.png": "Phenotypic correlation between traits in each environment (cf. the paper's Figure 2).",
+            "genetic_correlations.png": f"Estimated genetic correlations (colour) and covariances (cells), {selected}.",
+            "environment_correlations.png": "Genetic correlations between environments (unstructured ΣG).",
+            "heritability.png": "h² per environment (±1 SE) and pooled, every converged model "
+                                "(hollow markers: a fit on the boundary; fits that did not converge are "
+                                "listed in the legend but not drawn).",
+            "observed_fitted.png": f"Observed vs fitted values, {selected}.",
+        }
+        for p in figures:
+            name = Path(p).name
+            lines += [f"![{name}]({name})", "", f"*{captions.get(name, name)}*", ""]
+
+    files = []
+    if primary is not None:
+        files.append(f"`fit.json` ({'the selected model' if primary == selected else 'the model, not converged'}; "
+                     "`hetvc.load('fit.json')`)")
+    if len(fits) > 1:
+        files.append("`fits/*.json` (every model)")
+    files.append("`comparison.csv`, `variance_components.csv`, `heritability.csv`, "
+                 "`genetic_correlations.csv` (every model)")
+    if primary is not None:
+        files.append("`blups.csv`, `blues.csv`, `fitted.csv` "
+                     f"({'selected model' if primary == selected else 'this model'})")
+    files.append("`summary.json`.")
+    lines += ["## Files", "", ", ".join(files), ""]
+    return "\n".join(lines)

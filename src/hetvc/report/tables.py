@@ -1,0 +1,63 @@
+"""The CSV tables of a report (:func:`tables`; the files are listed in :mod:`hetvc.report.write`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .selection import _named, _primary, comparison, model_name, select
+
+__all__ = ["blups_table", "tables"]
+
+
+def _observations(fit) -> pd.DataFrame:
+    return pd.DataFrame({"id": np.asarray(fit.observed["id"]).astype(str),
+                         "env": np.asarray(fit.observed["env"]).astype(str),
+                         "trait": np.asarray(fit.observed["trait"]).astype(str)})
+
+
+def blups_table(fit, model: str | None = None) -> pd.DataFrame:
+    """BLUPs of every genotype in K × environment × trait, with PEV and the number of
+    observed values of that genotype, environment and trait (0: a prediction)."""
+    out = fit.blups()
+    out["id"] = out["id"].astype(str)
+    out["env"] = out["env"].astype(str)
+    counts = _observations(fit).value_counts().rename("n_obs").reset_index()
+    out = out.merge(counts, on=["id", "env", "trait"], how="left")
+    out["n_obs"] = out["n_obs"].fillna(0).astype(int)
+    out.insert(0, "model", model or model_name(fit))
+    return out
+
+
+def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
+    """Every CSV table, keyed by file stem (see :mod:`hetvc.report.write`).  ``blups``, ``blues``
+    and ``fitted`` are left out when several models were fitted and none converged."""
+    fits = _named(fits)
+    selected = select(fits) if selected is None else selected
+    primary = _primary(fits, selected)
+
+    def stack(fn):
+        parts = [fn(f).assign(model=n) for n, f in fits.items()]
+        df = pd.concat(parts, ignore_index=True)
+        return df[["model"] + [c for c in df.columns if c != "model"]]
+
+    def h2(f):
+        per_env = f.heritability()
+        pooled = f.pooled_heritability().assign(env="pooled")
+        return pd.concat([per_env, pooled[["env"] + [c for c in pooled.columns if c != "env"]]],
+                         ignore_index=True)
+
+    out = {
+        "comparison": comparison(fits),
+        "variance_components": stack(lambda f: f.variance_components()),
+        "heritability": stack(h2),
+        "genetic_correlations": stack(lambda f: f.genetic_correlations()),
+    }
+    if primary is not None:
+        best = fits[primary]
+        out.update(
+            blups=blups_table(best, primary),
+            blues=best.blues().assign(model=primary)[["model", "effect", "estimate", "se"]],
+            fitted=best.fitted().assign(model=primary),
+        )
+    return out

@@ -309,7 +309,7 @@ def test_no_pev_writes_blups_without_pev(sim, tmp_path):
 
 
 def test_singularity_note_without_an_eigendecomposition_of_a_large_k():
-    from hetvc.cli.fit import _singularity
+    from hetvc.kinship import kinship_singularity
 
     rng = np.random.default_rng(0)
     for q in (300, 1600):  # eigenvalues below 1,500 genotypes, the O(q²) row-sum test above
@@ -317,13 +317,13 @@ def test_singularity_note_without_an_eigendecomposition_of_a_large_k():
         Z = X - X.mean(0)
         K = Z @ Z.T / 40
         # rank 40 is the markers' doing, not the centring's (which costs one)
-        assert _singularity(K) == ("rank 40 of 300: its rows sum to zero, as in a GRM of centred "
+        assert kinship_singularity(K) == ("rank 40 of 300: its rows sum to zero, as in a GRM of centred "
                                    "genotypes, whose rank is at most the number of markers" if q == 300
                                    else "its rows sum to zero, as in a GRM of centred genotypes")
-        assert _singularity(K, n_markers=40) == (
+        assert kinship_singularity(K, n_markers=40) == (
             "rank 40 of 300: a GRM of 40 markers has rank at most 40" if q == 300
             else "a GRM of 40 markers has rank at most 40, below its 1600 rows")
-        assert _singularity(K + 0.1 * np.eye(q)) == ""
+        assert kinship_singularity(K + 0.1 * np.eye(q)) == ""
 
 
 # -- notes that say what is true in context ------------------------------------------------------
@@ -473,13 +473,13 @@ def test_threads_limit_blas_in_the_fits(sim, monkeypatch):
 def test_records_without_traits_are_not_counted_as_phenotyped():
     """gryphon lists 230 animals with neither BWT nor TARSUS: they are not phenotyped
     genotypes, their absent values are not 'missing trait values' of records that are used."""
-    from hetvc.cli.fit import data_notes
+    from hetvc import describe_data
 
     ids = [f"a{i}" for i in range(6)]
     K = pd.DataFrame(np.eye(6), index=ids, columns=ids)
     data = pd.DataFrame({"id": ids, "y1": [1.0, 2.0, 3.0, np.nan, np.nan, np.nan],
                          "y2": [1.0, np.nan, 2.0, 5.0, np.nan, np.nan]})
-    facts, notes = data_notes(data, K, ["y1", "y2"], None, "id")
+    facts, notes = describe_data(data, K, ["y1", "y2"], None, "id")
     assert facts["n_phenotyped"] == 4
     assert any("2 genotype(s) in K have no records" in n for n in notes)
     assert any("missing trait values (y1: 1, y2: 1)" in n for n in notes)

@@ -6,12 +6,16 @@ fitted by REML with the average-information algorithm.  Start with :func:`fit`.
 """
 
 from .compare import compare
+from .design_notes import describe_data
 from .errors import ConvergenceError, HetvcError, InputError
 from .fit import fit
+from .fixed_effects import resolve_fixed
+from .phenotypes import read_phenotypes
 from .results import FitResult, load
 
 _KINSHIP = ("read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes")
-__all__ = ["fit", "compare", "load", "FitResult", "HetvcError", "InputError", "ConvergenceError", *_KINSHIP]
+__all__ = ["fit", "compare", "load", "FitResult", "HetvcError", "InputError", "ConvergenceError",
+           "read_phenotypes", "resolve_fixed", "describe_data", *_KINSHIP]
 
 
 def __getattr__(name):  # kinship and genotype I/O live in hetvc.kinship; imported lazily

@@ -28,9 +28,6 @@ written, marked as not converged), 130 interrupted.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import re
 import shlex
 import sys
@@ -41,119 +38,13 @@ import click
 import numpy as np
 import pandas as pd
 
+from ..design_notes import describe_data
 from ..errors import ConvergenceError, InputError
+from ..fixed_effects import resolve_fixed
+from ..phenotypes import read_phenotypes
 from ..structures import GENETIC, RESIDUAL, structure_class
 
 EXAMPLE_MODELS = "all"
-_DELIMITERS = ",;\t|"
-
-
-# -- reading ----------------------------------------------------------------------------------
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def sniff_delimiter(path: Path) -> str:
-    """The delimiter of a text table: sniffed from its first lines among , ; tab |; the file
-    extension (.tsv/.tab → tab) and then the most frequent candidate in the header decide
-    when sniffing is unsure."""
-    try:
-        with _open_text(path) as fh:
-            head = fh.read(65536)
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; save it as CSV (UTF-8) or Parquet") from None
-    except OSError as err:
-        raise InputError(f"cannot read {path}: {err}") from None
-    lines = [ln for ln in head.splitlines() if ln.strip()][:50]
-    if not lines:
-        raise InputError(f"{path} is empty")
-    try:
-        dialect = csv.Sniffer().sniff("\n".join(lines), delimiters=_DELIMITERS)
-        return dialect.delimiter
-    except csv.Error:
-        pass
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".tsv", ".tab")):
-        return "\t"
-    counts = {d: lines[0].count(d) for d in _DELIMITERS}
-    best = max(counts, key=counts.get)
-    return best if counts[best] > 0 else ","
-
-
-def _decimal_commas(frame: pd.DataFrame, columns) -> list[str]:
-    """Convert text columns written with decimal commas (3,25) to numbers, in place."""
-    fixed = []
-    pattern = re.compile(r"^\s*-?\d+(,\d+)?\s*$")
-    for c in columns:
-        if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c]):
-            vals = frame[c].dropna().astype(str)
-            vals = vals[vals.str.strip() != ""]
-            if len(vals) and vals.str.match(pattern).all() and vals.str.contains(",").any():
-                frame[c] = pd.to_numeric(frame[c].astype(str).str.replace(",", ".", regex=False)
-                                         .replace({"nan": None, "": None}), errors="coerce")
-                fixed.append(c)
-    return fixed
-
-
-def read_table(path, *, text_columns=(), numeric_columns=(), sep: str | None = None):
-    """(frame, notes) from a CSV/TSV (delimiter detected, optionally gzip) or Parquet file;
-    ``text_columns`` (ids, environments) are read as strings, so ``011`` stays ``011``."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"phenotype file {p} does not exist")
-    if p.is_dir():
-        raise InputError(f"phenotype file {p} is a folder; give a CSV, TSV or Parquet file")
-    notes = []
-    if p.suffix.lower() in (".parquet", ".pq"):
-        try:
-            frame = pd.read_parquet(p)
-        except Exception as err:
-            raise InputError(f"cannot read Parquet file {p}: {err}".splitlines()[0]) from None
-        for c in text_columns:
-            if c in frame.columns:
-                frame[c] = frame[c].map(lambda v: None if pd.isna(v) else str(v))
-        _check_header(p, [str(c).strip() for c in frame.columns])
-        if len(frame) == 0:
-            raise InputError(f"{p} has no data rows")
-        return frame, notes
-    delim = sep or sniff_delimiter(p)
-    try:
-        header = pd.read_csv(p, sep=delim, nrows=0, encoding="utf-8-sig").columns
-        dtypes = {c: str for c in text_columns if c in header}
-        frame = pd.read_csv(p, sep=delim, dtype=dtypes, encoding="utf-8-sig",
-                            skipinitialspace=True)
-    except UnicodeDecodeError:
-        raise InputError(f"{p} is not UTF-8 text; save it as CSV (UTF-8) or Parquet") from None
-    except Exception as err:
-        raise InputError(f"cannot read {p} as a table (delimiter {delim!r}): {err}".splitlines()[0]) from None
-    if len(frame.columns) < 2:
-        raise InputError(f"{p} has a single column (delimiter {delim!r}); use --sep to name the delimiter")
-    try:  # the header as written (pandas renames a repeated name y1 → y1.1)
-        raw = pd.read_csv(p, sep=delim, header=None, nrows=1, dtype=str, encoding="utf-8-sig",
-                          skipinitialspace=True, keep_default_na=False).iloc[0]
-    except Exception:
-        raw = frame.columns
-    _check_header(p, [str(c).strip() for c in raw])
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if len(frame) == 0:
-        raise InputError(f"{p} has a header but no data rows")
-    if delim == ";":
-        converted = _decimal_commas(frame, numeric_columns)
-        if converted:
-            notes.append(f"decimal commas read as decimal points in {', '.join(converted)}")
-    return frame, notes
-
-
-def _check_header(path: Path, names: list) -> None:
-    """A column name that appears twice (pandas would silently rename the second) is an error."""
-    seen = set()
-    for k, name in enumerate(names, 1):
-        if name and name in seen:
-            raise InputError(f"{path}: column {name!r} appears more than once in the header "
-                             f"(again as column {k}); rename or drop one")
-        seen.add(name)
 
 
 # -- kinship ------------------------------------------------------------------------------------
@@ -179,8 +70,10 @@ def _checked(fn, *args, **kwargs):
 
 
 def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str):
-    """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM)."""
-    from ..kinship import check_kinship, grm, read_kinship
+    """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM), scaled
+    under --kinship-scale (:func:`hetvc.kinship.kinship_scaling`), with a note when K is
+    singular (:func:`hetvc.kinship.singularity_note`)."""
+    from ..kinship import check_kinship, grm, kinship_scaling, read_kinship, singularity_note
 
     notes, facts = [], {}
     n_markers = None
@@ -196,150 +89,13 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
         notes.append(f"GRM built from {genotypes}: {info.summary()}")
         n_markers = int(info.snps_used)
     notes += warned
-    K, scale_notes = _scaled(K, scale, facts)
+    K, scale_facts, scale_notes = kinship_scaling(K, scale, name=facts.get("kinship", "K"))
+    facts.update(scale_facts)
     notes += scale_notes
-    singular = _singularity(K.to_numpy(), n_markers)
+    singular = singularity_note(K, n_markers)
     if singular:
-        notes.append(
-            f"K is singular ({singular}); no ridge is needed: V = ZKZ'⊗ΣG + ΣE stays positive "
-            f"definite through the residual")
+        notes.append(singular)
     return K, facts, notes
-
-
-NOT_CENTRED = 0.05  # |mean K / mean diag K| above which the mean-diag note says K is not centred
-
-
-def _scaled(K: pd.DataFrame, scale: str, facts: dict) -> tuple[pd.DataFrame, list]:
-    """(K, notes) under --kinship-scale: ``mean-diag`` divides K by its mean diagonal (and says
-    when K is not centred), ``centred`` by mean(diag K) − mean(K), ``none`` keeps it."""
-    from ..kinship import scale_kinship
-
-    values = K.to_numpy()
-    mean_diag, mean_all = float(np.diag(values).mean()), float(values.mean())
-    facts.update(kinship_scaling=scale, kinship_mean_diagonal=mean_diag, kinship_mean=mean_all,
-                 kinship_scale=1.0)
-    name = facts.get("kinship", "K")
-    if scale == "centred":
-        spread = mean_diag - mean_all
-        if not spread > 0:
-            raise InputError(f"--kinship-scale centred: mean(diag K) − mean(K) = {spread:.4g} is not "
-                             f"positive, so K gives no genetic variance among its genotypes; "
-                             f"use --kinship-scale mean-diag or none")
-        facts["kinship_scale"] = 1.0 / spread
-        return scale_kinship(K, 1.0 / spread, name=name), [
-            f"K divided by mean(diag K) − mean(K) = {_factor(spread)} (mean diagonal "
-            f"{_factor(mean_diag)}, mean {mean_all:.4g}), so that ΣG is the expected genetic variance "
-            f"among the genotypes in K and h² is the share of their variance that is genetic "
-            f"(Legarra 2016, Theor Popul Biol); --kinship-scale none keeps K as given"]
-    if scale != "mean-diag":
-        return K, []
-    notes = []
-    mean_k = mean_all / mean_diag  # mean of K once its mean diagonal is 1
-    centred = abs(mean_k) <= NOT_CENTRED
-    if abs(mean_diag - 1.0) > 1e-6:
-        K = scale_kinship(K, 1.0 / mean_diag, name=name)
-        facts["kinship_scale"] = 1.0 / mean_diag
-        refer = ("so that genetic variances and h² refer to the genotypes' own variance" if centred
-                 else "so that ΣG is the variance of a genotype's own value")
-        notes.append(f"K divided by its mean diagonal ({_factor(mean_diag)}) {refer} "
-                     f"({_diagonal_reason(mean_diag)}); --kinship-scale none keeps K as given")
-    if not centred:
-        notes.append(
-            f"K is not centred: mean(K)/mean(diag K) = {mean_k:.2f}, so the genetic variance "
-            f"among these genotypes is about (1 − {mean_k:.2f})·ΣG = {1 - mean_k:.2f}·ΣG, and "
-            f"h² = ΣG/(ΣG + ΣE) overstates the share of the lines' variance that is genetic; "
-            f"--kinship-scale centred refers ΣG and h² to these genotypes")
-    return K, notes
-
-
-def _factor(value: float) -> str:
-    """A scale factor with the digits that tell it from 1 (1.0002, not 1)."""
-    return f"{value:.4g}" if abs(value - 1.0) >= 1e-3 else f"{value:.7g}"
-
-
-def _diagonal_reason(mean_diag: float) -> str:
-    """Why a K may have a mean diagonal other than 1, said only where it fits."""
-    if 1.5 <= mean_diag <= 2.5:
-        return "inbred lines have a GRM diagonal near 2"
-    return "a kinship's diagonal is the genotypes' self-relationship, 1 on average in a standardised GRM"
-
-
-def _singularity(values: np.ndarray, n_markers: int | None = None) -> str:
-    """'' or why K is singular.  Its rank from eigenvalues up to q = 1500 (O(q³), under a
-    second), beyond that only what O(q²) shows: rows that sum to zero (centred genotypes) or a
-    GRM of fewer markers (``n_markers``, known when hetvc built the GRM) than genotypes.
-    "Centred genotypes" is named only where the rows sum to zero or the rank is q − 1."""
-    q = len(values)
-    centred = bool(np.abs(values.sum(axis=1)).max() <= 1e-8 * q * float(np.abs(np.diag(values)).max()))
-    if q > 1500:
-        if n_markers is not None and n_markers < q:
-            return f"a GRM of {n_markers} markers has rank at most {n_markers}, below its {q} rows"
-        return "its rows sum to zero, as in a GRM of centred genotypes" if centred else ""
-    w = np.linalg.eigvalsh(values)
-    rank = int((w > 1e-8 * w.max()).sum())
-    if rank >= q:
-        return ""
-    if n_markers is not None and rank <= n_markers < q:
-        return f"rank {rank} of {q}: a GRM of {n_markers} markers has rank at most {n_markers}"
-    if rank == q - 1:
-        return (f"rank {rank} of {q}: its rows sum to zero, as in a GRM of centred genotypes" if centred
-                else f"rank {rank} of {q}, as a GRM of centred genotypes is")
-    if centred:
-        return (f"rank {rank} of {q}: its rows sum to zero, as in a GRM of centred genotypes, whose "
-                f"rank is at most the number of markers")
-    return f"rank {rank} of {q}"
-
-
-# -- fixed effects ----------------------------------------------------------------------------------
-def resolve_fixed(data: pd.DataFrame, fixed: str | None, env: str | None):
-    """(data, formula, notes): covariate columns aliased with the environment means (a factor
-    nested in environments such as ``set_env``) or with earlier columns are dropped, the way R's
-    lm() does, and the formula is rewritten to name the kept columns."""
-    if fixed is None or not str(fixed).strip() or str(fixed).strip() in ("~1", "~ 1"):
-        return data, None, []
-    formula = str(fixed).strip()
-    if not formula.startswith("~"):
-        formula = "~ " + formula
-    try:
-        from formulaic import model_matrix
-
-        mm = model_matrix(formula + " + 1", data, na_action="raise")
-    except Exception:
-        return data, formula, []  # hetvc.fit reports the error in one line
-    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
-    if mm.shape[1] == 0:
-        return data, formula, []
-    if env is not None and env in data.columns:
-        base = pd.get_dummies(data[env].astype(str)).to_numpy(dtype=float)
-    else:
-        base = np.ones((len(data), 1))
-    X = mm.to_numpy(dtype=float)
-    kept, dropped = [], []
-    basis = np.linalg.qr(base)[0]
-    for k, name in enumerate(mm.columns):
-        col = X[:, k]
-        norm = np.linalg.norm(col)
-        res = col - basis @ (basis.T @ col)
-        if norm == 0 or np.linalg.norm(res) <= 1e-9 * norm * np.sqrt(len(col)):
-            dropped.append(str(name))
-            continue
-        basis = np.column_stack([basis, res / np.linalg.norm(res)])
-        kept.append(str(name))
-    if not dropped:
-        return data, formula, []
-    if not kept:
-        return data, None, [f"fixed effects {formula!r}: every column is aliased with the environment "
-                            f"means ({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}); dropped"]
-    if any("`" in n for n in kept):
-        return data, formula, []
-    data = data.copy()
-    for name in kept:
-        data[name] = mm[name].to_numpy(dtype=float)
-    new = "~ " + " + ".join(f"`{n}`" for n in kept)
-    shown = ", ".join(dropped[:4]) + (f", ... ({len(dropped)} in all)" if len(dropped) > 4 else "")
-    note = (f"fixed effects {formula!r}: {len(dropped)} column(s) aliased with the environment means "
-            f"or earlier columns were dropped ({shown}); {len(kept)} kept")
-    return data, new, [note]
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -363,46 +119,6 @@ def parse_models(compare: str | None, genetic: str, residual: str) -> list[tuple
     if not out:
         raise InputError("--compare is empty; e.g. --compare homogeneous,heterogeneous,unstructured")
     return list(dict.fromkeys(out))
-
-
-def data_notes(data: pd.DataFrame, K: pd.DataFrame, traits, env, id) -> tuple[dict, list]:
-    """Facts and notes about the records that the fit handles without being asked."""
-    facts, notes = {"n_records": int(len(data))}, []
-    present = [t for t in traits if t in data.columns]
-    if id not in data.columns or (env is not None and env not in data.columns) or len(present) < len(traits):
-        return facts, notes  # hetvc.fit names the missing column
-    vals = data[present].apply(pd.to_numeric, errors="coerce")
-    blank = vals.isna().all(axis=1)
-    data, vals = data.loc[~blank], vals.loc[~blank]  # records without any trait play no part (the fit notes them)
-    ids = data[id].astype(str)
-    facts["n_phenotyped"] = int(ids.nunique())
-    untested = len(set(map(str, K.index)) - set(ids))
-    facts["n_kinship"] = int(K.shape[0])
-    if untested:
-        notes.append(f"{untested} genotype(s) in K have no records: they get predictions (BLUPs) only")
-    if env is not None:
-        reps = data.groupby([ids, data[env].astype(str)]).size()
-        n_rep = int((reps > 1).sum())
-        if n_rep:
-            notes.append(
-                f"{n_rep} genotype × environment pair(s) have more than one record (repeated plots): "
-                f"each record is kept; they share the genotype's genetic value and have independent residuals")
-    miss = vals.isna()
-    if miss.to_numpy().any():
-        per = ", ".join(f"{t}: {int(miss[t].sum())}" for t in present if miss[t].any())
-        notes.append(f"missing trait values ({per}): each record keeps its observed traits")
-        if env is not None:
-            whole = miss.groupby(data[env].astype(str)).all()
-            empty = [(t, e) for t in present for e in whole.index[whole[t]]]
-            if empty:
-                facts["empty_cells"] = [list(c) for c in empty]
-                shown = ", ".join(f"{t!r} in {e!r}" for t, e in empty[:4])
-                notes.append(
-                    f"{len(empty)} trait × environment cell(s) without any value ({shown}"
-                    f"{', ...' if len(empty) > 4 else ''}): the genetic and residual variances of a trait "
-                    f"in an environment where it was not measured cannot be estimated, so only "
-                    f"homogeneous genetic and residual structures can be fitted")
-    return facts, notes
 
 
 def _command_line(name: str, pheno, opts: dict) -> str:
@@ -996,10 +712,10 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     if not trait_list:
         raise InputError("--traits is empty; name the trait columns, e.g. --traits yield,oil")
     models = parse_models(compare, genetic, residual)
-    data, read_notes = read_table(pheno, text_columns=[id_] + ([env] if env else []),
+    data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []),
                                   numeric_columns=trait_list, sep=sep)
     K, kfacts, knotes = load_kinship(kinship, genotypes, grm_method, genotype_id, jitter, kinship_scale)
-    facts, dnotes = data_notes(data, K, trait_list, env, id_)
+    facts, dnotes = describe_data(data, K, trait_list, env, id_)
     facts.update(kfacts)
     facts["pheno"] = str(pheno)
     facts["command"] = _command_line("fit", pheno, dict(
@@ -1037,9 +753,9 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
     models = parse_models(compare, genetic, residual)
     pheno = folder / spec["pheno"]
-    data, read_notes = read_table(pheno, text_columns=spec["string_columns"], numeric_columns=trait_list)
+    data, read_notes = read_phenotypes(pheno, text_columns=spec["string_columns"], numeric_columns=trait_list)
     K, kfacts, knotes = load_kinship(folder / spec["kinship"], None, "standardized", None, None, "mean-diag")
-    facts, dnotes = data_notes(data, K, trait_list, roles["env"], roles["id"])
+    facts, dnotes = describe_data(data, K, trait_list, roles["env"], roles["id"])
     facts.update(kfacts)
     facts["pheno"] = "hetvc/examples/soynam/pheno.csv (bundled)"
     facts["kinship"] = "hetvc/examples/soynam/kinship.csv (bundled)"

@@ -13,6 +13,8 @@ One module a job, each documented in its own docstring; a module imports only th
 * :mod:`~hetvc.kinship.sources` — genotype sources: PLINK ``.bed``, CSV dosage tables, arrays;
 * :mod:`~hetvc.kinship.genomic` — the GRM (standardized or VanRaden), its formulas and costs;
 * :mod:`~hetvc.kinship.check` — :func:`check_kinship`, and the digest that spares a second check;
+* :mod:`~hetvc.kinship.scaling` — the scale K is used at (mean diagonal, centred, as given) and
+  why K is singular, with their notes;
 * :mod:`~hetvc.kinship.files` — kinship files (``.csv``, ``.npy`` + ``.ids``).
 
 Counts of dropped SNPs and imputed calls are logged by logger ``hetvc.kinship``.
@@ -24,6 +26,7 @@ from .genomic import GRMInfo, grm
 from .genomic import _standardized_genotypes  # noqa: F401 - hetvc.simulate draws genetic values with it
 from .ids import check_ids, near_match_hint
 from .psd import PSDCertificate, psd_certificate, smallest_eigenvalue
+from .scaling import KINSHIP_SCALES, kinship_scaling, kinship_singularity, singularity_note
 from .sources import read_genotypes
 from .tiles import _symmetrize  # noqa: F401 - hetvc.simulate symmetrises its K with it
 
@@ -36,5 +39,9 @@ __all__ = [
     "check_kinship",
     "checked_kinship",
     "scale_kinship",
+    "KINSHIP_SCALES",
+    "kinship_scaling",
+    "kinship_singularity",
+    "singularity_note",
     "check_ids",
 ]

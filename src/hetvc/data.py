@@ -34,6 +34,7 @@ class Design:
     traits: list  # trait names, in model order
     n_records: int
     notes: list = field(default_factory=list)
+    formula: str | None = None  # the fixed-effect formula of the covariates, as given
 
     @property
     def n_obs(self) -> int:
@@ -235,6 +236,7 @@ def build_design(
         traits=traits,
         n_records=len(data),
         notes=notes,
+        formula=fixed,
     )
 
 

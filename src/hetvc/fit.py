@@ -1,8 +1,15 @@
 """``hetvc.fit``: data + kinship + structures → a fitted :class:`~hetvc.results.FitResult`.
 
-The steps: validate the data and K (:mod:`hetvc.data`, :mod:`hetvc.kinship`), lay out the
-model (:mod:`hetvc.model`), choose an engine (:mod:`hetvc.engines`), maximise ℓ by AI-REML
-(:mod:`hetvc.optimize`), then compute BLUEs/BLUPs and wrap everything as plain data.
+A fit is a composition of two public steps (as lme4's ``lFormula`` → ``optimizeLmer``):
+
+* :func:`build_model` — validate the data and K (:mod:`hetvc.data`, :mod:`hetvc.kinship`), lay
+  out the model (:mod:`hetvc.model`) and check that its structures can be estimated from the
+  design (:mod:`hetvc.diagnostics`);
+* :func:`fit_model` — choose an engine (:mod:`hetvc.engines`), maximise ℓ by AI-REML
+  (:mod:`hetvc.optimize`) under :class:`~hetvc.options.FitOptions`, then compute BLUEs/BLUPs
+  and wrap everything as plain data.
+
+:func:`fit` is the two in one call.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from .engines import choose_engine
 from .errors import InputError
 from .model import Model
 from .optimize import FLOOR, maximize, newton_step
+from .options import FitOptions
 from .results import FitResult
 from .structures import structure_class
 
@@ -108,6 +116,17 @@ def fit(
         iteration just taken: ℓ, step, method, evaluations, seconds).
     pev : compute prediction error variances of the BLUPs.
     """
+    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=pev)
+    model = build_model(data, K, traits, env=env, id=id, genetic=genetic, residual=residual,
+                        fixed=fixed, method=method, jitter=jitter)
+    return fit_model(model, options, start=start, eigen=eigen, progress=progress)
+
+
+def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str = "id",
+                genetic: str = "heterogeneous", residual: str = "homogeneous", fixed: str | None = None,
+                method: str = "reml", jitter: float | None = None) -> Model:
+    """The model ``hetvc.fit`` would fit (arguments as there), validated and checked: every
+    refusal of the data happens here, before any optimisation."""
     if isinstance(traits, str):
         traits = [traits]
     if env is None:  # one environment: a structure that reduces to another there is that one
@@ -122,15 +141,24 @@ def fit(
             "residual degrees of freedom; use a simpler structure or more data"
         )
     check_design(model)
+    return model
+
+
+def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eigen=None,
+              progress=None) -> FitResult:
+    """Fit a model from :func:`build_model` under ``options`` (``start``, ``eigen`` and
+    ``progress`` as in :func:`fit`)."""
     notes = design_notes(model)
-    eng, reason = choose_engine(model, engine, eigen=eigen)
-    theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=tol, max_iter=max_iter,
-                                 time_limit=time_limit, progress=progress)
+    eng, reason = choose_engine(model, options.engine, eigen=eigen)
+    theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=options.tol,
+                                 max_iter=options.max_iter, time_limit=options.time_limit,
+                                 progress=progress)
     _, _, ai_inv = newton_step(ev.ai, ev.score)
     singular = _singular(model, ev.ai, ai_inv)
     _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular))
-    solution = eng.solve(theta, pev=pev)
-    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, fixed, notes, singular)
+    solution = eng.solve(theta, pev=options.pev)
+    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, model.design.formula,
+                   notes, singular)
 
 
 def _singular(model: Model, ai: np.ndarray, ai_inv: np.ndarray) -> np.ndarray:

@@ -391,10 +391,6 @@ def maximize(
     ``time_limit`` is given, about that many seconds (checked between evaluations).
     ``progress(record)`` is called after every iteration; ``record.history[-1]`` is the
     iteration just taken."""
-    if max_iter < 1:
-        raise InputError(f"max_iter must be at least 1, not {max_iter}")
-    if time_limit is not None and not time_limit > 0:
-        raise InputError(f"time_limit must be a positive number of seconds, not {time_limit}")
     clock = _Clock(time_limit, progress)
     theta = np.asarray(theta0, dtype=float).copy()
     if not np.all(np.isfinite(theta)):

@@ -20,6 +20,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import InputError
+from ..options import FitOptions
 from ..structures import GENETIC
 from ..io_utils import atomic_write
 from .backends import open_backend
@@ -78,7 +79,7 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
         raise InputError(f"models must be distinct names among {', '.join(GENETIC)}; got {list(models)}")
     if workers is not None and (int(workers) != workers or workers < 0):
         raise InputError(f"workers must be an integer ≥ 0 (0: no worker processes), not {workers!r}")
-    options = dict(residual=residual, tol=float(tol), max_iter=int(max_iter))
+    options = dict(residual=residual, tol=float(tol), max_iter=int(max_iter))  # as study.json keeps them
     lock = lock_folder(out)
     t0 = time.monotonic()
     backend = None
@@ -89,7 +90,8 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
         with ResultsFile(out / "results.csv") as rf:
             prior = read_rows(out / "results.csv")
             done = set(zip(prior["scenario"], prior["replicate"].astype(int), prior["model"]))
-            todo = tasks(scenarios, replicates, base_seed, models, done, **options)
+            todo = tasks(scenarios, replicates, base_seed, models, done, residual=residual,
+                         options=FitOptions(tol=float(tol), max_iter=int(max_iter), pev=False))
             total = len(scenarios) * replicates * len(models)
             n_todo = sum(len(t.models) for t in todo)
             prog = StudyProgress(progress, total, total - n_todo, log_every) if progress else None

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..options import FitOptions
 from .scenario import DEFAULT_SEED, MODELS, Scenario, replicate_seed
 
 
@@ -28,8 +29,7 @@ class Task:
     seed: int
     models: tuple = MODELS
     residual: str = "homogeneous"
-    tol: float = 1e-8
-    max_iter: int = 200
+    options: FitOptions = FitOptions(pev=False)  # the study needs no PEVs
 
     @property
     def key(self) -> str:
@@ -37,7 +37,8 @@ class Task:
 
 
 def tasks(scenarios: Sequence[Scenario], replicates: int, base_seed: int = DEFAULT_SEED,
-          models: Sequence[str] = MODELS, done: set | None = None, **fit_options) -> list[Task]:
+          models: Sequence[str] = MODELS, done: set | None = None, residual: str = "homogeneous",
+          options: FitOptions = FitOptions(pev=False)) -> list[Task]:
     """Tasks of the study, replicate-major (replicate 0 of every scenario first, so a partial
     study is balanced), without the fits in ``done`` (a set of (scenario key, replicate, model))."""
     done = done or set()
@@ -46,7 +47,7 @@ def tasks(scenarios: Sequence[Scenario], replicates: int, base_seed: int = DEFAU
         for sc in scenarios:
             todo = tuple(m for m in models if (sc.key, r, m) not in done)
             if todo:
-                out.append(Task(sc, r, replicate_seed(base_seed, sc, r), todo, **fit_options))
+                out.append(Task(sc, r, replicate_seed(base_seed, sc, r), todo, residual, options))
     return out
 
 
@@ -57,7 +58,7 @@ def _json(x) -> str:
 def run_task(task: Task) -> list[dict]:
     """Simulate the task's data set and fit its models (one row per model, errors as rows)."""
     from ..engines import EigenCache
-    from ..fit import fit
+    from ..fit import build_model, fit_model
     from ..simulate import simulate
 
     sc = task.scenario
@@ -78,9 +79,8 @@ def run_task(task: Task) -> list[dict]:
     for model in task.models:
         t1 = time.perf_counter()
         try:
-            res = fit(sim.pheno, sim.K, traits, env="env", id="id", genetic=model,
-                      residual=task.residual, pev=False, eigen=cache, tol=task.tol,
-                      max_iter=task.max_iter)
+            res = fit_model(build_model(sim.pheno, sim.K, traits, env="env", id="id", genetic=model,
+                                        residual=task.residual), task.options, eigen=cache)
             ph = res.pooled_heritability()["h2"].to_numpy()
             h2_env = res.heritability()["h2"].to_numpy().reshape(len(res.envs), len(traits))
             G, E = res.full_covariances()

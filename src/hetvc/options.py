@@ -1,0 +1,44 @@
+"""How a model is fitted, as one value: :class:`FitOptions` (docs/design.md §4).
+
+``hetvc.fit`` builds one from its keyword arguments, the simulation study keeps one per task
+(and its ``tol``/``max_iter`` in ``study.json``), and the CLI passes one per model; nothing
+else repeats the list.  What is fitted (data, structures, fixed effects, REML or ML) belongs
+to the model (:func:`hetvc.build_model`), not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The engine, the optimizer's tolerance and budgets, and whether PEVs are computed.
+
+    engine : ``"auto"`` (spectral where exact, else dense), ``"dense"`` or ``"spectral"``.
+    tol : convergence tolerance on the Newton decrement ½·score'·AI⁺·score.
+    max_iter : most iterations, AI steps and fallback iterations together.
+    time_limit : most seconds for the optimisation (``None``: no limit).
+    pev : compute the BLUPs' prediction error variances.
+    """
+
+    engine: str = "auto"
+    tol: float = 1e-8
+    max_iter: int = 200
+    time_limit: float | None = None
+    pev: bool = True
+
+    def __post_init__(self):
+        # the engine's name is checked where it is chosen (hetvc.engines.choose_engine)
+        if not (isinstance(self.tol, Real) and self.tol > 0):
+            raise InputError(f"tol must be a positive number, not {self.tol!r}")
+        if not (isinstance(self.max_iter, Integral) and self.max_iter >= 1):
+            raise InputError(f"max_iter must be at least 1, not {self.max_iter}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise InputError(f"time_limit must be a positive number of seconds, not {self.time_limit}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

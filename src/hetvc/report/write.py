@@ -21,7 +21,7 @@ genetic/residual) it writes into DIR:
 ``report.md``                   the readable report (tables and figures)
 ``*.png``                       figures (:mod:`hetvc.report.figures`)
 ``summary.json``                the machine-readable summary
-                                (:func:`~hetvc.report.summary.summary`, also what ``--json``
+                                (:func:`~hetvc.report.summary_json.summary`, also what ``--json``
                                 prints)
 ==============================  ==========================================================
 
@@ -43,10 +43,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..io_utils import atomic_write
-from .markdown import markdown
+from .report_md import markdown
 from .selection import _named, _primary, select
-from .summary import summary
-from .tables import tables
+from .summary_json import summary
+from .csv_tables import tables
 
 __all__ = ["write_report"]
 

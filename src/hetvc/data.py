@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .fixed_effects import covariate_columns
 
 
 @dataclass
@@ -145,20 +146,10 @@ def _match_ids(data: pd.DataFrame, id: str, ids: list) -> np.ndarray:
 
 
 def _covariate_matrix(data: pd.DataFrame, fixed: str | None) -> tuple[np.ndarray, list]:
-    """Record-level covariates from a formula such as ``"~ rep + block"`` (no intercept)."""
-    if fixed is None or not str(fixed).strip() or str(fixed).strip() in ("~1", "~ 1"):
-        return np.zeros((len(data), 0)), []
-    from formulaic import model_matrix
-
-    formula = str(fixed).strip()
-    if not formula.startswith("~"):
-        formula = "~ " + formula
-    try:
-        mm = model_matrix(formula + " + 1", data, na_action="raise")
-    except Exception as err:  # formulaic raises many types; report them as one line
-        raise InputError(f"cannot build fixed effects from {fixed!r}: {err}".splitlines()[0])
-    mm = mm.drop(columns=[c for c in mm.columns if c == "Intercept"])
-    return mm.to_numpy(dtype=float), [str(c) for c in mm.columns]
+    """Record-level covariates from a formula such as ``"~ rep + block"`` (no intercept), as
+    :func:`hetvc.fixed_effects.covariate_columns` builds them."""
+    mm = covariate_columns(data, fixed)
+    return mm.to_numpy(dtype=float).reshape(len(data), -1), [str(c) for c in mm.columns]
 
 
 def build_design(

@@ -447,7 +447,7 @@ def test_threads_limit_blas_in_the_fits(sim, monkeypatch):
     threads made a 0.3 s fit take 63 s on a shared 2-core machine."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    real, seen = hetvc.fit, []
+    real, seen = hetvc.fit_model, []
 
     def blas():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
@@ -456,7 +456,7 @@ def test_threads_limit_blas_in_the_fits(sim, monkeypatch):
         seen.append(blas())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hetvc, "fit", fit)
+    monkeypatch.setattr(hetvc, "fit_model", fit)
     base = fit_args(sim, "--genetic", "homogeneous", "--json", "--quiet")
     with threadpool_limits(2):  # the process may use more: the fit still gets 1
         if blas() != {2}:

@@ -3,7 +3,7 @@ finishes, Ctrl-C writes the report of the finished models and exits 130, and run
 command again reuses every fit made with the same inputs and options.
 
 The interrupted run is a real subprocess that gets SIGINT.  To interrupt it at a known point
-without timing, the subprocess wraps ``hetvc.fit``: the fit of the model named in
+without timing, the subprocess wraps ``hetvc.build_model`` (the CLI's first step of a fit): the fit of the model named in
 HETVC_TEST_HANG sleeps (Ctrl-C ends the sleep), and every call is logged to HETVC_TEST_CALLS.
 """
 
@@ -26,7 +26,7 @@ WRAPPER = r"""
 import os, sys, time
 import hetvc
 
-_fit = hetvc.fit
+_fit = hetvc.build_model
 
 def fit(*args, **kwargs):
     name = f"{kwargs['genetic']}/{kwargs['residual']}"
@@ -36,7 +36,7 @@ def fit(*args, **kwargs):
         time.sleep(300)
     return _fit(*args, **kwargs)
 
-hetvc.fit = fit
+hetvc.build_model = fit
 from hetvc.cli import main
 main(prog_name="hetvc")
 """

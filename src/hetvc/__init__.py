@@ -2,20 +2,22 @@
 
     y = X b + Z u + e,   Cov(u[j,l,i], u[j',l',i']) = K[j,j'] · ΣG[(l,i),(l',i')]
 
-fitted by REML with the average-information algorithm.  Start with :func:`fit`.
+fitted by REML with the average-information algorithm.  Start with :func:`fit` (or its two
+steps, :func:`build_model` then :func:`fit_model` under :class:`FitOptions`).
 """
 
 from .compare import compare
 from .design_notes import describe_data
 from .errors import ConvergenceError, HetvcError, InputError
-from .fit import fit
+from .fit import build_model, fit, fit_model
 from .fixed_effects import resolve_fixed
+from .options import FitOptions
 from .phenotypes import read_phenotypes
 from .results import FitResult, load
 
 _KINSHIP = ("read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes")
-__all__ = ["fit", "compare", "load", "FitResult", "HetvcError", "InputError", "ConvergenceError",
-           "read_phenotypes", "resolve_fixed", "describe_data", *_KINSHIP]
+__all__ = ["fit", "build_model", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
+           "InputError", "ConvergenceError", "read_phenotypes", "resolve_fixed", "describe_data", *_KINSHIP]
 
 
 def __getattr__(name):  # kinship and genotype I/O live in hetvc.kinship; imported lazily

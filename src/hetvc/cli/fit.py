@@ -42,6 +42,7 @@ from ..design_notes import describe_data
 from ..errors import ConvergenceError, InputError
 from ..fixed_effects import resolve_fixed
 from ..phenotypes import read_phenotypes
+from ..options import FitOptions
 from ..structures import GENETIC, RESIDUAL, structure_class
 
 EXAMPLE_MODELS = "all"
@@ -435,12 +436,12 @@ def _result_line(k, n, name, fit, reused: Path | None = None) -> str:
             f"{rec['status']} after {rec['iterations']} iterations ({seconds_text(rec)}; {fit.engine})")
 
 
-def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol, max_iter,
-                 out, as_json, figures, facts, notes, quiet=False, pev=True, time_limit=None,
-                 threads=None):
+def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: FitOptions,
+                 out, as_json, figures, facts, notes, quiet=False, threads=None):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
     not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.  The
-    fits run with at most ``threads`` BLAS threads (``None``: as the process has them).
+    fits run with at most ``threads`` BLAS threads (``None``: as the process has them), each
+    under ``options`` (:class:`hetvc.FitOptions`).
 
     With ``--out`` and several models each fit is written to ``out/fits/`` as soon as it
     finishes, with a fingerprint of its inputs; a fit file with the same inputs is reused."""
@@ -484,10 +485,10 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
                 name = f"{g}/{r}"
                 path = Path(out) / "fits" / f"{g}-{r}.json" if keep else None
                 inputs = fit_inputs(raw_data, K, traits=traits, env=env, id=id, fixed=fixed, method=method,
-                                    tol=tol, max_iter=max_iter, engine=engine, pev=pev, genetic=g,
-                                    residual=r, k_digest=k_digest) if keep else None
+                                    tol=options.tol, max_iter=options.max_iter, engine=options.engine,
+                                    pev=options.pev, genetic=g, residual=r, k_digest=k_digest) if keep else None
                 if keep:
-                    fit, why = reusable(path, inputs, time_limit)
+                    fit, why = reusable(path, inputs, options.time_limit)
                     if fit is not None:
                         fits[name], fit_files[name] = fit, path
                         progress.message(_result_line(k, len(models), name, fit, reused=path))
@@ -496,9 +497,9 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
                         progress.message(f"[{k}/{len(models)}] {name}: {path} {why}: fitting again")
                 progress.start(name, k)
                 t0 = time.perf_counter()
-                fit = hetvc.fit(data, K, traits, env=env, id=id, genetic=g, residual=r, fixed=formula,
-                                method=method, engine=engine, tol=tol, max_iter=max_iter, pev=pev,
-                                time_limit=time_limit, progress=progress)
+                model = hetvc.build_model(data, K, traits, env=env, id=id, genetic=g, residual=r,
+                                          fixed=formula, method=method)
+                fit = hetvc.fit_model(model, options, progress=progress)
                 fit.record["seconds_in_all"] = time.perf_counter() - t0  # optimisation and the rest
                 if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
                     fit.fixed = fixed
@@ -511,7 +512,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
                 if keep:
                     if fitted != name:
                         path = Path(out) / "fits" / f"{fitted.replace('/', '-')}.json"
-                    fit_files[fitted] = write_fit(fit, path, inputs, time_limit)
+                    fit_files[fitted] = write_fit(fit, path, inputs, options.time_limit)
                 fits[fitted] = fit
                 progress.finish(fit, _result_line(k, len(models), fitted, fit))
     except KeyboardInterrupt as err:
@@ -520,7 +521,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, engine, tol
     try:
         return _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, notes,
                        dict(traits=list(traits), env=env, id=id, fixed=fixed, method=method),
-                       time_limit)
+                       options.time_limit)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -711,6 +712,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
     if not trait_list:
         raise InputError("--traits is empty; name the trait columns, e.g. --traits yield,oil")
+    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
     models = parse_models(compare, genetic, residual)
     data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []),
                                   numeric_columns=trait_list, sep=sep)
@@ -724,9 +726,8 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
         kinship_scale=None if kinship_scale == "mean-diag" else kinship_scale, time_limit=time_limit,
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
-                 engine=engine, tol=tol, max_iter=max_iter, out=out, as_json=as_json,
-                 figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet,
-                 pev=not no_pev, time_limit=time_limit, threads=threads)
+                 options=options, out=out, as_json=as_json, figures=not no_figures, facts=facts,
+                 notes=read_notes + knotes + dnotes, quiet=quiet, threads=threads)
 
 
 @click.command("example")
@@ -751,6 +752,7 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     spec = EXAMPLES["soynam"]
     roles = spec["roles"]
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
+    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
     models = parse_models(compare, genetic, residual)
     pheno = folder / spec["pheno"]
     data, read_notes = read_phenotypes(pheno, text_columns=spec["string_columns"], numeric_columns=trait_list)
@@ -762,9 +764,8 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     facts["command"] = _command_line("example", None, dict(out=out, compare=compare, traits=",".join(trait_list),
                                                            time_limit=time_limit))
     run_analysis(data, K, traits=trait_list, env=roles["env"], id=roles["id"], models=models, fixed=None,
-                 method=method, engine=engine, tol=tol, max_iter=max_iter, out=out,
-                 as_json=as_json, figures=not no_figures, facts=facts, notes=read_notes + knotes + dnotes,
-                 quiet=quiet, pev=not no_pev, time_limit=time_limit, threads=threads)
+                 method=method, options=options, out=out, as_json=as_json, figures=not no_figures,
+                 facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet, threads=threads)
 
 
 COMMANDS = [fit_command, example_command]

@@ -28,10 +28,10 @@ def dense_model(data, K, traits, genetic, residual, method="reml", fixed=None, e
     """(model, dense engine) for a data set, built through hetvc's own validation."""
     from hetvc.data import build_design
     from hetvc.engines import DenseEngine
-    from hetvc.fit import _kinship
+    from hetvc.kinship import kinship_matrix
     from hetvc.model import Model
 
-    Kmat, ids = _kinship(K, None)
+    Kmat, ids = kinship_matrix(K, None)
     design = build_design(data, Kmat, ids, traits, env, "id", fixed)
     model = Model.build(design, genetic, residual, method)
     return model, DenseEngine(model)

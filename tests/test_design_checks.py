@@ -10,7 +10,7 @@ import hetvc
 from hetvc.data import build_design
 from hetvc.diagnostics import check_design, design_notes, kinship_variance
 from hetvc.errors import InputError
-from hetvc.fit import _kinship
+from hetvc.kinship import kinship_matrix
 from hetvc.model import Model
 from reference import make_problem
 
@@ -20,7 +20,7 @@ STRUCTURES = [(g, r) for g in ("homogeneous", "heterogeneous", "unstructured")
 
 
 def _model(data, K, genetic="homogeneous", residual="homogeneous", traits=TRAITS, env="env", id="id"):
-    Kmat, ids = _kinship(K, None)
+    Kmat, ids = kinship_matrix(K, None)
     return Model.build(build_design(data, Kmat, ids, traits, env, id), genetic, residual)
 
 

@@ -17,7 +17,7 @@ import hetvc
 import hetvc.optimize as opt
 from hetvc.data import build_design
 from hetvc.engines import Evaluation, choose_engine
-from hetvc.fit import _kinship
+from hetvc.kinship import kinship_matrix
 from hetvc.model import Model
 from reference import make_problem
 
@@ -26,7 +26,7 @@ TRAITS = ["y1", "y2"]
 
 def _model(genetic="unstructured", residual="homogeneous", seed=5, **kw):
     data, K, _, _ = make_problem(seed, n_geno=30, n_env=3, genetic=genetic, residual=residual, **kw)
-    Kmat, ids = _kinship(K, None)
+    Kmat, ids = kinship_matrix(K, None)
     return Model.build(build_design(data, Kmat, ids, TRAITS, "env", "id", None), genetic, residual)
 
 

@@ -15,7 +15,7 @@ import hetvc
 from hetvc.data import build_design
 from hetvc.engines import DenseEngine, EigenCache, SpectralEngine, choose_engine
 from hetvc.errors import InputError
-from hetvc.fit import _kinship
+from hetvc.kinship import kinship_matrix
 from hetvc.model import Model
 from hetvc.simulate import simulate
 
@@ -30,7 +30,7 @@ def _fixed(covariates):
 
 
 def _model(pheno, K, traits, genetic, residual, method="reml", fixed=None, env="env"):
-    Kmat, ids = _kinship(K, None)
+    Kmat, ids = kinship_matrix(K, None)
     design = build_design(pheno, Kmat, ids, traits, env, "id", fixed)
     return Model.build(design, genetic, residual, method)
 
@@ -125,7 +125,7 @@ def test_unbalanced_heterogeneous_with_unrecorded_genotypes():
 def test_residual_not_positive_definite_but_v_is():
     """ΣE indefinite, V positive definite (K + I has eigenvalues ≥ 1): the engine shifts H0."""
     sim = _sim(n=80, snps=300, locations=2, seed=5)
-    Kmat, ids = _kinship(sim.K, None)
+    Kmat, ids = kinship_matrix(sim.K, None)
     design = build_design(sim.pheno, Kmat + 0.5 * np.eye(len(Kmat)), ids, sim.truth.traits, "env", "id")
     model = Model.build(design, "heterogeneous", "homogeneous")
     G, E = model.split(model.start())

@@ -12,7 +12,7 @@ import pytest
 import hetvc
 from hetvc.data import build_design
 from hetvc.diagnostics import design_notes, runaway
-from hetvc.fit import _kinship
+from hetvc.kinship import kinship_matrix
 from hetvc.model import Model
 from reference import make_problem
 
@@ -33,7 +33,7 @@ def base(problem):
 
 
 def _model(data, K, genetic="homogeneous", residual="homogeneous", fixed=None, traits=TRAITS, env="env", id="id"):
-    Kmat, ids = _kinship(K, None)
+    Kmat, ids = kinship_matrix(K, None)
     return Model.build(build_design(data, Kmat, ids, traits, env, id, fixed), genetic, residual)
 
 

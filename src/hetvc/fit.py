@@ -14,7 +14,6 @@ A fit is a composition of two public steps (as lme4's ``lFormula`` → ``optimiz
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pandas as pd
@@ -23,26 +22,12 @@ from .data import build_design
 from .diagnostics import check_design, design_notes, runaway, unidentified
 from .engines import choose_engine
 from .errors import InputError
+from .kinship import kinship_matrix
 from .model import Model
 from .optimize import FLOOR, maximize, newton_step
 from .options import FitOptions
 from .results import FitResult
 from .structures import structure_class
-
-
-def _kinship(K, jitter):
-    from .kinship import checked_kinship, read_kinship
-
-    name = "K"
-    if isinstance(K, (str, bytes)) or hasattr(K, "__fspath__"):
-        name = os.fsdecode(K)
-        K = read_kinship(name, check=False)  # checked once, below
-    if not isinstance(K, pd.DataFrame):
-        raise InputError(
-            "K must be a labelled pandas DataFrame (index and columns = genotype ids) or a "
-            "path to one; use hetvc.read_kinship"
-        )
-    return checked_kinship(K, jitter=jitter, name=name)
 
 
 def _start_theta(model: Model, start) -> np.ndarray:
@@ -132,7 +117,7 @@ def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str =
     if env is None:  # one environment: a structure that reduces to another there is that one
         genetic = structure_class("G", genetic).one_environment or genetic
         residual = structure_class("E", residual).one_environment or residual
-    Kmat, ids = _kinship(K, jitter)
+    Kmat, ids = kinship_matrix(K, jitter)
     design = build_design(data, Kmat, ids, traits, env, id, fixed)
     model = Model.build(design, genetic, residual, method)
     if model.n_params >= design.n_obs - design.X.shape[1]:

@@ -21,7 +21,7 @@ Counts of dropped SNPs and imputed calls are logged by logger ``hetvc.kinship``.
 """
 
 from .check import check_kinship, checked_kinship, scale_kinship
-from .files import ids_path, read_kinship, write_kinship
+from .files import ids_path, kinship_matrix, read_kinship, write_kinship
 from .genomic import GRMInfo, grm
 from .genomic import _standardized_genotypes  # noqa: F401 - hetvc.simulate draws genetic values with it
 from .ids import check_ids, near_match_hint
@@ -35,6 +35,7 @@ __all__ = [
     "grm",
     "read_genotypes",
     "read_kinship",
+    "kinship_matrix",
     "write_kinship",
     "check_kinship",
     "checked_kinship",

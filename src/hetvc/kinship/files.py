@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io_utils import atomic_path, atomic_write
-from .check import check_kinship
+from .check import check_kinship, checked_kinship
 from .tables import _EXACT_FLOATS, _csv_sep
 
 __all__ = ["read_kinship", "write_kinship", "ids_path"]
@@ -115,3 +115,19 @@ def write_kinship(K: pd.DataFrame, path: str | os.PathLike) -> Path:
         with atomic_path(p) as tmp:
             out.to_csv(tmp, sep=_csv_sep(p))
     return p
+
+
+def kinship_matrix(K, jitter: float | None = None) -> tuple[np.ndarray, list]:
+    """(values, ids) of a relationship matrix given as a labelled DataFrame or a path to one
+    (.csv, or .npy with its .ids), checked once (:func:`checked_kinship`): what ``hetvc.fit``
+    and :func:`hetvc.build_model` take as ``K``."""
+    name = "K"
+    if isinstance(K, (str, bytes)) or hasattr(K, "__fspath__"):
+        name = os.fsdecode(K)
+        K = read_kinship(name, check=False)  # checked once, below
+    if not isinstance(K, pd.DataFrame):
+        raise InputError(
+            "K must be a labelled pandas DataFrame (index and columns = genotype ids) or a "
+            "path to one; use hetvc.read_kinship"
+        )
+    return checked_kinship(K, jitter=jitter, name=name)

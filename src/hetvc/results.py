@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import heritability
 from .layout import Layout
 from .optimize import OptimizationRecord
 from .structures import make_structure
@@ -272,24 +273,16 @@ class FitResult:
 
     def heritability(self) -> pd.DataFrame:
         """h² per environment × trait with delta-method SEs."""
-        def h2(theta):
-            g, e = self._diag_parts(theta)
-            return g / (g + e)
-
-        value, se, note = self._derived_se(h2, 1.0, "an h²")
+        value, se, note = self._derived_se(lambda theta: heritability.per_environment(*self._diag_parts(theta)),
+                                           1.0, "an h²")
         idx = self.layout.labels()
         return pd.DataFrame({"env": idx.get_level_values(0), "trait": idx.get_level_values(1),
                              "h2": value, "se": se, "se_note": note})
 
     def pooled_heritability(self) -> pd.DataFrame:
         """Pooled h² per trait (paper eq. 12 as proportions), with delta-method SEs."""
-        pi = self.env_share
-
-        def pooled(theta):
-            g, e = self._diag_parts(theta)
-            return (pi * g).sum(0) / (pi * (g + e)).sum(0)
-
-        value, se, note = self._derived_se(pooled, 1.0, "an h²")
+        value, se, note = self._derived_se(
+            lambda theta: heritability.pooled(*self._diag_parts(theta), self.env_share), 1.0, "an h²")
         return pd.DataFrame({"trait": self.traits, "h2": value, "se": se, "se_note": note})
 
     def genetic_correlations(self) -> pd.DataFrame:

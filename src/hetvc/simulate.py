@@ -78,6 +78,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import heritability
 from .errors import InputError
 from .io_utils import atomic_path, atomic_write
 from .kinship import _standardized_genotypes, _symmetrize, check_kinship, write_kinship
@@ -527,12 +528,11 @@ def simulate(n: int = 1000, traits=3, locations: int = 4, snps: int = 500, h2: f
 
     # --- truth -----------------------------------------------------------------------
     shares = np.bincount(rec_env, minlength=L) / N
-    gdiag = np.array([np.diag(G[l * m:(l + 1) * m, l * m:(l + 1) * m]) for l in range(L)])  # L×m
-    ediag = np.diag(Ce)
+    gdiag = np.diagonal(G).reshape(L, m)  # rows l·m + i
+    ediag = np.broadcast_to(np.diag(Ce), (L, m))
     with np.errstate(invalid="ignore", divide="ignore"):
-        h2_env = gdiag / (gdiag + ediag[None, :])
-        pooled_g = shares @ gdiag
-        h2_pooled = pooled_g / (pooled_g + ediag)
+        h2_env = heritability.per_environment(gdiag, ediag)
+        h2_pooled = heritability.pooled(gdiag, ediag, shares)
         corr = ((1.0 - w) * np.ones((L, L)) + w * np.eye(L)) * (scales[:, None] * scales[None, :])
         d = np.sqrt(np.diag(corr))
         corr = corr / np.outer(d, d)

@@ -129,7 +129,7 @@ def test_single_environment_single_value_and_numeric_labels(problem):
 
 def test_fit_checks_before_optimising(problem, monkeypatch):
     data, K = problem
-    fit_module = __import__("sys").modules["hetvc.fit"]
+    import hetvc.fitting as fit_module
     monkeypatch.setattr(fit_module, "maximize", lambda *a, **k: pytest.fail("optimised a refused design"))
     with pytest.raises(InputError, match="'XYZ'"):
         hetvc.fit(_with_env(data, [0]), K, TRAITS, env="env")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import hetvc
-from hetvc.fit import build_model, fit_model
+from hetvc.fitting import build_model, fit_model
 from hetvc.model import Model
 from hetvc.options import FitOptions
 from reference import make_problem

@@ -17,7 +17,7 @@ from hetvc.model import Model
 from reference import make_problem
 
 TRAITS = ["y1", "y2"]
-FIT = sys.modules["hetvc.fit"]  # the module (hetvc.fit is the function)
+import hetvc.fitting as FIT  # noqa: E402
 
 
 @pytest.fixture(scope="module")

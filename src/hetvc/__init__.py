@@ -6,10 +6,10 @@ fitted by REML with the average-information algorithm.  Start with :func:`fit` (
 steps, :func:`build_model` then :func:`fit_model` under :class:`FitOptions`).
 """
 
-from .compare import compare
+from .comparison import compare
 from .design_notes import describe_data
 from .errors import ConvergenceError, HetvcError, InputError
-from .fit import build_model, fit, fit_model
+from .fitting import build_model, fit, fit_model
 from .fixed_effects import resolve_fixed
 from .options import FitOptions
 from .phenotypes import read_phenotypes

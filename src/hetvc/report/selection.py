@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..compare import compare
+from ..comparison import compare
 
 __all__ = ["model_name", "comparison", "select", "excluded", "preferences", "selection_lines"]
 

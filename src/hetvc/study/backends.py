@@ -60,7 +60,7 @@ class _LocalBackend:
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if self.ctx.get_start_method() == "forkserver":
-            self.ctx.set_forkserver_preload(["hetvc.study", "hetvc.fit", "hetvc.simulate"])
+            self.ctx.set_forkserver_preload(["hetvc.study", "hetvc.fitting", "hetvc.simulate"])
         self.pool = None
         self.start()
 

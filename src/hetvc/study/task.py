@@ -58,7 +58,7 @@ def _json(x) -> str:
 def run_task(task: Task) -> list[dict]:
     """Simulate the task's data set and fit its models (one row per model, errors as rows)."""
     from ..engines import EigenCache
-    from ..fit import build_model, fit_model
+    from ..fitting import build_model, fit_model
     from ..simulate import simulate
 
     sc = task.scenario

@@ -3,13 +3,13 @@ in a genotype, many parameters for few genotypes), AICc, a runaway estimate is n
 converged, SEs that carry no information are NA with their reason, the status line."""
 
 import dataclasses
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import hetvc
+import hetvc.fitting as FIT
 from hetvc.data import build_design
 from hetvc.diagnostics import design_notes, runaway
 from hetvc.kinship import kinship_matrix
@@ -17,7 +17,6 @@ from hetvc.model import Model
 from reference import make_problem
 
 TRAITS = ["y1", "y2"]
-import hetvc.fitting as FIT  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -743,7 +743,7 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
 
     160 soybean lines of 4 SoyNAM families, yield and plant height at 3 US locations (2012),
     with a genomic relationship matrix (GPL-3 data; see hetvc/examples/soynam/README.md).
-    Fits homogeneous, heterogeneous and unstructured genetic structures, each with homogeneous
+    Fits every genetic structure (homogeneous, heterogeneous, diagonal, unstructured), each with homogeneous
     and heterogeneous residuals, and writes report.md, tables and figures into OUT.
     """
     from ..examples import EXAMPLES, example_path

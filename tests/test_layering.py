@@ -151,3 +151,33 @@ def test_figures_never_import_the_runner():
             todo.extend(graph[m])
     assert "hetvc.study.runner" not in seen
     assert "hetvc.study" not in seen  # the package __init__ gathers the runner
+
+
+def _package_of(module: str, is_package: bool) -> str:
+    return module if is_package else module.rpartition(".")[0]
+
+
+def test_no_private_name_is_imported_across_a_package_boundary():
+    """``from hetvc.x import _name`` only within one package (hetvc, hetvc.kinship, …): a
+    private name is its package's own business.  Every import counts, function-level too."""
+    names = module_names()
+    crossings = []
+    for module, path in names.items():
+        is_package = path.name == "__init__.py"
+        here = _package_of(module, is_package)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = here.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith(PACKAGE):
+                continue
+            there = _package_of(target, target in names and names[target].name == "__init__.py")
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__") and there != here:
+                    crossings.append(f"{module} imports {alias.name} from {target}")
+    assert not crossings, crossings

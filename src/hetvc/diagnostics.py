@@ -49,10 +49,10 @@ def _cell_counts(d):
 
 
 def _where(d, l) -> str:
-    return "the data" if len(d.envs) == 1 else f"environment {_q(d.envs[l])}"
+    return "the data" if len(d.envs) == 1 else f"environment {quoted_label(d.envs[l])}"
 
 
-def _q(label) -> str:
+def quoted_label(label) -> str:
     """A label as the user wrote it: 'E1' for text, 1 for a number (not np.int64(1))."""
     return repr(label.item() if hasattr(label, "item") else label)
 
@@ -79,16 +79,16 @@ def check_design(model) -> None:
             if r == 1:
                 geno = d.ids[int(d.geno[sel][0])]
                 if len(d.envs) == 1:
-                    raise InputError(f"trait {trait!r} has a single value (genotype {_q(geno)}); "
+                    raise InputError(f"trait {trait!r} has a single value (genotype {quoted_label(geno)}); "
                                      "it carries no information on any variance: drop that trait")
                 raise InputError(
-                    f"{where} has a single record with trait {trait!r} (genotype {_q(geno)}): the "
+                    f"{where} has a single record with trait {trait!r} (genotype {quoted_label(geno)}): the "
                     "environment's mean absorbs it, so it carries no information on any variance "
-                    f"and distorts the estimates of the others; drop environment {_q(d.envs[l])} "
+                    f"and distorts the estimates of the others; drop environment {quoted_label(d.envs[l])} "
                     "or merge it with another environment")
             if np.all(y == y[0]):
                 hint = ("drop that trait" if len(d.envs) == 1 else
-                        f"drop environment {_q(d.envs[l])} for it (set its values missing there) or drop the trait")
+                        f"drop environment {quoted_label(d.envs[l])} for it (set its values missing there) or drop the trait")
                 raise InputError(f"trait {trait!r} has no variation in {where} (all {r} values are "
                                  f"{_fmt(y[0])}): no variance can be estimated from it; {hint}")
             k_g, k_e = m_l * g_env, m_l * e_env
@@ -100,8 +100,8 @@ def check_design(model) -> None:
                     alt = " and ".join(["genetic='homogeneous'"] * (g_env and not gg)
                                        + ["residual='homogeneous'"] * (e_env and not ee))
                     break
-            ways = (f"drop environment {_q(d.envs[l])}, merge it with another environment, or use {alt}"
-                    if alt else f"drop environment {_q(d.envs[l])} or merge it with another environment")
+            ways = (f"drop environment {quoted_label(d.envs[l])}, merge it with another environment, or use {alt}"
+                    if alt else f"drop environment {quoted_label(d.envs[l])} or merge it with another environment")
             asked = [f"genetic={model.genetic.name!r}"] * g_env + [f"residual={model.residual.name!r}"] * e_env
             need = (f"{1 + k_g} genotypes" if n < 1 + k_g else f"{1 + k_g + k_e} records")
             raise InputError(
@@ -141,7 +141,7 @@ def _signature(d, l, i):
 
 
 def _names(labels) -> str:
-    q = [_q(v) for v in labels]
+    q = [quoted_label(v) for v in labels]
     return q[0] if len(q) == 1 else ", ".join(q[:-1]) + " and " + q[-1]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .data import Design
 from .errors import InputError
-from .diagnostics import _q
+from .diagnostics import quoted_label
 from .structures import CovStructure, make_structure
 
 
@@ -107,7 +107,7 @@ class Model:
                 l, i = np.argwhere(seen == 0)[0]
                 what = "genetic" if s.prefix == "G" else "residual"
                 raise InputError(
-                    f"trait {d.traits[i]!r} has no values in environment {_q(d.envs[l])}, so "
+                    f"trait {d.traits[i]!r} has no values in environment {quoted_label(d.envs[l])}, so "
                     f"{what}={s.name!r} cannot estimate its variance there; drop that "
                     f"trait or use {what}='homogeneous'"
                 )

@@ -81,7 +81,7 @@ import pandas as pd
 from . import heritability
 from .errors import InputError
 from .io_utils import atomic_path, atomic_write
-from .kinship import _standardized_genotypes, _symmetrize, check_kinship, write_kinship
+from .kinship import standardized_genotypes, symmetrize, check_kinship, write_kinship
 
 __all__ = ["DEFAULT_FREQS", "Truth", "Simulation", "simulate_genotypes", "simulate", "read_truth"]
 
@@ -433,7 +433,7 @@ def simulate(n: int = 1000, traits=3, locations: int = 4, snps: int = 500, h2: f
         ids = list(geno.index)
         n = len(ids)
         try:
-            W, kept = _standardized_genotypes(geno.to_numpy(dtype=np.float64))
+            W, kept = standardized_genotypes(geno.to_numpy(dtype=np.float64))
         except (TypeError, ValueError) as err:
             if isinstance(err, InputError):
                 raise
@@ -443,7 +443,7 @@ def simulate(n: int = 1000, traits=3, locations: int = 4, snps: int = 500, h2: f
             geno = geno.loc[:, kept]
         snps = geno.shape[1]
         kv = W @ W.T
-        _symmetrize(kv)  # in place: no q×q temporaries
+        symmetrize(kv)  # in place: no q×q temporaries
         # checked once here, so that fits on sim.K do not check it again
         Kdf = check_kinship(pd.DataFrame(kv, index=pd.Index(ids, dtype=object, name="id"),
                                          columns=pd.Index(ids, dtype=object), copy=False), name="GRM")

@@ -23,12 +23,12 @@ Counts of dropped SNPs and imputed calls are logged by logger ``hetvc.kinship``.
 from .check import check_kinship, checked_kinship, scale_kinship
 from .files import ids_path, kinship_matrix, read_kinship, write_kinship
 from .genomic import GRMInfo, grm
-from .genomic import _standardized_genotypes  # noqa: F401 - hetvc.simulate draws genetic values with it
+from .genomic import standardized_genotypes
 from .ids import check_ids, near_match_hint
 from .psd import PSDCertificate, psd_certificate, smallest_eigenvalue
 from .scaling import KINSHIP_SCALES, kinship_scaling, kinship_singularity, singularity_note
 from .sources import read_genotypes
-from .tiles import _symmetrize  # noqa: F401 - hetvc.simulate symmetrises its K with it
+from .tiles import symmetrize
 
 __all__ = [
     "GRMInfo",
@@ -45,4 +45,6 @@ __all__ = [
     "kinship_singularity",
     "singularity_note",
     "check_ids",
+    "standardized_genotypes",
+    "symmetrize",
 ]

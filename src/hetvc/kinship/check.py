@@ -13,7 +13,7 @@ import pandas as pd
 from ..errors import InputError
 from .ids import _unique_labels, check_ids
 from .psd import psd_certificate
-from .tiles import _scan, _symmetrize
+from .tiles import _scan, symmetrize
 
 __all__ = ["check_kinship", "checked_kinship", "scale_kinship"]
 
@@ -102,7 +102,7 @@ def check_kinship(K, *, jitter: float | None = None, name: str = "K", ids=None) 
     owned = worst > 0 or not values.flags.c_contiguous
     if owned:  # never modify the caller's matrix: symmetrise a copy
         values = np.array(values, order="C")
-        _symmetrize(values)
+        symmetrize(values)
     diag = np.diag(values).copy()
     if diag.max() <= 0:
         raise InputError(f"{name} has no positive diagonal entry: it is not a relationship matrix")

@@ -172,7 +172,7 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
     return (out, info) if return_info else out
 
 
-def _standardized_genotypes(X: np.ndarray):
+def standardized_genotypes(X: np.ndarray):
     """W (n×p') with W W' equal to the standardized GRM of X; also the kept-SNP mask.
 
     Used by the simulator to draw genetic values with covariance exactly K (a = W β).

@@ -36,7 +36,7 @@ def _scan(values: np.ndarray, chunk: int = 1024):
     return None, scale, worst, where
 
 
-def _symmetrize(values: np.ndarray) -> None:
+def symmetrize(values: np.ndarray) -> None:
     """values ← (values + values')/2 in place, tile by tile."""
     for r, c in _upper_tiles(len(values)):
         upper = (values[r, c] + values[c, r].T) / 2.0

@@ -181,3 +181,14 @@ def test_no_private_name_is_imported_across_a_package_boundary():
                 if alias.name.startswith("_") and not alias.name.startswith("__") and there != here:
                     crossings.append(f"{module} imports {alias.name} from {target}")
     assert not crossings, crossings
+
+
+def test_tests_import_no_private_name_of_hetvc():
+    """The tests use hetvc as a user would: ``from hetvc… import _name`` nowhere under tests/."""
+    found = []
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                found += [f"{path.name}: {alias.name} from {node.module}" for alias in node.names
+                          if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not found, found

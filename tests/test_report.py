@@ -75,7 +75,7 @@ def test_report_md_never_selects_a_model_its_table_marks_not_converged(fits, tmp
 
 
 def test_none_converged_selects_nothing(fits, tmp_path, capsys):
-    from hetvc.cli.fit import _print_summary
+    from hetvc.cli.fit import print_summary
 
     bad = {n: not_converged(f) for n, f in fits.items()}
     out = tmp_path / "out"
@@ -91,7 +91,7 @@ def test_none_converged_selects_nothing(fits, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "No model converged, so none is selected" in md
     assert "Selected (lowest AIC" not in md and "## Selected model" not in md
-    _print_summary(bad, None, {}, report.comparison(bad), out)
+    print_summary(bad, None, {}, report.comparison(bad), out)
     text = capsys.readouterr().out
     assert "No model converged" in text and "selected (lowest AIC" not in text
 
@@ -107,7 +107,7 @@ def test_a_single_model_that_did_not_converge_is_written_but_not_selected(fits, 
 
 
 def test_p_values_below_1e16_and_bic_disagreement(fits, capsys):
-    from hetvc.cli.fit import _print_summary
+    from hetvc.cli.fit import print_summary
 
     small, big = fits["homogeneous/homogeneous"], fits["unstructured/homogeneous"]
     # ℓ of the larger model 500 above: χ² = 1000 on 2 df, p rounds to 0 in double precision
@@ -120,7 +120,7 @@ def test_p_values_below_1e16_and_bic_disagreement(fits, capsys):
     md = report.markdown(pair)
     row = next(r for r in md.splitlines() if r.startswith("| unstructured/homogeneous"))
     assert "< 1e-16" in row and "| 0 |" not in row
-    _print_summary(pair, report.select(pair), {}, comp, None)
+    print_summary(pair, report.select(pair), {}, comp, None)
     text = capsys.readouterr().out
     line = next(r for r in text.splitlines() if r.lstrip().startswith("unstructured/homogeneous"))
     assert "< 1e-16" in line and not re.search(r"\s0(\.0+)?\s", line.split("homogeneous/homogeneous")[-1])
@@ -130,14 +130,14 @@ def test_p_values_below_1e16_and_bic_disagreement(fits, capsys):
                  big, loglik=small.loglik + (big.n_params - small.n_params) + 1.0)}
     prefs = report.preferences(close)
     assert prefs["AIC"] == "unstructured/homogeneous" and prefs["BIC"] == "homogeneous/homogeneous"
-    _print_summary(close, report.select(close), {}, report.comparison(close), None)
+    print_summary(close, report.select(close), {}, report.comparison(close), None)
     text = capsys.readouterr().out
     assert "AICc selects unstructured/homogeneous; BIC prefers homogeneous/homogeneous." in text
     assert "BIC prefers **homogeneous/homogeneous**" in report.markdown(close)
 
 
 def test_aicc_is_shown_beside_aic_when_the_comparison_has_it(fits, monkeypatch, capsys):
-    from hetvc.cli.fit import _print_summary
+    from hetvc.cli.fit import print_summary
 
     real = report.selection.compare
 
@@ -152,7 +152,7 @@ def test_aicc_is_shown_beside_aic_when_the_comparison_has_it(fits, monkeypatch, 
     md = report.markdown(fits)
     header = next(r for r in md.splitlines() if r.startswith("| model"))
     assert "| AIC | AICc | BIC |" in header and "ΔAICc" in header
-    _print_summary(fits, report.select(fits), {}, comp, None)
+    print_summary(fits, report.select(fits), {}, comp, None)
     text = capsys.readouterr().out
     assert re.search(r"\bAIC\s+AICc\s+BIC\b", text)
     if report.preferences(fits, comp)["AICc"] != report.select(fits):
@@ -209,7 +209,7 @@ def test_selection_is_by_aicc_and_a_fit_without_one_is_excluded(fits, capsys):
     """bmtme (30 lines, 3 traits): AIC chose a 51-parameter unstructured model that AICc and
     BIC did not.  Here the larger model's ℓ is Δk + 0.1 above the smaller's: AIC prefers it
     by 0.2, AICc's correction for few records per parameter prefers the smaller."""
-    from hetvc.cli.fit import _print_summary
+    from hetvc.cli.fit import print_summary
 
     small, big = fits["homogeneous/homogeneous"], fits["unstructured/homogeneous"]
     pair = {"homogeneous/homogeneous": small,
@@ -222,7 +222,7 @@ def test_selection_is_by_aicc_and_a_fit_without_one_is_excluded(fits, capsys):
     lines = report.selection_lines(pair)
     assert lines == ["Selected (lowest AICc among converged fits): homogeneous/homogeneous.",
                      "AICc selects homogeneous/homogeneous; AIC prefers unstructured/homogeneous."]
-    _print_summary(pair, report.select(pair), {}, report.comparison(pair), None)
+    print_summary(pair, report.select(pair), {}, report.comparison(pair), None)
     text = capsys.readouterr().out
     assert "selected (lowest AICc among converged fits): homogeneous/homogeneous." in text
     assert re.search(r"\bAICc\s+BIC\s+dAICc\b", text)
@@ -265,7 +265,7 @@ def with_notes(fits, shared):
 
 
 def test_notes_every_fit_carries_are_said_once_with_the_data(fits, capsys):
-    from hetvc.cli.fit import _print_summary
+    from hetvc.cli.fit import print_summary
 
     dup = "environments '1' and '2' hold identical records: one environment entered twice?"
     noted = with_notes(fits, [dup])
@@ -278,7 +278,7 @@ def test_notes_every_fit_carries_are_said_once_with_the_data(fits, capsys):
     for n in fits:
         assert f"only {n}" in models_part  # a model's own notes stay with it
     selected = report.select(noted)
-    _print_summary(noted, selected, {"notes": ["K divided by its mean diagonal"]},
+    print_summary(noted, selected, {"notes": ["K divided by its mean diagonal"]},
                    report.comparison(noted), None)
     text = capsys.readouterr().out
     assert text.count(dup) == 1
@@ -298,7 +298,7 @@ def test_terminal_tables_are_cut_and_say_where_the_rest_is(fits, monkeypatch, ca
     assert "... 1 more row: see res/heritability.csv" in report.fit_text(f, max_rows=1, out="res")
     assert "more rows" not in report.fit_text(f)  # the API prints everything
     monkeypatch.setattr(cli_fit, "TERMINAL_ROWS", 1)
-    cli_fit._print_summary(fits, report.select(fits), {}, report.comparison(fits), "res")
+    cli_fit.print_summary(fits, report.select(fits), {}, report.comparison(fits), "res")
     assert re.search(r"\.\.\. 1 more row: see res/variance_components\.csv", capsys.readouterr().out)
 
 
@@ -327,7 +327,7 @@ def test_heritability_under_each_model_marks_boundary_and_not_converged(fits):
 def test_every_marker_can_be_drawn_hollow():
     from matplotlib.markers import MarkerStyle
 
-    from hetvc.report.figures import _MARKERS
+    from hetvc.report.figures import MARKERS
 
-    for m in _MARKERS:  # a hollow plus or cross reads as a plus or a cross
+    for m in MARKERS:  # a hollow plus or cross reads as a plus or a cross
         assert MarkerStyle(m).is_filled() and m not in ("P", "X", "+", "x", "1", "2", "3", "4", "|", "_"), m

@@ -35,7 +35,7 @@ def test_tables_have_the_documented_shape(fits, problem):
     assert list(vc.columns)[-3:] == ["estimate", "se", "se_note"]
     # an SE is positive, or NA with its reason (a block on the boundary: every parameter of it)
     assert (vc["se"].gt(0) | (vc["se"].isna() & vc["se_note"].ne(""))).all()
-    blocks = fit._param_blocks()
+    blocks = fit.param_blocks()
     for b, se, note in zip(blocks, vc["se"], vc["se_note"]):
         assert (b in fit.boundary) == (note == f"on the boundary: {b} is singular") == np.isnan(se)
     h2 = fit.heritability()

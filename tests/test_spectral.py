@@ -263,16 +263,16 @@ def test_low_rank_detection_can_be_switched_off():
 
 def test_low_rank_path_refuses_an_indefinite_block():
     """dpstrf stops early on an indefinite matrix; the residual probe sends it to eigh."""
-    from hetvc.engines.spectral import _low_rank_eigen
+    from hetvc.engines.spectral import low_rank_eigen
 
     rng = np.random.default_rng(0)
     W = rng.normal(size=(100, 5))
     K = np.zeros((102, 102))
     K[:100, :100] = W @ W.T
     K[100, 101] = K[101, 100] = 1.0
-    assert _low_rank_eigen(K, "k") is None
+    assert low_rank_eigen(K, "k") is None
     eig = EigenCache().decompose(K)
     assert eig.method == "eigh" and eig.values.min() < -0.5
-    psd = _low_rank_eigen(W @ W.T, "k")
+    psd = low_rank_eigen(W @ W.T, "k")
     assert psd.rank == 5
     np.testing.assert_allclose((psd.vectors * psd.values) @ psd.vectors.T, W @ W.T, atol=1e-12)

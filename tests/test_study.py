@@ -17,6 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from hetvc import study as st
+from hetvc.study.folder import lock_folder
+from hetvc.study.results_file import encode_row
 from hetvc.errors import InputError
 
 # A tiny grid: each task (simulate + two fits) takes a few hundredths of a second.
@@ -250,7 +252,7 @@ def test_results_file_repair_and_lock(tmp_path):
     with st.ResultsFile(path) as rf:
         rf.append(rows[:2])
     good = path.read_bytes()
-    path.write_bytes(good + st._encode(rows[2])[:-9])  # torn: no CRC end, no newline
+    path.write_bytes(good + encode_row(rows[2])[:-9])  # torn: no CRC end, no newline
     with st.ResultsFile(path) as rf:
         assert rf.repaired > 0 and rf.dropped == 0
         assert path.read_bytes() == good
@@ -268,7 +270,7 @@ def test_results_file_repair_and_lock(tmp_path):
     with pytest.raises(st.StudyError, match="not a hetvc study"):
         st.ResultsFile(tmp_path / "other.csv")
     # a second study in the same folder is refused while the first holds the lock
-    lock = st._lock(tmp_path)
+    lock = lock_folder(tmp_path)
     try:
         with pytest.raises(st.StudyError, match="another hetvc study"):
             st.run(tmp_path, tiny_grid(), 1, progress=None)

@@ -163,7 +163,7 @@ class FitResult:
         return value, se, jac
 
     # -- SEs that carry no information ------------------------------------------------------------
-    def _param_blocks(self) -> list[str]:
+    def param_blocks(self) -> list[str]:
         """Name of the ΣG/ΣE block of every parameter (as in ``boundary``)."""
         out = []
         for s in (self._G, self._E):
@@ -198,7 +198,7 @@ class FitResult:
         on_boundary = set(self.boundary)
         scales = self._row_variances()
         notes = []
-        for k, ((term, (a, b)), block) in enumerate(zip(self._pairs(), self._param_blocks())):
+        for k, ((term, (a, b)), block) in enumerate(zip(self._pairs(), self.param_blocks())):
             scale = np.sqrt(scales[term][a] * scales[term][b])
             if block in on_boundary:
                 notes.append(f"on the boundary: {block} is singular")

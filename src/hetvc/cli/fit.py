@@ -554,7 +554,7 @@ def _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, note
 
         click.echo(json.dumps(result, indent=1, allow_nan=False))
     else:
-        _print_summary(fits, selected, data_facts, comparison(fits) if len(fits) > 1 else None, out)
+        print_summary(fits, selected, data_facts, comparison(fits) if len(fits) > 1 else None, out)
     failed = [n for n, f in fits.items() if not f.converged]
     if failed:
         status = fits[failed[0]].record["status"]
@@ -590,7 +590,7 @@ def _stop(stopped, fits, models, out, data_facts, figures, fit_files):
 TERMINAL_ROWS = 30  # rows of each table in the terminal summary (report.md and the CSVs keep all)
 
 
-def _print_summary(fits, selected, facts, comp, out):
+def print_summary(fits, selected, facts, comp, out):
     from ..report import fit_text, format_p, selection_lines, shared_notes
 
     echo = click.echo

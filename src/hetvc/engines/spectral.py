@@ -152,7 +152,7 @@ class EigenCache:
             self.hits += 1
             return hit
         self.misses += 1
-        out = (self.low_rank and _low_rank_eigen(Kb, k)) or _full_eigen(Kb, k)
+        out = (self.low_rank and low_rank_eigen(Kb, k)) or _full_eigen(Kb, k)
         self._entries[k] = out
         return out
 
@@ -162,7 +162,7 @@ def _full_eigen(Kb: np.ndarray, key: str) -> KinshipEigen:
     return KinshipEigen(values, vectors, key, "eigh")
 
 
-def _low_rank_eigen(Kb: np.ndarray, key: str) -> KinshipEigen | None:
+def low_rank_eigen(Kb: np.ndarray, key: str) -> KinshipEigen | None:
     """K_b from its rank-revealing pivoted Cholesky factor when the rank is below 80 % of n.
 
     dpstrf stops when the largest remaining diagonal is below n·eps·max(diag): the dropped

@@ -51,7 +51,7 @@ _COLORS = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2
            "#f18f01", "#6b717e", "#a23b72"]
 # closed outlines only: a boundary fit is drawn hollow, and a hollow plus or cross ('P', 'X')
 # reads as a plus or a cross, not as a hollow marker
-_MARKERS = ["o", "s", "D", "^", "v", "p", "h", "<"]
+MARKERS = ["o", "s", "D", "^", "v", "p", "h", "<"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def heritability_figure(fits) -> Figure:
     for i, t in enumerate(traits):
         ax = axes[i]
         for k, (name, f) in enumerate(fits.items()):
-            style = dict(marker=_MARKERS[k % len(_MARKERS)], color=_COLORS[k % len(_COLORS)], ms=5,
+            style = dict(marker=MARKERS[k % len(MARKERS)], color=_COLORS[k % len(_COLORS)], ms=5,
                          label=fit_label(name, f))
             if f.boundary or not f.converged:
                 style["markerfacecolor"] = "none"

@@ -26,9 +26,7 @@ One module a job, each documented in its own docstring; a module imports only th
 """
 
 from .folder import StudyError
-from .folder import lock_folder as _lock  # noqa: F401 - tests/test_study.py takes the lock through the package
 from .results_file import COLUMNS, ResultsFile, json_table, load_results, read_rows
-from .results_file import _encode  # noqa: F401 - tests/test_study.py writes torn lines with it
 from .runner import StudyResult, run
 from .scenario import (DEFAULT_RHO, DEFAULT_SEED, DEFAULT_W, MODELS, QUICK_REPLICATES, Scenario, grid, quick_grid,
                        replicate_seed)

@@ -52,7 +52,7 @@ COLUMNS = (
 _JSON_COLUMNS = ("h2_pooled_traits", "h2_env", "g_env", "g_env_true", "e_env")
 
 
-def _encode(row: dict) -> bytes:
+def encode_row(row: dict) -> bytes:
     buf = io.StringIO()
     values = []
     for c in COLUMNS[:-1]:
@@ -127,7 +127,7 @@ class ResultsFile:
     def append(self, rows: Sequence[dict]) -> None:
         if not rows:
             return
-        blob = b"".join(_encode(r) for r in rows)
+        blob = b"".join(encode_row(r) for r in rows)
         view = memoryview(blob)
         while view:
             k = os.write(self._fd, view)

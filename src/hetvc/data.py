@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import InputError
 from .fixed_effects import covariate_columns
+from .kinship import near_match_hint
 
 
 @dataclass
@@ -134,7 +135,6 @@ def _match_ids(data: pd.DataFrame, id: str, ids: list) -> np.ndarray:
     position = {label: j for j, label in enumerate(ids)}
     absent = [lab for lab in pd.unique(labels) if lab not in position]
     if absent:
-        from .kinship import near_match_hint
 
         shown = ", ".join(map(repr, absent[:5]))
         hint = near_match_hint(absent, ids)

@@ -26,6 +26,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import IO, Iterator
+from .errors import InputError
 
 __all__ = ["atomic_write", "atomic_path"]
 
@@ -34,7 +35,6 @@ def _reserve_temp(target: Path) -> Path:
     folder = target.parent
     if not folder.is_dir():
         # Imported lazily: errors.py is tiny, but keep this module free of cycles.
-        from .errors import InputError
 
         raise InputError(f"cannot write {target}: folder {folder} does not exist; create it first")
     for _ in range(100):

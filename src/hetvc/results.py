@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import heritability
+from .io_utils import atomic_write
 from .layout import Layout
 from .optimize import OptimizationRecord
 from .structures import make_structure
@@ -125,7 +126,6 @@ class FitResult:
         theta = self.theta if theta is None else theta
         k, L = self._G.n_params, len(self.envs)
         return self._G.full(theta[:k], L), self._E.full(theta[k:], L)
-
 
     def genetic_covariance(self, env=None) -> pd.DataFrame:
         """ΣG_l for one environment (m×m), or the full (L·m)×(L·m) ΣG when env is None."""
@@ -406,7 +406,6 @@ class FitResult:
     def to_json(self, path=None) -> str:
         text = json.dumps(_jsonable(self.to_dict()), allow_nan=True)
         if path is not None:
-            from .io_utils import atomic_write
 
             with atomic_write(path) as fh:
                 fh.write(text)

@@ -40,9 +40,15 @@ import pandas as pd
 
 from ..design_notes import describe_data
 from ..errors import ConvergenceError, InputError
+from ..examples import EXAMPLES, example_path
 from ..fixed_effects import resolve_fixed
-from ..phenotypes import read_phenotypes
+from ..io_utils import atomic_write
+from ..kinship import check_kinship, grm, kinship_scaling, read_kinship, singularity_note
 from ..options import FitOptions
+from ..phenotypes import read_phenotypes
+from ..report import (comparison, fit_text, format_p, model_name, seconds_text, select, selection_lines,
+                      shared_notes, summary, write_report)
+from ..results import FitResult
 from ..structures import GENETIC, RESIDUAL, structure_class
 
 EXAMPLE_MODELS = "all"
@@ -74,7 +80,6 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
     """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM), scaled
     under --kinship-scale (:func:`hetvc.kinship.kinship_scaling`), with a note when K is
     singular (:func:`hetvc.kinship.singularity_note`)."""
-    from ..kinship import check_kinship, grm, kinship_scaling, read_kinship, singularity_note
 
     notes, facts = [], {}
     n_markers = None
@@ -216,8 +221,6 @@ def write_fit(fit, path: Path, inputs: dict, time_limit=None) -> Path:
     fingerprint under :data:`INPUTS_KEY`, atomically."""
     import json
 
-    from ..io_utils import atomic_write
-
     text = fit.to_json()
     meta = json.dumps({"inputs": inputs, "time_limit": time_limit})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,8 +234,6 @@ def reusable(path: Path, inputs: dict, time_limit=None):
     (None, the reason, '' when there is no file).  A fit stopped by its time limit is reused
     only under the same or a shorter limit (a longer one may get further)."""
     import json
-
-    from ..results import FitResult
 
     if not path.is_file():
         return None, ""
@@ -426,7 +427,6 @@ def _on_sigterm(signum, frame):
 
 
 def _result_line(k, n, name, fit, reused: Path | None = None) -> str:
-    from ..report import seconds_text
 
     rec = fit.record
     if reused is not None:
@@ -450,8 +450,6 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
     from threadpoolctl import threadpool_limits
 
     import hetvc  # loads numpy's and scipy's BLAS, which threadpool_limits then reaches
-
-    from ..report import model_name
 
     models, env_notes = as_fitted(models, env)
     notes = notes + env_notes
@@ -529,7 +527,6 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
 
 def _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, notes, setup, time_limit):
     """The outputs after the fits (or after Ctrl-C/SIGTERM stopped them)."""
-    from ..report import comparison, select, summary, write_report
 
     data_facts = dict(facts)
     data_facts.update(setup, notes=notes)
@@ -567,7 +564,6 @@ def _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, note
 
 def _stop(stopped, fits, models, out, data_facts, figures, fit_files):
     """After Ctrl-C or SIGTERM: the report of the finished models, one line, exit 130."""
-    from ..report import write_report
 
     done = ", ".join(fits) or "none"
     missing = [f"{g}/{r}" for g, r in models if f"{g}/{r}" not in fits]
@@ -591,7 +587,6 @@ TERMINAL_ROWS = 30  # rows of each table in the terminal summary (report.md and 
 
 
 def print_summary(fits, selected, facts, comp, out):
-    from ..report import fit_text, format_p, selection_lines, shared_notes
 
     echo = click.echo
     primary = selected if selected is not None else (next(iter(fits)) if len(fits) == 1 else None)
@@ -746,7 +741,6 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     Fits every genetic structure (homogeneous, heterogeneous, diagonal, unstructured), each with homogeneous
     and heterogeneous residuals, and writes report.md, tables and figures into OUT.
     """
-    from ..examples import EXAMPLES, example_path
 
     folder = example_path("soynam")
     spec = EXAMPLES["soynam"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
+from ..kinship import grm, write_kinship
+from ..simulate import simulate as _simulate
 
 
 def _floats(text: str | None, name: str):
@@ -47,7 +49,6 @@ def simulate(n, traits, locations, snps, h2, w, rho, rho_e, location_scales, loc
     Writes pheno.csv (id, env, t1..tm, c1..ck), kinship.csv, genetic_values.csv and
     truth.json (true covariance matrices in hetvc's layout) into OUT.
     """
-    from ..simulate import simulate as _simulate
 
     sim = _simulate(n=n, traits=traits, locations=locations, snps=snps, h2=h2, w=w, rho=rho,
                     rho_e=rho_e, location_scales=_floats(location_scales, "location-scales"),
@@ -78,7 +79,6 @@ def kinship(genotypes, out, method, block_size, id_column):
     GENOTYPES is a PLINK .bed file (or its prefix, with .bim and .fam next to it) or a CSV
     dosage table (one row per individual: an id column, then 0/1/2 per SNP; empty = missing).
     """
-    from ..kinship import grm, write_kinship
 
     K, info = grm(genotypes, method=method, block_size=block_size, id_column=id_column, return_info=True)
     path = write_kinship(K, out)

@@ -2,6 +2,7 @@
 
 from typing import NamedTuple
 
+from ..errors import InputError
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution
 from .dense import DenseEngine
 from .spectral import EigenCache, KinshipEigen, NotApplicable, SpectralEngine, SpectralNotApplicable, plan
@@ -31,7 +32,6 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None) 
     apply; ``"dense"`` forces the dense engine.  ``eigen``: an :class:`EigenCache` whose
     eigendecompositions of K are reused (and extended) by the spectral engine.
     """
-    from ..errors import InputError
 
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}")

@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+from ..errors import InputError
+from ..kinship import read_kinship
 
 __all__ = ["load_example", "example_path", "EXAMPLES"]
 
@@ -35,7 +37,6 @@ EXAMPLES = {
 def example_path(name: str = "soynam") -> Path:
     """Folder of a bundled example (pheno.csv, kinship.csv, markers.csv.gz, README.md)."""
     if name not in EXAMPLES:
-        from ..errors import InputError
 
         raise InputError(f"no bundled example {name!r}; available: {', '.join(EXAMPLES)}")
     return Path(str(resources.files(__package__).joinpath(name)))
@@ -49,7 +50,6 @@ def load_example(name: str = "soynam"):
     that name the columns, ``{"traits": [...], "env": ..., "id": ...}``, ready for
     ``hetvc.fit(pheno, K, **roles)``.
     """
-    from ..kinship import read_kinship
 
     spec = EXAMPLES.get(name)
     folder = example_path(name)

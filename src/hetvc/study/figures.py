@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..io_utils import atomic_path
+from ..simulate import simulate
 from .results_file import json_table, load_results
 from .scenario import DEFAULT_RHO, DEFAULT_SEED, SCENARIO_FIELDS, Scenario, replicate_seed
 from .summary import MODEL_LABELS, PAPER_TABLE1, summarize
@@ -88,7 +89,6 @@ def figure1(scenarios: Sequence, folder, base_seed: int | None = None, name: str
     """Heat maps of the phenotypic correlation for each of ``scenarios`` (see module doc).
 
     The data are replicate 0 of each scenario (:func:`hetvc.study.replicate_seed`)."""
-    from ..simulate import simulate
 
     plt = _plt()
     base_seed = DEFAULT_SEED if base_seed is None else base_seed

@@ -16,7 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engines import EigenCache
+from ..fitting import build_model, fit_model
 from ..options import FitOptions
+from ..simulate import simulate
 from .scenario import DEFAULT_SEED, MODELS, Scenario, replicate_seed
 
 
@@ -57,9 +60,6 @@ def _json(x) -> str:
 
 def run_task(task: Task) -> list[dict]:
     """Simulate the task's data set and fit its models (one row per model, errors as rows)."""
-    from ..engines import EigenCache
-    from ..fitting import build_model, fit_model
-    from ..simulate import simulate
 
     sc = task.scenario
     base = dict(scenario=sc.key, **sc.params(), replicate=task.replicate, seed=task.seed,

@@ -11,18 +11,11 @@ from .design_notes import describe_data
 from .errors import ConvergenceError, HetvcError, InputError
 from .fitting import build_model, fit, fit_model
 from .fixed_effects import resolve_fixed
+from .kinship import check_kinship, grm, read_genotypes, read_kinship, write_kinship
 from .options import FitOptions
 from .phenotypes import read_phenotypes
 from .results import FitResult, load
 
-_KINSHIP = ("read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes")
 __all__ = ["fit", "build_model", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
-           "InputError", "ConvergenceError", "read_phenotypes", "resolve_fixed", "describe_data", *_KINSHIP]
-
-
-def __getattr__(name):  # kinship and genotype I/O live in hetvc.kinship; imported lazily
-    if name in _KINSHIP:
-        from . import kinship
-
-        return getattr(kinship, name)
-    raise AttributeError(name)
+           "InputError", "ConvergenceError", "read_phenotypes", "resolve_fixed", "describe_data",
+           "read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes"]

@@ -46,3 +46,10 @@ def test_an_older_fit_json_without_the_method_counts(fit):
     old = hetvc.load(json.dumps(d))
     assert old.record.fallback_iterations is None and old.record.history[-1].method == "AI"
     assert old.status_line().startswith(f"converged after {fit.record.iterations} iterations (")
+
+
+def test_the_record_supports_what_a_dict_reader_does(fit):
+    rec = fit.record
+    assert "status" in rec and "no such key" not in rec
+    assert list(rec) == rec.keys() and dict(rec.items())["status"] == "converged"
+    assert json.loads(json.dumps(rec.to_dict()))["iterations"] == rec.iterations

@@ -106,3 +106,16 @@ def test_cli_genetic_diagonal_and_compare_all(diag_problem, tmp_path):
     assert res.exit_code in (0, 3), res.output
     comparison = pd.read_csv(tmp_path / "out" / "comparison.csv")
     assert {"diagonal/homogeneous", "diagonal/heterogeneous"} <= set(comparison["model"])
+
+
+def test_diagonal_needs_fewer_genotypes_per_environment_than_heterogeneous():
+    """An environment with 3 genotypes of 3 traits: heterogeneous estimates 3 parameters with
+    each trait there (needs 4 genotypes) and is refused; diagonal estimates 1 (needs 2)."""
+    data, K, _, _ = make_problem(1, n_geno=30, n_env=2, n_traits=3, genetic="heterogeneous")
+    keep = (data["env"] != "E2") | data["id"].isin(["g001", "g002", "g003"])
+    sparse = data[keep]
+    traits = ["y1", "y2", "y3"]
+    with pytest.raises(hetvc.InputError, match="too few for genetic='heterogeneous'"):
+        hetvc.build_model(sparse, K, traits, env="env", id="id", genetic="heterogeneous")
+    model = hetvc.build_model(sparse, K, traits, env="env", id="id", genetic="diagonal")
+    assert model.genetic.cell_parameters(3) == 1

@@ -4,8 +4,9 @@ Before the fit (:func:`check_design`, a one-line :class:`~hetvc.errors.InputErro
 environment l and trait t with values, let r_lt be its records, n_lt its distinct genotypes,
 m_l the traits observed in l, and k^G_lt, k^E_lt the covariance parameters of an
 environment-specific genetic / residual structure that involve (l, t) and no other environment
-(the variance of t in l and its covariances with the other m_l − 1 traits there: m_l each;
-0 for a ``homogeneous`` structure).  The data are refused when
+(:meth:`CovStructure.cell_parameters <hetvc.structures.CovStructure.cell_parameters>`: the
+variance of t in l and its covariances with the other m_l − 1 traits there, m_l; 1 for
+``diagonal``; 0 for a ``homogeneous`` structure).  The data are refused when
 
 * r_lt = 1 (any structure): the mean of (l, t) absorbs the record, which then carries no
   information on any variance while env-specific estimates run away;
@@ -91,12 +92,13 @@ def check_design(model) -> None:
                         f"drop environment {quoted_label(d.envs[l])} for it (set its values missing there) or drop the trait")
                 raise InputError(f"trait {trait!r} has no variation in {where} (all {r} values are "
                                  f"{_fmt(y[0])}): no variance can be estimated from it; {hint}")
-            k_g, k_e = m_l * g_env, m_l * e_env
+            k_g, k_e = model.genetic.cell_parameters(m_l), model.residual.cell_parameters(m_l)
             if n >= 1 + k_g and r >= 1 + k_g + k_e:
                 continue
             alt = ""
             for gg, ee in ((g_env, False), (False, e_env), (False, False)):
-                if (gg, ee) != (g_env, e_env) and n >= 1 + m_l * gg and r >= 1 + m_l * (gg + ee):
+                kg, ke = k_g * gg, k_e * ee
+                if (gg, ee) != (g_env, e_env) and n >= 1 + kg and r >= 1 + kg + ke:
                     alt = " and ".join(["genetic='homogeneous'"] * (g_env and not gg)
                                        + ["residual='homogeneous'"] * (e_env and not ee))
                     break

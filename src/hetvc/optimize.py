@@ -132,6 +132,15 @@ class OptimizationRecord:
     def get(self, key: str, default=None):
         return getattr(self, key) if key in self.keys() else default
 
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
     def keys(self) -> list[str]:
         return [f.name for f in fields(self)]
 

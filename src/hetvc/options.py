@@ -33,11 +33,12 @@ class FitOptions:
 
     def __post_init__(self):
         # the engine's name is checked where it is chosen (hetvc.engines.choose_engine)
-        if not (isinstance(self.tol, Real) and self.tol > 0):
+        if isinstance(self.tol, bool) or not (isinstance(self.tol, Real) and self.tol > 0):
             raise InputError(f"tol must be a positive number, not {self.tol!r}")
-        if not (isinstance(self.max_iter, Integral) and self.max_iter >= 1):
+        if isinstance(self.max_iter, bool) or not (isinstance(self.max_iter, Integral) and self.max_iter >= 1):
             raise InputError(f"max_iter must be at least 1, not {self.max_iter}")
-        if self.time_limit is not None and not self.time_limit > 0:
+        if self.time_limit is not None and (isinstance(self.time_limit, bool) or not isinstance(self.time_limit, Real)
+                                            or not self.time_limit > 0):
             raise InputError(f"time_limit must be a positive number of seconds, not {self.time_limit}")
 
     def to_dict(self) -> dict:

@@ -142,13 +142,9 @@ class FitResult:
         return pd.DataFrame(blk, index=self.traits, columns=self.traits)
 
     # -- delta method --------------------------------------------------------------------------
-    def _delta(self, fun) -> tuple[np.ndarray, np.ndarray]:
-        """(f(θ̂), SE of f) for a vector function f of θ, by complex-step Jacobian."""
-        value, se, _ = self._delta_jacobian(fun)
-        return value, se
-
     def _delta_jacobian(self, fun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(f(θ̂), SE of f, the Jacobian J)."""
+        """(f(θ̂), SE of f, the Jacobian J) for a vector function f of θ: the delta method
+        J·AI⁻¹·J' with J by complex-step differentiation."""
         value = np.real(fun(self.theta.astype(complex))).ravel()
         jac = np.empty((value.size, self.n_params))
         for k in range(self.n_params):

@@ -76,6 +76,14 @@ class CovStructure:
         """True when this structure is a special case of structure ``other`` of kind ``kind``."""
         return other in cls.nested_in.get(kind, ())
 
+    def cell_parameters(self, m_l: int) -> int:
+        """Parameters that involve one trait in one environment and no other environment, when
+        m_l traits are observed there: its variance and (with trait covariances) its
+        covariances with the other m_l − 1; none for a structure shared by all environments."""
+        if not self.per_environment:
+            return 0
+        return m_l if self.trait_covariances else 1
+
     def block_name(self, blk) -> str:
         """Name of a positive-definite block: "G", "G[env]" (as in ``FitResult.boundary``)."""
         if len(self.blocks) == 1:

@@ -46,7 +46,7 @@ from ..io_utils import atomic_write
 from ..kinship import check_kinship, grm, kinship_scaling, read_kinship, singularity_note
 from ..options import FitOptions
 from ..phenotypes import read_phenotypes
-from ..report import (comparison, fit_text, format_p, model_name, seconds_text, select, selection_lines,
+from ..report import (comparison, fit_text, format_p, seconds_text, select, selection_lines,
                       shared_notes, summary, write_report)
 from ..results import FitResult
 from ..structures import GENETIC, RESIDUAL, structure_class
@@ -502,17 +502,11 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
                 if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
                     fit.fixed = fixed
                     fit.notes = list(fit.notes) + fixed_notes
-                fitted = model_name(fit)  # named by what was fitted
-                if fitted in fits:
-                    progress.stop()
-                    notes = notes + [f"{name} was fitted as {fitted}, which was already fitted; kept once"]
-                    continue
+                # as_fitted named the models by what is fitted, so the fit's own name is ``name``
                 if keep:
-                    if fitted != name:
-                        path = Path(out) / "fits" / f"{fitted.replace('/', '-')}.json"
-                    fit_files[fitted] = write_fit(fit, path, inputs, options.time_limit)
-                fits[fitted] = fit
-                progress.finish(fit, _result_line(k, len(models), fitted, fit))
+                    fit_files[name] = write_fit(fit, path, inputs, options.time_limit)
+                fits[name] = fit
+                progress.finish(fit, _result_line(k, len(models), name, fit))
     except KeyboardInterrupt as err:
         progress.stop()
         stopped = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"

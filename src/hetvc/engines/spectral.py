@@ -574,7 +574,7 @@ class SpectralEngine(Engine):
         G, E, states, beta, C, *_ = self._state(theta)
         d = self.model.design
         K = d.K
-        q, dG = K.shape[0], G.shape[0]
+        dG = G.shape[0]
         obs_genos = np.unique(np.concatenate([b.genos for b in self.blocks]))
         agg = np.zeros((len(obs_genos), dG))
         for b, st in zip(self.blocks, states):

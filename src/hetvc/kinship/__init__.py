@@ -47,4 +47,9 @@ __all__ = [
     "check_ids",
     "standardized_genotypes",
     "symmetrize",
+    "ids_path",
+    "near_match_hint",
+    "psd_certificate",
+    "smallest_eigenvalue",
+    "PSDCertificate",
 ]

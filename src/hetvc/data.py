@@ -42,25 +42,29 @@ class Design:
     def n_obs(self) -> int:
         return len(self.y)
 
-    def trait_scale(self) -> np.ndarray:
-        """Phenotypic variance of each trait (within-environment, pooled), for scaling."""
-        scale = np.empty(len(self.traits))
-        for i in range(len(self.traits)):
-            sel = self.trait == i
-            resid = self.y[sel] - _group_means(self.y[sel], self.env[sel])
-            scale[i] = max(resid.var(), 1e-12 * max(self.y[sel].var(), 1e-300), 1e-300)
-        return scale
+    def phenotypic_variances(self) -> tuple[np.ndarray, np.ndarray]:
+        """(per environment × trait cell, per trait): see :func:`phenotypic_variances`."""
+        return phenotypic_variances(self.y, self.env, self.trait, len(self.envs), len(self.traits))
 
-    def cell_variance(self) -> np.ndarray:
-        """Phenotypic variance of every (environment, trait) cell, pooled where a cell is thin."""
-        pooled = self.trait_scale()
-        out = np.tile(pooled, (len(self.envs), 1))
-        for l in range(len(self.envs)):
-            for i in range(len(self.traits)):
-                v = self.y[(self.env == l) & (self.trait == i)]
-                if len(v) >= 3 and v.var() > 0:
-                    out[l, i] = v.var()
-        return out
+
+def phenotypic_variances(y: np.ndarray, env: np.ndarray, trait: np.ndarray, n_envs: int,
+                         n_traits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unit of every row of ΣG and ΣE, from observed values ``y`` with environment and
+    trait indices: (cell, pooled) — the variance of each (environment, trait) cell (L×m; the
+    pooled one where a cell has fewer than 3 values or none that differ) and each trait's
+    within-environment variance, pooled over environments (m)."""
+    pooled = np.empty(n_traits)
+    for i in range(n_traits):
+        sel = trait == i
+        resid = y[sel] - _group_means(y[sel], env[sel])
+        pooled[i] = max(resid.var(), 1e-12 * max(y[sel].var(), 1e-300), 1e-300)
+    cell = np.tile(pooled, (n_envs, 1))
+    for l in range(n_envs):
+        for i in range(n_traits):
+            v = y[(env == l) & (trait == i)]
+            if len(v) >= 3 and v.var() > 0:
+                cell[l, i] = v.var()
+    return cell, pooled
 
 
 def _group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -157,8 +157,7 @@ class Model:
 
     @cached_property
     def _scales(self) -> tuple[np.ndarray, np.ndarray]:
-        cell = self.design.cell_variance()
-        trait = self.design.trait_scale()
+        cell, trait = self.design.phenotypic_variances()
         return tuple(
             cell.ravel() if s.env_specific else trait for s in (self.genetic, self.residual)
         )

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import heritability
+from .data import phenotypic_variances
 from .io_utils import atomic_write
 from .layout import Layout
 from .optimize import OptimizationRecord
@@ -168,23 +169,12 @@ class FitResult:
         return out
 
     def _row_variances(self) -> tuple[np.ndarray, np.ndarray]:
-        """Phenotypic variance of every row of ΣG and ΣE, from the observed values: per
-        environment × trait (pooled within environments where a cell has < 3 values)."""
-        env = np.asarray(self.observed["env"]).astype(str)
-        trait = np.asarray(self.observed["trait"]).astype(str)
-        y = np.asarray(self.observed["y"], dtype=float)
-        L, m = len(self.envs), len(self.traits)
-        pooled, cell = np.ones(m), np.ones((L, m))
-        for i, t in enumerate(map(str, self.traits)):
-            sel = trait == t
-            resid = y[sel].copy()
-            for e in np.unique(env[sel]):
-                here = env[sel] == e
-                resid[here] -= resid[here].mean()
-            pooled[i] = resid.var() if sel.any() and resid.var() > 0 else 1.0
-            for l, e in enumerate(map(str, self.envs)):
-                v = y[sel & (env == e)]
-                cell[l, i] = v.var() if len(v) >= 3 and v.var() > 0 else pooled[i]
+        """Phenotypic variance of every row of ΣG and ΣE, from the observed values, as the model
+        scaled them (:func:`hetvc.data.phenotypic_variances`)."""
+        env = pd.Categorical(np.asarray(self.observed["env"]).astype(str), categories=list(map(str, self.envs)))
+        trait = pd.Categorical(np.asarray(self.observed["trait"]).astype(str), categories=list(map(str, self.traits)))
+        cell, pooled = phenotypic_variances(np.asarray(self.observed["y"], dtype=float), env.codes.astype(int),
+                                            trait.codes.astype(int), len(self.envs), len(self.traits))
         return tuple(cell.ravel() if s.env_specific else pooled for s in (self._G, self._E))
 
     def _param_se_notes(self) -> tuple[np.ndarray, list[str]]:

@@ -14,7 +14,6 @@ A fit is a composition of two public steps (as lme4's ``lFormula`` → ``optimiz
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -142,8 +141,7 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
     singular = _singular(model, ev.ai, ai_inv)
     _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular))
     solution = eng.solve(theta, pev=options.pev)
-    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, model.design.formula,
-                   notes, singular)
+    return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
 
 
 def _singular(model: Model, ai: np.ndarray, ai_inv: np.ndarray) -> np.ndarray:
@@ -160,16 +158,13 @@ def _mark_runaway(record, message: str) -> None:
         record.message = message
 
 
-def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fixed, notes=(),
-            singular=None) -> FitResult:
+def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, notes, singular) -> FitResult:
     d = model.design
     L, m = len(d.envs), len(d.traits)
     counts = np.zeros((L, m))
     np.add.at(counts, (d.env, d.trait), 1)
     boundary = _boundary_blocks(model, theta)
     notes = list(d.notes) + list(notes)
-    if singular is None:
-        singular = _singular(model, ev.ai, ai_inv)
     if singular.any():
         names = [model.param_names()[k] for k in np.nonzero(singular)[0][:5]]
         more = f" and {int(singular.sum()) - 5} more" if singular.sum() > 5 else ""
@@ -181,7 +176,7 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, fix
                      f"degrees of freedom of the {n_df} (N − p) for its correction")
     result = FitResult(
         traits=list(d.traits), envs=list(d.envs), ids=list(d.ids),
-        genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=fixed,
+        genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=d.formula,
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
         engine=engine_name, engine_reason=reason, record=record,
         x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,

@@ -28,9 +28,9 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
 
 If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
 halving — a step cut to the boundary is progress, not a stall —, a step fails, or
-``AI_ITERATIONS`` pass and the decrement stagnates), the fit runs **L-BFGS in log-Cholesky coordinates** φ (each block
-C̃ = LL', log L_aa on the diagonal: every φ is positive definite; gradient J'·score with
-J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
+``AI_ITERATIONS`` pass and the decrement stagnates), the fit runs **L-BFGS in log-Cholesky
+coordinates** φ (each block C̃ = LL', log L_aa on the diagonal: every φ is positive definite;
+gradient J'·score with J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
 
 Budget: ``max_iter`` bounds the iterations of both methods together (each at most
 ``MAX_HALVINGS`` evaluations for AI, 20 line-search evaluations for L-BFGS), and ``time_limit``
@@ -39,9 +39,10 @@ the method that finished.
 
 Convergence: the Newton decrement ½·s'·AI⁺·s of the (restricted) step is below ``tol`` — the
 ℓ still to gain under the quadratic model, with the active directions held on the boundary
-(their gradient points outwards, which is the KKT condition there).  Where ``tol`` is below what ℓ can resolve
-(ℓ is rounded to about 1e-11·|ℓ|), a decrement below ``PRECISION`` times that rounding whose
-AI step no longer increases ℓ also counts as converged, and the record says so.
+(their gradient points outwards, which is the KKT condition there).  Where ``tol`` is below
+what ℓ can resolve (ℓ is rounded to about 1e-11·|ℓ|), a decrement below ``PRECISION`` times
+that rounding whose AI step no longer increases ℓ also counts as converged, and the record
+says so.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ FLOOR = 1e-8  # smallest scaled eigenvalue of an estimate: the boundary of the p
 MAX_HALVINGS = 40
 AI_ITERATIONS = 40  # AI iterations after which a stagnating AI hands over to L-BFGS once
 STAGNATION_WINDOW = 5  # ... stagnating: the decrement did not halve over this many iterations
-POOR_STEPS = 3  # consecutive heavily halved steps (α < 1/32) before the fallback
+POOR_STEPS = 3  # consecutive heavily halved steps (α below 1/32 of its first value) before the fallback
 PRECISION = 10  # a decrement below PRECISION × the rounding of ℓ is all ℓ can resolve
 EXTEND_GAIN = 1.2  # a full step gaining more than this × the decrement is extended ...
 EXTEND_MAX = 8.0  # ... to at most this many times its length

@@ -147,31 +147,31 @@ def _names(labels) -> str:
     return q[0] if len(q) == 1 else ", ".join(q[:-1]) + " and " + q[-1]
 
 
+def _copies(keys: list) -> list[list[int]]:
+    """Positions of equal keys (None skipped), for every key that occurs more than once."""
+    groups = {}
+    for pos, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(pos)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def _duplicated_environments(d) -> list[str]:
     L, m = len(d.envs), len(d.traits)
     if L < 2:
         return []
     sig = [[_signature(d, l, i) for i in range(m)] for l in range(L)]
-    notes, whole = [], []
-    groups = {}
-    for l in range(L):
-        if any(s is not None for s in sig[l]):
-            groups.setdefault(tuple(sig[l]), []).append(l)
-    for envs in groups.values():
-        if len(envs) > 1:
-            whole.append(set(envs))
-            n = max(s[0] for s in sig[envs[0]] if s is not None)
-            notes.append(
-                f"environments {_names(d.envs[l] for l in envs)} hold identical records (the same "
-                f"genotypes with the same values of every trait, {n} per trait): one environment "
-                "entered twice? Drop the copies: they count the same data again")
+    notes = []
+    whole = _copies([tuple(s) if any(x is not None for x in s) else None for s in sig])
+    for envs in whole:
+        n = max(s[0] for s in sig[envs[0]] if s is not None)
+        notes.append(
+            f"environments {_names(d.envs[l] for l in envs)} hold identical records (the same "
+            f"genotypes with the same values of every trait, {n} per trait): one environment "
+            "entered twice? Drop the copies: they count the same data again")
     for i in range(m):
-        by = {}
-        for l in range(L):
-            if sig[l][i] is not None:
-                by.setdefault(sig[l][i], []).append(l)
-        for envs in by.values():
-            if len(envs) > 1 and not any(set(envs) <= w for w in whole):
+        for envs in _copies([s[i] for s in sig]):
+            if not any(set(envs) <= set(w) for w in whole):
                 notes.append(
                     f"trait {d.traits[i]!r} has identical values (the same genotypes, the same "
                     f"{sig[envs[0]][i][0]} values) in environments {_names(d.envs[l] for l in envs)}: "

@@ -43,7 +43,7 @@ from ..errors import ConvergenceError, InputError
 from ..examples import EXAMPLES, example_path
 from ..fixed_effects import resolve_fixed
 from ..io_utils import atomic_write
-from ..kinship import check_kinship, grm, kinship_scaling, read_kinship, singularity_note
+from ..kinship import check_kinship, grm, kinship_fingerprint, kinship_scaling, read_kinship, singularity_note
 from ..options import FitOptions
 from ..phenotypes import read_phenotypes
 from ..report import (comparison, fit_text, format_p, seconds_text, select, selection_lines,
@@ -190,26 +190,15 @@ def _data_digest(data: pd.DataFrame, columns) -> str:
     return h.hexdigest()
 
 
-def kinship_digest(K: pd.DataFrame) -> str:
-    """SHA-256 of K's ids (length-prefixed) and values (about 1.5 GB/s; once per run)."""
-    import hashlib
-
-    ids = [str(x).encode("utf-8", "surrogatepass") for x in K.index]
-    h = hashlib.sha256(np.asarray([len(i) for i in ids], dtype=np.int64).tobytes())
-    h.update(b"".join(ids))
-    h.update(np.ascontiguousarray(K.to_numpy(dtype=float)).tobytes())
-    return h.hexdigest()
-
-
 def fit_inputs(data, K, *, traits, env, id, fixed, method, tol, max_iter, engine, pev,
                genetic, residual, k_digest: str | None = None) -> dict:
     """What a fit depends on (its fingerprint): a fit file with the same inputs is reused
     instead of refitted.  ``--time-limit`` is not in it (see :func:`reusable`).  ``k_digest``:
-    :func:`kinship_digest` of K, when already computed."""
+    :func:`hetvc.kinship.kinship_fingerprint` of K, when already computed (once per run)."""
     columns = [id, env, *traits, *_formula_columns(fixed, data.columns)]
     return {
         "format": INPUTS_FORMAT, "data": _data_digest(data, columns), "n_records": int(len(data)),
-        "kinship": k_digest or kinship_digest(K), "n_kinship": int(K.shape[0]),
+        "kinship": k_digest or kinship_fingerprint(K), "n_kinship": int(K.shape[0]),
         "traits": [str(t) for t in traits], "env": env, "id": id, "fixed": fixed, "method": method,
         "tol": float(tol), "max_iter": int(max_iter), "engine": engine, "pev": bool(pev),
         "genetic": genetic, "residual": residual,
@@ -256,10 +245,6 @@ def reusable(path: Path, inputs: dict, time_limit=None):
 PLAIN_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 
 
-def _get(obj, key):
-    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
-
-
 def _duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.1f} s"
@@ -278,18 +263,18 @@ def _extrapolated(record, per: float) -> float | None:
 
     # history[j].decrement is the Newton decrement at the estimate after iteration j, known once
     # the next iteration starts: extrapolate its linear rate from the last two known values
-    history = _get(record, "history")
-    known = [(int(_get(h, "iteration")), float(_get(h, "decrement"))) for h in history]
+    history = record.history
+    known = [(int(h.iteration), float(h.decrement)) for h in history]
     known = [(j, d) for j, d in known if math.isfinite(d) and d > 0]
-    tol = float(_get(record, "tol"))
-    if len(known) < 3 or _get(history[-1], "method") != "AI" or known[-1][1] >= known[-2][1]:
+    tol = float(record.tol)
+    if len(known) < 3 or history[-1].method != "AI" or known[-1][1] >= known[-2][1]:
         return None
     (_, d0), (j, d) = known[-2], known[-1]
     rate = d / d0
     if rate >= 0.9:
         return None
     n = math.ceil(math.log(tol / d) / math.log(rate) - 1e-9) if d > tol else 0
-    return max(n - (_get(record, "iterations") - j), 1) * per  # less the iterations taken since
+    return max(n - (record.iterations - j), 1) * per  # less the iterations taken since
 
 
 class TimeLeft:
@@ -307,12 +292,12 @@ class TimeLeft:
         self.finish = None  # when the last extrapolation said the fit ends (s since it began)
 
     def __call__(self, record) -> str:
-        its, secs = _get(record, "iterations"), float(_get(record, "seconds"))
+        its, secs = record.iterations, float(record.seconds)
         if its < 1 or secs <= 0:
             return ""
         per = secs / its
-        bounds = [(_get(record, "max_iter") - its) * per]
-        limit = _get(record, "time_limit")
+        bounds = [(record.max_iter - its) * per]
+        limit = record.time_limit
         if limit:
             bounds.append(max(float(limit) - secs, 0.0))
         bound = min(bounds)
@@ -332,16 +317,16 @@ def progress_text(name: str, record, elapsed: float, left: str = "", full: bool 
     ``full=False``)."""
     import math
 
-    it = _get(record, "history")[-1]
-    parts = [name, f"it {_get(it, 'iteration')}", _duration(elapsed) + (f" ({left})" if left else "")]
+    it = record.history[-1]
+    parts = [name, f"it {it.iteration}", _duration(elapsed) + (f" ({left})" if left else "")]
     if not full:
         return " ".join(parts)
-    parts.append(f"logLik {float(_get(it, 'loglik')):.3f}")
-    if _get(it, "method") != "AI":
-        parts.append(f"step {_get(it, 'method')}")
-    elif _get(it, "iteration") > 0 and math.isfinite(float(_get(it, "step"))):
-        parts.append(f"step {float(_get(it, 'step')):.3g}")
-    parts.append(f"evals {_get(record, 'evaluations')}")
+    parts.append(f"logLik {float(it.loglik):.3f}")
+    if it.method != "AI":
+        parts.append(f"step {it.method}")
+    elif it.iteration > 0 and math.isfinite(float(it.step)):
+        parts.append(f"step {float(it.step):.3g}")
+    parts.append(f"evals {record.evaluations}")
     return " ".join(parts)
 
 
@@ -393,7 +378,7 @@ class Progress:
             self.bar.update(self.task, description=f"[{self.k}/{self.n}] {text}")
         elif self.last is None or now - self.last >= self.interval:
             self._plain(text)
-            self.last, self.shown = now, _get(_get(record, "history")[-1], "iteration")
+            self.last, self.shown = now, record.history[-1].iteration
 
     def stop(self) -> None:
         if self.task is not None:
@@ -405,11 +390,11 @@ class Progress:
         self.stop()
         if self.quiet:
             return
-        history = fit.record.get("history")
+        history = fit.record.history
         if not self.terminal and history:
-            again = self.shown == _get(history[-1], "iteration")  # that line said the rest
+            again = self.shown == history[-1].iteration  # that line said the rest
             self._plain(progress_text(self.name, fit.record, time.perf_counter() - self.t0, full=not again)
-                        + f": {fit.record.get('status')}")
+                        + f": {fit.record.status}")
         self.message(line)
 
     def message(self, line: str) -> None:
@@ -472,7 +457,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
     keep = out is not None and len(models) > 1  # write each fit as it finishes
     progress = Progress(len(models), quiet=quiet)
     fits, fit_files, stopped = {}, {}, None
-    k_digest = kinship_digest(K) if keep else None
+    k_digest = kinship_fingerprint(K) if keep else None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main thread

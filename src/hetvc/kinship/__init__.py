@@ -20,7 +20,7 @@ One module a job, each documented in its own docstring; a module imports only th
 Counts of dropped SNPs and imputed calls are logged by logger ``hetvc.kinship``.
 """
 
-from .check import check_kinship, checked_kinship, scale_kinship
+from .check import check_kinship, checked_kinship, kinship_fingerprint, scale_kinship
 from .files import ids_path, kinship_matrix, read_kinship, write_kinship
 from .genomic import GRMInfo, grm
 from .genomic import standardized_genotypes
@@ -39,6 +39,7 @@ __all__ = [
     "write_kinship",
     "check_kinship",
     "checked_kinship",
+    "kinship_fingerprint",
     "scale_kinship",
     "KINSHIP_SCALES",
     "kinship_scaling",

@@ -194,6 +194,11 @@ def scale_kinship(K, factor: float, *, name: str = "K") -> pd.DataFrame:
 _CHECKED = "hetvc.checked"  # key of the digest in DataFrame.attrs
 
 
+def kinship_fingerprint(K: pd.DataFrame) -> str:
+    """SHA-256 of a labelled K (shape, ids, values): equal for equal matrices with equal ids."""
+    return _fingerprint(np.ascontiguousarray(K.to_numpy(dtype=float)), K.index)
+
+
 def _fingerprint(values: np.ndarray, labels: pd.Index) -> str:
     """SHA-256 of the shape, the ids (length-prefixed) and the bytes of a C-ordered K."""
     h = hashlib.sha256()

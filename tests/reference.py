@@ -22,6 +22,25 @@ Conventions (they must match the engine exactly)
 * V[o,o'] = K[g(o),g(o')] * G[a(o),a(o')] + [r(o) == r(o')] * E[b(o),b(o')].
   Residuals of different records are independent, even for the same genotype and
   environment.
+* Extra random terms (``random=[spec, ...]``, default none): each spec is a tuple
+  ``(factor, structure, Kt)`` (or ``(factor, structure)``, or a dict with keys
+  ``factor``, ``structure`` and optionally ``K``), and adds
+  ``Kt[u_t(o), u_t(o')] * R_t[c_t(o), c_t(o')]`` to V.
+  - ``factor``: a column name, or an interaction "a:b" (any number of columns joined by
+    ":" when the name itself is not a column): the level u_t(o) of a record is the label
+    ``str(row[a]) + ":" + str(row[b])``; for a single column the label is ``str(row[a])``.
+    Levels are compared as these strings.  A record with an observed trait value and a
+    missing factor value raises ValueError.
+  - ``structure``: one of the genetic structures, with the genetic conventions: index
+    c_t(o) = ``i`` for "homogeneous" (R_t is m x m, the same effect of a level in every
+    environment), ``l*m + i`` for "heterogeneous" (block diagonal), "diagonal" and
+    "unstructured" (R_t is (L*m) x (L*m)).
+  - ``Kt``: None (identity: ``[u_t(o) == u_t(o')]``) or a square DataFrame over the levels
+    (index == columns; labels compared as ``str``); a level not in Kt raises ValueError.
+  R_t is passed as the full d_t x d_t matrix, zeros off the structure's pattern
+  (a non-zero element off the pattern raises ValueError).
+* Parameter order (theta, score, covariance_elements): G, then each random term in the
+  order given, then E; within a matrix its free blocks in environment order.
 * Fixed effects X: one column per (trait, environment) cell with at least one observed
   value (an indicator, value 1), then for each covariate c (in the order given) and each
   trait i a column ``data[c] * [trait == i]`` (raw values, not centred).  Cells with no
@@ -36,8 +55,10 @@ Conventions (they must match the engine exactly)
 Public API
 ----------
 reference_loglik, reference_fit, reference_score, make_problem; helpers build_problem
-(-> Problem: y, X, indices, K_obs), build_V, build_V_loop, loglik_from_V, env_levels,
-covariance_elements.
+(-> Problem: y, X, indices, K_obs, random), build_V, build_V_loop, loglik_from_V,
+env_levels, covariance_elements.  Every function takes ``random=None`` (and the ones
+that take G and E also ``R=None``, the list of R_t); without random terms everything is
+exactly as before.
 
 Speed: one likelihood evaluation costs an N x N inverse and slogdet (about 5 ms at
 N = 240 with single-threaded BLAS); reference_fit needs thousands of them.  On a small,
@@ -48,7 +69,7 @@ OPENBLAS_NUM_THREADS=1 (or OMP_NUM_THREADS=1) if the fits are slow.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -82,6 +103,7 @@ class Problem:
     K_obs: np.ndarray  # (N, N)  K[g(o), g(o')]
     gidx: np.ndarray  # (N,) genetic index a(o)
     ridx: np.ndarray  # (N,) residual index b(o)
+    random: list = field(default_factory=list)  # [RandomData] of the extra random terms
 
     @property
     def N(self):
@@ -100,6 +122,83 @@ class Problem:
         return self.m if self.residual == "homogeneous" else self.L * self.m
 
 
+@dataclass
+class RandomData:
+    """One extra random term of a Problem."""
+    factor: str  # as given ("a" or "a:b")
+    structure: str  # one of GENETIC
+    dim: int  # d_t: m ("homogeneous") or L*m
+    level: list  # (N,) level label u_t(o) of each observed value (str)
+    K_obs: np.ndarray  # (N, N)  Kt[u_t(o), u_t(o')]  (identity: [u_t(o) == u_t(o')])
+    index: np.ndarray  # (N,) row c_t(o) of R_t
+
+
+def _parse_spec(spec):
+    """(factor, structure, Kt) from a tuple (factor, structure[, Kt]) or a dict."""
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"factor", "structure", "K"}
+        if unknown:
+            raise ValueError(f"unknown keys in random term spec: {sorted(unknown)}")
+        return spec["factor"], spec["structure"], spec.get("K")
+    spec = tuple(spec)
+    if len(spec) == 2:
+        return spec[0], spec[1], None
+    if len(spec) == 3:
+        return spec
+    raise ValueError(f"a random term is (factor, structure[, Kt]), got {spec!r}")
+
+
+def _factor_columns(data, factor):
+    if factor in data.columns:
+        return [factor]
+    cols = factor.split(":")
+    missing = [c for c in cols if c not in data.columns]
+    if missing:
+        raise ValueError(f"random term {factor!r}: no column(s) {missing}")
+    return cols
+
+
+def _random_data(data, spec, rec, trait, envi, m, L):
+    factor, structure, Kt = _parse_spec(spec)
+    if structure not in GENETIC:
+        raise ValueError(f"random term {factor!r}: structure must be one of {GENETIC}, "
+                         f"got {structure!r}")
+    cols = _factor_columns(data, factor)
+    labels = []
+    for r in rec:
+        # column by column: a row Series of an all-numeric frame would turn 1 into 1.0
+        vals = [data[c].iloc[r] for c in cols]
+        if any(pd.isna(v) for v in vals):
+            raise ValueError(f"record {r} has a value but no level of {factor!r}")
+        labels.append(":".join(str(v) for v in vals))
+    N = len(labels)
+    if Kt is None:
+        lab = np.array(labels, dtype=object)
+        K_obs = (lab[:, None] == lab[None, :]).astype(float)
+    else:
+        if not isinstance(Kt, pd.DataFrame):
+            raise ValueError(f"random term {factor!r}: Kt must be None or a DataFrame")
+        rows = [str(x) for x in Kt.index]
+        if rows != [str(x) for x in Kt.columns]:
+            raise ValueError(f"random term {factor!r}: Kt must have index == columns")
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"random term {factor!r}: Kt has duplicate labels")
+        pos = {g: j for j, g in enumerate(rows)}
+        for r, lab in zip(rec, labels):
+            if lab not in pos:
+                raise ValueError(f"level {lab!r} of {factor!r} (record {r}) is not in Kt")
+        Kv = np.asarray(Kt, dtype=float)
+        K_obs = np.empty((N, N))
+        for o in range(N):
+            for o2 in range(N):
+                K_obs[o, o2] = Kv[pos[labels[o]], pos[labels[o2]]]
+    if structure == "homogeneous":
+        dim, index = m, trait.copy()
+    else:
+        dim, index = L * m, envi * m + trait
+    return RandomData(factor, structure, dim, labels, K_obs, index)
+
+
 def env_levels(data, env):
     """Environment levels in model order (see module docstring)."""
     col = data[env]
@@ -109,7 +208,8 @@ def env_levels(data, env):
     return sorted(col.dropna().unique())
 
 
-def build_problem(data, K, traits, env, id, genetic, residual, covariates=None):
+def build_problem(data, K, traits, env, id, genetic, residual, covariates=None,
+                  random=None):
     if genetic not in GENETIC:
         raise ValueError(f"genetic must be one of {GENETIC}, got {genetic!r}")
     if residual not in RESIDUAL:
@@ -181,8 +281,9 @@ def build_problem(data, K, traits, env, id, genetic, residual, covariates=None):
 
     gidx = trait.copy() if genetic == "homogeneous" else envi * m + trait
     ridx = trait.copy() if residual == "homogeneous" else envi * m + trait
+    terms = [_random_data(data, spec, rec, trait, envi, m, L) for spec in (random or [])]
     return Problem(traits, envs, genetic, residual, m, L, y, X, names, rec, trait, envi,
-                   geno, K_obs, gidx, ridx)
+                   geno, K_obs, gidx, ridx, terms)
 
 
 def _check_GE(prob, G, E):
@@ -197,26 +298,60 @@ def _check_GE(prob, G, E):
     return G, E
 
 
-def build_V_loop(prob, G, E):
+def _pattern(structure, m, L):
+    """Boolean mask of the free elements of a (genetic-type) structure's matrix."""
+    d = m if structure == "homogeneous" else L * m
+    mask = np.zeros((d, d), dtype=bool)
+    for idx in _blocks(structure, m, L, "G"):
+        mask[np.ix_(idx, idx)] = True
+    return mask
+
+
+def _check_R(prob, R):
+    if R is None:
+        R = []
+    R = [np.asarray(S, dtype=float) for S in R]
+    if len(R) != len(prob.random):
+        raise ValueError(f"R must hold {len(prob.random)} matrices (one per random term), "
+                         f"got {len(R)}")
+    for S, t in zip(R, prob.random):
+        if S.shape != (t.dim, t.dim):
+            raise ValueError(f"R for {t.factor!r} must be {t.dim}x{t.dim} for "
+                             f"structure={t.structure!r}")
+        if not np.allclose(S, S.T):
+            raise ValueError(f"R for {t.factor!r} must be symmetric")
+        if np.any(S[~_pattern(t.structure, prob.m, prob.L)] != 0.0):
+            raise ValueError(f"R for {t.factor!r} has non-zero elements off the "
+                             f"{t.structure!r} pattern")
+    return R
+
+
+def build_V_loop(prob, G, E, R=None):
     """V element by element, straight from the definition (slow, for cross-checks)."""
     G, E = _check_GE(prob, G, E)
+    R = _check_R(prob, R)
     N = prob.N
     V = np.empty((N, N))
     for o in range(N):
         for o2 in range(N):
             v = prob.K_obs[o, o2] * G[prob.gidx[o], prob.gidx[o2]]
+            for S, t in zip(R, prob.random):
+                v += t.K_obs[o, o2] * S[t.index[o], t.index[o2]]
             if prob.rec[o] == prob.rec[o2]:
                 v += E[prob.ridx[o], prob.ridx[o2]]
             V[o, o2] = v
     return V
 
 
-def build_V(prob, G, E):
+def build_V(prob, G, E, R=None):
     """Same as build_V_loop, with the double loop written as fancy indexing."""
     G, E = _check_GE(prob, G, E)
+    R = _check_R(prob, R)
     same_rec = prob.rec[:, None] == prob.rec[None, :]
-    return (prob.K_obs * G[np.ix_(prob.gidx, prob.gidx)]
-            + same_rec * E[np.ix_(prob.ridx, prob.ridx)])
+    V = prob.K_obs * G[np.ix_(prob.gidx, prob.gidx)]
+    for S, t in zip(R, prob.random):
+        V = V + t.K_obs * S[np.ix_(t.index, t.index)]
+    return V + same_rec * E[np.ix_(prob.ridx, prob.ridx)]
 
 
 # ----------------------------------------------------------------------------------
@@ -249,14 +384,14 @@ def loglik_from_V(V, X, y, method="reml"):
     return -0.5 * (N * LOG2PI + logdetV + quad)
 
 
-def _loglik(prob, G, E, method):
-    return loglik_from_V(build_V(prob, G, E), prob.X, prob.y, method)
+def _loglik(prob, G, E, method, R=None):
+    return loglik_from_V(build_V(prob, G, E, R), prob.X, prob.y, method)
 
 
 def reference_loglik(data, K, traits, env, id, genetic, residual, G, E, method="reml",
-                     covariates=None):
-    prob = build_problem(data, K, traits, env, id, genetic, residual, covariates)
-    return float(_loglik(prob, G, E, method))
+                     covariates=None, random=None, R=None):
+    prob = build_problem(data, K, traits, env, id, genetic, residual, covariates, random)
+    return float(_loglik(prob, G, E, method, R))
 
 
 # ----------------------------------------------------------------------------------
@@ -278,26 +413,37 @@ def _blocks(structure, m, L, which):
 
 
 class _Param:
-    """theta <-> (G, E).  Each free block S = D C C' D, C lower triangular (any sign),
+    """theta <-> (G, R, E).  Each free block S = D C C' D, C lower triangular (any sign),
     D = diag(phenotypic SD of the trait of each index) -- a fixed rescaling so that the
-    parameters are O(1) whatever the units of the traits."""
+    parameters are O(1) whatever the units of the traits.  theta holds the blocks of G,
+    then those of each random term R_t (in the order given), then those of E; within a
+    block the elements of C in np.tril_indices order.  A 1x1 block ("diagonal") is a
+    signed standard deviation c (variance D c^2), so zero is reachable."""
 
     def __init__(self, prob, sd):
         self.prob = prob
         self.gblocks = _blocks(prob.genetic, prob.m, prob.L, "G")
+        self.rblocks = [_blocks(t.structure, prob.m, prob.L, "G") for t in prob.random]
         self.eblocks = _blocks(prob.residual, prob.m, prob.L, "E")
         self.sd = np.asarray(sd, dtype=float)  # per trait
-        self.k = sum(len(b) * (len(b) + 1) // 2 for b in self.gblocks + self.eblocks)
+        self.k = sum(len(b) * (len(b) + 1) // 2
+                     for b in self.gblocks + self.eblocks + sum(self.rblocks, []))
 
     def _scale(self, idx):
         return self.sd[idx % self.prob.m]
 
-    def to_GE(self, theta):
-        G = np.zeros((self.prob.dim_G,) * 2)
-        E = np.zeros((self.prob.dim_E,) * 2)
+    def _matrices(self):
+        """Empty G, R_t..., E and their blocks, in theta order."""
+        dims = [self.prob.dim_G] + [t.dim for t in self.prob.random] + [self.prob.dim_E]
+        blocks = [self.gblocks] + self.rblocks + [self.eblocks]
+        return [np.zeros((d, d)) for d in dims], blocks
+
+    def to_GRE(self, theta):
+        """(G, [R_t], E) from theta."""
+        mats, blocks = self._matrices()
         pos = 0
-        for M, blocks in ((G, self.gblocks), (E, self.eblocks)):
-            for idx in blocks:
+        for M, blks in zip(mats, blocks):
+            for idx in blks:
                 d = len(idx)
                 C = np.zeros((d, d))
                 tr = np.tril_indices(d)
@@ -306,12 +452,20 @@ class _Param:
                 pos += n
                 Dg = np.diag(self._scale(idx))
                 M[np.ix_(idx, idx)] = Dg @ C @ C.T @ Dg
+        return mats[0], mats[1:-1], mats[-1]
+
+    def to_GE(self, theta):
+        G, _, E = self.to_GRE(theta)
         return G, E
 
-    def from_GE(self, G, E):
+    def from_GE(self, G, E, R=None):
+        R = list(R) if R is not None else []
+        if len(R) != len(self.rblocks):
+            raise ValueError(f"need {len(self.rblocks)} random-term matrices, got {len(R)}")
         theta = []
-        for M, blocks in ((G, self.gblocks), (E, self.eblocks)):
-            for idx in blocks:
+        _, blocks = self._matrices()
+        for M, blks in zip([G] + R + [E], blocks):
+            for idx in blks:
                 d = len(idx)
                 s = self._scale(idx)
                 S = np.asarray(M)[np.ix_(idx, idx)] / np.outer(s, s)
@@ -356,19 +510,24 @@ def _phenotypic_var(prob):
     return v
 
 
-def _default_start(prob):
+def _diag_start(prob, dim, share):
     v = _phenotypic_var(prob)
-    G = np.diag(0.5 * v[np.arange(prob.dim_G) % prob.m])
-    E = np.diag(0.5 * v[np.arange(prob.dim_E) % prob.m])
+    return np.diag(share * v[np.arange(dim) % prob.m])
+
+
+def _default_start(prob):
+    G = _diag_start(prob, prob.dim_G, 0.5)
+    E = _diag_start(prob, prob.dim_E, 0.5)
     return G, E
 
 
 def _maximise(prob, method, starts, max_newton=8):
+    """starts: list of (G, R, E)."""
     par = _Param(prob, np.sqrt(_phenotypic_var(prob)))
 
     def negll(theta):
-        G, E = par.to_GE(theta)
-        ll = _loglik(prob, G, E, method)
+        G, R, E = par.to_GRE(theta)
+        ll = _loglik(prob, G, E, method, R)
         return 1e100 if not np.isfinite(ll) else -ll
 
     def grad(theta):
@@ -376,8 +535,8 @@ def _maximise(prob, method, starts, max_newton=8):
 
     # 1. quasi-Newton (BFGS, central-difference gradient) from every start
     best = None
-    for G0, E0 in starts:
-        res = optimize.minimize(negll, par.from_GE(G0, E0), jac=grad, method="BFGS",
+    for G0, R0, E0 in starts:
+        res = optimize.minimize(negll, par.from_GE(G0, E0, R0), jac=grad, method="BFGS",
                                 options=dict(gtol=1e-5, maxiter=2000))
         if best is None or res.fun < best[1]:
             best = (res.x, res.fun)
@@ -404,39 +563,51 @@ def _maximise(prob, method, starts, max_newton=8):
             break
     g = grad(x)
     success = bool(fx < 1e99 and last_gain < 1e-8 and np.max(np.abs(g)) < 1e-4)
-    G, E = par.to_GE(x)
-    return dict(loglik=float(-fx), G=G, E=E, success=success, theta=x,
+    G, R, E = par.to_GRE(x)
+    return dict(loglik=float(-fx), G=G, E=E, R=R, success=success, theta=x,
                 grad_max=float(np.max(np.abs(g))), param=par)
 
 
-def _as_start(start):
+def _as_start(start, default_R):
+    """(G, R, E) from (G, E), (G, E, R) or dict(G=, E=[, R=]); R defaults to default_R."""
     if isinstance(start, dict):
-        return start["G"], start["E"]
-    G, E = start
-    return G, E
+        R = start.get("R")
+        G, E = start["G"], start["E"]
+    elif len(start) == 3:
+        G, E, R = start
+    else:
+        G, E = start
+        R = None
+    return G, (default_R if R is None else list(R)), E
 
 
 def reference_fit(data, K, traits, env, id, genetic, residual, method="reml",
-                  covariates=None, start=None):
+                  covariates=None, start=None, random=None):
     """Brute-force maximum of the (RE)ML log-likelihood.
 
-    ``start``: None, (G, E) or dict(G=..., E=...).  The default start has half the
-    phenotypic variance of each trait on the diagonals of G and E.  A second start
-    (0.2 / 0.8 of the phenotypic variance) is always tried as well.
+    ``start``: None, (G, E), (G, E, R) or dict(G=..., E=...[, R=[...]]).  The default
+    start has half the phenotypic variance of each trait on the diagonals of G and E (and
+    a quarter on those of each random term's R_t).  A second start (0.2 / 0.8 of the
+    phenotypic variance for G / E, 0.1 for each R_t) is always tried as well.  A start
+    without R uses the default start's R_t.
 
-    Returns dict(loglik, G, E, success) plus diagnostics (theta: Cholesky parameters,
-    grad_max: largest |d(-l)/d theta| at the optimum, param: the parameterisation).
-    For genetic="heterogeneous" only the diagonal m x m blocks are free (the returned G
-    is block diagonal); for residual="heterogeneous" likewise for E.
+    Returns dict(loglik, G, E, R, success) plus diagnostics (theta: Cholesky parameters
+    in the order G blocks, each random term's blocks, E blocks; grad_max: largest
+    |d(-l)/d theta| at the optimum; param: the parameterisation).  R is the list of the
+    random terms' matrices ([] without random terms).  For genetic="heterogeneous" only
+    the diagonal m x m blocks are free (the returned G is block diagonal); for
+    residual="heterogeneous" likewise for E; the random terms follow their structures.
     """
-    prob = build_problem(data, K, traits, env, id, genetic, residual, covariates)
+    prob = build_problem(data, K, traits, env, id, genetic, residual, covariates, random)
+    R_default = [_diag_start(prob, t.dim, 0.25) for t in prob.random]
     starts = []
     if start is not None:
-        starts.append(_as_start(start))
-    starts.append(_default_start(prob))
-    v = _phenotypic_var(prob)
-    starts.append((np.diag(0.2 * v[np.arange(prob.dim_G) % prob.m]),
-                   np.diag(0.8 * v[np.arange(prob.dim_E) % prob.m])))
+        starts.append(_as_start(start, R_default))
+    G0, E0 = _default_start(prob)
+    starts.append((G0, R_default, E0))
+    starts.append((_diag_start(prob, prob.dim_G, 0.2),
+                   [_diag_start(prob, t.dim, 0.1) for t in prob.random],
+                   _diag_start(prob, prob.dim_E, 0.8)))
     return _maximise(prob, method, starts)
 
 
@@ -445,47 +616,68 @@ def reference_fit(data, K, traits, env, id, genetic, residual, method="reml",
 # ----------------------------------------------------------------------------------
 
 
+def _term_prefixes(prob):
+    """Name prefix of each random term: its factor ("block", "env:block"), with "#t"
+    (t = 1-based term number) appended when two terms share a factor."""
+    factors = [t.factor for t in prob.random]
+    return [f if factors.count(f) == 1 else f"{f}#{k + 1}" for k, f in enumerate(factors)]
+
+
 def covariance_elements(prob):
-    """The free covariance elements, in order: G blocks then E blocks; each block in
-    environment order; within a block the pairs (i, j), i <= j, row by row.
-    Returns a list of (name, which, a, b) with a, b indices into G or E."""
+    """The free covariance elements, in order: G blocks, then the blocks of each random
+    term (in the order given), then E blocks; each block in environment order; within a
+    block the pairs (i, j), i <= j, row by row.
+    Returns a list of (name, which, a, b) with a, b indices into G, R_t or E; which is
+    "G", "E" or "R<t>" (t = 0-based position of the random term).  Names: "G[...]",
+    "E[...]", and for a random term its factor as the prefix, e.g. "block[y1,y2]"."""
     out = []
-    for which, structure in (("G", prob.genetic), ("E", prob.residual)):
-        for idx in _blocks(structure, prob.m, prob.L, which):
+    spec = [("G", prob.genetic, "G", "G")]
+    spec += [(f"R{k}", t.structure, "G", pre)
+             for k, (t, pre) in enumerate(zip(prob.random, _term_prefixes(prob)))]
+    spec += [("E", prob.residual, "E", "E")]
+    for which, structure, kind, prefix in spec:
+        for idx in _blocks(structure, prob.m, prob.L, kind):
             for x in range(len(idx)):
                 for y_ in range(x, len(idx)):
                     a, b = int(idx[x]), int(idx[y_])
                     ta, tb = prob.traits[a % prob.m], prob.traits[b % prob.m]
                     if structure == "homogeneous":
-                        name = f"{which}[{ta},{tb}]"
+                        name = f"{prefix}[{ta},{tb}]"
                     elif structure == "heterogeneous":
-                        name = f"{which}[{prob.envs[a // prob.m]}][{ta},{tb}]"
+                        name = f"{prefix}[{prob.envs[a // prob.m]}][{ta},{tb}]"
                     else:
-                        name = (f"{which}[{prob.envs[a // prob.m]}:{ta},"
+                        name = (f"{prefix}[{prob.envs[a // prob.m]}:{ta},"
                                 f"{prob.envs[b // prob.m]}:{tb}]")
                     out.append((name, which, a, b))
     return out
 
 
 def reference_score(data, K, traits, env, id, genetic, residual, G, E, method="reml",
-                    covariates=None, rel_step=1e-5):
+                    covariates=None, rel_step=1e-5, random=None, R=None):
     """d l / d theta_k for every free covariance element theta_k (an off-diagonal
     element moves both G[a,b] and G[b,a]), by central differences.
-    Returns a pandas Series indexed by the element names (see covariance_elements)."""
-    prob = build_problem(data, K, traits, env, id, genetic, residual, covariates)
+    Returns a pandas Series indexed by the element names (see covariance_elements), in
+    the order G, random terms, E."""
+    prob = build_problem(data, K, traits, env, id, genetic, residual, covariates, random)
     G, E = _check_GE(prob, G, E)
+    R = _check_R(prob, R)
     vals, names = [], []
+
+    def pick(mats, which):
+        G_, R_, E_ = mats
+        return G_ if which == "G" else E_ if which == "E" else R_[int(which[1:])]
+
     for name, which, a, b in covariance_elements(prob):
-        M = G if which == "G" else E
+        M = pick((G, R, E), which)
         h = rel_step * math.sqrt(max(abs(M[a, a] * M[b, b]), 1e-12))
 
         def ll(t):
-            G2, E2 = G.copy(), E.copy()
-            M2 = G2 if which == "G" else E2
+            mats = (G.copy(), [S.copy() for S in R], E.copy())
+            M2 = pick(mats, which)
             M2[a, b] += t
             if a != b:
                 M2[b, a] += t
-            return _loglik(prob, G2, E2, method)
+            return _loglik(prob, mats[0], mats[2], method, mats[1])
 
         vals.append((ll(h) - ll(-h)) / (2 * h))
         names.append(name)
@@ -508,8 +700,9 @@ def _random_cov(rng, d, scale=1.0, corr=0.5):
 
 def make_problem(seed, n_geno=30, n_env=2, n_traits=2, genetic="heterogeneous",
                  residual="homogeneous", missing=0.0, reps=1, p_env=1.0, n_markers=200,
-                 n_untested=0, n_covariates=0):
-    """Simulate (data, K, G_true, E_true) from the model.
+                 n_untested=0, n_covariates=0, blocks=0, block_var=0.3):
+    """Simulate (data, K, G_true, E_true) from the model; with ``blocks`` > 0,
+    (data, K, G_true, E_true, R_true).
 
     * K: GRM of n_geno + n_untested genotypes from n_markers SNPs (allele frequency in
       {0.05, 0.1, 0.3, 0.4, 0.5}, Binomial(2, f), standardised, monomorphic SNPs dropped),
@@ -520,6 +713,15 @@ def make_problem(seed, n_geno=30, n_env=2, n_traits=2, genetic="heterogeneous",
       as plain strings (so sorted order == natural order).
     * y = cell mean + sum_c slope_c,i * x_c + u[g, a] + e, u ~ N(0, K (x) G_true),
       e_r ~ N(0, E_l(r)); covariates "x1", ... ~ N(0, 1).
+    * ``blocks`` > 0: a column "block" with ``blocks`` levels per environment, labelled
+      f"{env}.b{k}" (k = 1..blocks), assigned to the records of each environment in
+      rotation (in row order), and a column "rep" (1..reps: the replicate number of the
+      record within its genotype and environment).  Each block level has an effect
+      ~ N(0, R_block) on the traits (homogeneous: the term ``("block", "homogeneous",
+      None)``), R_block a random m x m covariance with variances ~ ``block_var`` (0: no
+      effect, R_block = 0), added to y before the values are blanked; R_true =
+      [R_block].  The block effects use their own random stream: the rest of the data
+      is the same as with blocks=0.
     * Then a fraction ``missing`` of all trait values is set to NaN at random, never all
       traits of a record (so missing > 0 needs n_traits >= 2).
     G_true / E_true are in the shapes reference_loglik expects (heterogeneous G is block
@@ -581,7 +783,7 @@ def make_problem(seed, n_geno=30, n_env=2, n_traits=2, genetic="heterogeneous",
         if not grown.any():
             grown[rng.integers(L)] = True
         for l in np.flatnonzero(grown):
-            for _ in range(reps):
+            for rep_ in range(reps):
                 xs = rng.normal(size=n_covariates)
                 El = E if residual == "homogeneous" else E[l * m:(l + 1) * m,
                                                            l * m:(l + 1) * m]
@@ -592,9 +794,29 @@ def make_problem(seed, n_geno=30, n_env=2, n_traits=2, genetic="heterogeneous",
                     row[traits[i]] = means[l, i] + xs @ slopes[:, i] + U[j, a] + e[i]
                 for c in range(n_covariates):
                     row[f"x{c + 1}"] = xs[c]
+                row["rep"] = rep_ + 1
                 rows.append(row)
     data = pd.DataFrame(rows, columns=["id", "env"] + traits
-                        + [f"x{c + 1}" for c in range(n_covariates)])
+                        + [f"x{c + 1}" for c in range(n_covariates)]
+                        + (["block", "rep"] if blocks > 0 else []))
+
+    if blocks > 0:
+        count = {e: 0 for e in envs}
+        labels = []
+        for e in data["env"]:
+            labels.append(f"{e}.b{count[e] % blocks + 1}")
+            count[e] += 1
+        data["block"] = labels
+        brng = np.random.default_rng(None if seed is None else [seed, 7])
+        if block_var > 0:
+            R_block = _random_cov(brng, m, block_var, corr=0.3)
+        else:
+            R_block = np.zeros((m, m))
+        levels = sorted(set(labels))
+        w, Ub = np.linalg.eigh(R_block)
+        Bh = Ub @ np.diag(np.sqrt(np.maximum(w, 0.0)))
+        effect = dict(zip(levels, brng.normal(size=(len(levels), m)) @ Bh.T))
+        data[traits] = data[traits].to_numpy() + np.array([effect[b] for b in labels])
 
     if missing > 0:
         Y = data[traits].to_numpy(copy=True)
@@ -609,4 +831,6 @@ def make_problem(seed, n_geno=30, n_env=2, n_traits=2, genetic="heterogeneous",
                 Y[r, i] = np.nan
                 done += 1
         data[traits] = Y
+    if blocks > 0:
+        return data, K, G, E, [R_block]
     return data, K, G, E

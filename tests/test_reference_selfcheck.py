@@ -264,3 +264,187 @@ def test_score_matches_analytic_formula():
             Vk = build_V(prob, dG, dE)
             expect.append(-0.5 * (np.trace(P @ Vk) - Py @ Vk @ Py))
     assert np.allclose(s.to_numpy(), expect, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# Extra random terms (V += Kt[u(o),u(o')] R_t[c(o),c(o')])
+# ----------------------------------------------------------------------------------
+
+
+def test_V_random_term_by_hand():
+    # one environment, two traits; records 0 and 2 share genotype a and block p;
+    # record 1 (genotype b, block q) misses y2
+    K = pd.DataFrame([[1.0, 0.5], [0.5, 2.0]], index=["a", "b"], columns=["a", "b"])
+    data = pd.DataFrame({"id": ["a", "b", "a"], "env": ["E1", "E1", "E1"],
+                         "block": ["p", "q", "p"],
+                         "y1": [1.0, 2.0, 3.0], "y2": [0.5, np.nan, 1.5]})
+    G = np.array([[1.0, 0.2], [0.2, 2.0]])
+    E = np.array([[0.5, 0.1], [0.1, 0.6]])
+    R = np.array([[0.3, 0.05], [0.05, 0.4]])
+    prob = build_problem(data, K, TR2, "env", "id", "homogeneous", "homogeneous",
+                         random=[("block", "homogeneous", None)])
+    # observed values: (r0,y1,a,p) (r0,y2,a,p) (r1,y1,b,q) (r2,y1,a,p) (r2,y2,a,p)
+    assert list(prob.rec) == [0, 0, 1, 2, 2]
+    assert prob.random[0].level == ["p", "p", "q", "p", "p"]
+    expect = np.array([[1.80, 0.35, 0.50, 1.30, 0.25],
+                       [0.35, 3.00, 0.10, 0.25, 2.40],
+                       [0.50, 0.10, 2.80, 0.50, 0.10],
+                       [1.30, 0.25, 0.50, 1.80, 0.35],
+                       [0.25, 2.40, 0.10, 0.35, 3.00]])
+    assert np.allclose(build_V(prob, G, E, [R]), expect, atol=1e-12)
+    assert np.allclose(build_V_loop(prob, G, E, [R]), expect, atol=1e-12)
+    # R = 0 is the model without the term
+    prob0 = build_problem(data, K, TR2, "env", "id", "homogeneous", "homogeneous")
+    assert np.array_equal(build_V(prob, G, E, [np.zeros((2, 2))]), build_V(prob0, G, E))
+    with pytest.raises(ValueError, match="R must hold 1"):
+        build_V(prob, G, E)
+    # a record with a value but no block level; a record without values may miss it
+    bad = data.copy()
+    bad.loc[1, "block"] = None
+    with pytest.raises(ValueError, match="no level of 'block'"):
+        build_problem(bad, K, TR2, "env", "id", "homogeneous", "homogeneous",
+                      random=[("block", "homogeneous", None)])
+    bad.loc[1, "y1"] = np.nan
+    extra = pd.concat([data, bad.iloc[[1]]], ignore_index=True)
+    assert build_problem(extra, K, TR2, "env", "id", "homogeneous", "homogeneous",
+                         random=[("block", "homogeneous", None)]).N == 5
+
+
+def _random_R(rng, structure, m, L):
+    def spd(d):
+        A = rng.normal(size=(d, d))
+        return A @ A.T / d + 0.5 * np.eye(d)
+    if structure == "homogeneous":
+        return spd(m)
+    if structure == "heterogeneous":
+        return _blockdiag([spd(m) for _ in range(L)])
+    if structure == "diagonal":
+        return np.diag(rng.uniform(0.2, 1.0, size=L * m))
+    return spd(L * m)
+
+
+@pytest.mark.parametrize("structure", ["homogeneous", "heterogeneous", "diagonal",
+                                       "unstructured"])
+def test_V_random_vectorised_equals_loop(structure):
+    data, K, G, E, _ = make_problem(3, n_geno=6, n_env=2, n_traits=2, missing=0.2,
+                                    reps=2, p_env=0.8, blocks=2)
+    data["env"] = data["env"].str.lower()
+    data["block"] = data["block"].str.slice(3)  # "e1.b1" -> "b1": blocks crossed with env
+    random = [("block", structure, None), ("env:block", structure),
+              dict(factor="rep", structure=structure, K=None)]
+    prob = build_problem(data, K, TR2, "env", "id", "heterogeneous", "homogeneous",
+                         random=random)
+    assert [t.dim for t in prob.random] == [2 if structure == "homogeneous" else 4] * 3
+    assert set(prob.random[0].level) == {"b1", "b2"}
+    assert set(prob.random[1].level) == {"e1:b1", "e1:b2", "e2:b1", "e2:b2"}
+    assert set(prob.random[2].level) == {"1", "2"}
+    rng = np.random.default_rng(0)
+    R = [_random_R(rng, structure, 2, 2) for _ in random]
+    V = build_V(prob, G, E, R)
+    assert np.allclose(V, build_V_loop(prob, G, E, R), rtol=1e-14, atol=1e-14)
+    assert np.all(np.linalg.eigvalsh(V) > 0)
+    # env:block differs from block: different V
+    assert not np.allclose(V, build_V(prob, G, E, [R[0], R[0], R[2]]))
+    if structure in ("heterogeneous", "diagonal"):  # an element off the pattern
+        full = R[0] + 0.01
+        with pytest.raises(ValueError, match="off the"):
+            build_V(prob, G, E, [full, R[1], R[2]])
+
+
+def test_V_random_kernel_labels():
+    data, K, G, E, R = make_problem(4, n_geno=6, n_env=2, n_traits=2, missing=0.2,
+                                    blocks=3)
+    args = (data, K, TR2, "env", "id", "heterogeneous", "homogeneous")
+    levels = sorted(set(data["block"]))
+    # an identity Kt (shuffled labels, with a level without records) == Kt = None
+    lab = levels[::-1] + ["E9.b1"]
+    Id = pd.DataFrame(np.eye(len(lab)), index=lab, columns=lab)
+    p_none = build_problem(*args, random=[("block", "homogeneous", None)])
+    p_id = build_problem(*args, random=[("block", "homogeneous", Id)])
+    assert np.array_equal(build_V(p_none, G, E, R), build_V(p_id, G, E, R))
+    # a kinship over the levels: labels, not positions, count
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(len(levels), len(levels)))
+    Kb = pd.DataFrame(A @ A.T + np.eye(len(levels)), index=levels, columns=levels)
+    perm = rng.permutation(len(levels))
+    Kp = Kb.iloc[perm, perm]
+    p_k = build_problem(*args, random=[("block", "homogeneous", Kb)])
+    p_kp = build_problem(*args, random=[("block", "homogeneous", Kp)])
+    Vk = build_V(p_k, G, E, R)
+    assert np.allclose(Vk, build_V(p_kp, G, E, R), rtol=1e-14, atol=1e-14)
+    assert np.allclose(Vk, build_V_loop(p_k, G, E, R), rtol=1e-14, atol=1e-14)
+    # V - V(no term) is Kt[u(o),u(o')] R[i(o),i(o')]
+    zero = np.zeros_like(R[0])
+    D = Vk - build_V(p_k, G, E, [zero])
+    lv, tr = p_k.random[0].level, p_k.trait
+    o, o2 = 0, p_k.N - 1
+    assert D[o, o2] == pytest.approx(Kb.loc[lv[o], lv[o2]] * R[0][tr[o], tr[o2]])
+    # the same kinship as the genetic one, through the id column: V doubles K (x) G
+    p_g = build_problem(data, K, TR2, "env", "id", "homogeneous", "homogeneous",
+                        random=[("id", "homogeneous", K)])
+    Sg, Se = G[:2, :2], E
+    assert np.allclose(build_V(p_g, Sg, Se, [Sg]),
+                       build_V(p_g, 2 * Sg, Se, [zero]), rtol=1e-14, atol=1e-14)
+    # a level not in Kt
+    with pytest.raises(ValueError, match="not in Kt"):
+        build_problem(*args, random=[("block", "homogeneous", Kb.iloc[1:, 1:])])
+
+
+def test_score_with_random_terms_matches_analytic_formula():
+    data, K, G, E, R = make_problem(14, n_geno=6, n_env=2, n_traits=2, missing=0.1,
+                                    reps=2, blocks=2, genetic="homogeneous")
+    random = [("block", "homogeneous", None), ("env:rep", "heterogeneous", None)]
+    R = R + [_blockdiag([np.array([[0.4, 0.1], [0.1, 0.3]])] * 2)]
+    args = (data, K, TR2, "env", "id", "homogeneous", "homogeneous")
+    s = reference_score(*args, G=G, E=E, random=random, R=R)
+    assert list(s.index) == ["G[y1,y1]", "G[y1,y2]", "G[y2,y2]",
+                             "block[y1,y1]", "block[y1,y2]", "block[y2,y2]",
+                             "env:rep[E1][y1,y1]", "env:rep[E1][y1,y2]",
+                             "env:rep[E1][y2,y2]", "env:rep[E2][y1,y1]",
+                             "env:rep[E2][y1,y2]", "env:rep[E2][y2,y2]",
+                             "E[y1,y1]", "E[y1,y2]", "E[y2,y2]"]
+    prob = build_problem(*args, random=random)
+    Vi = np.linalg.inv(build_V(prob, G, E, R))
+    X = prob.X
+    P = Vi - Vi @ X @ np.linalg.inv(X.T @ Vi @ X) @ X.T @ Vi
+    Py = P @ prob.y
+    zeros = [np.zeros_like(G), [np.zeros_like(S) for S in R], np.zeros_like(E)]
+    expect = []
+    for which, pairs in (("G", [(0, 0), (0, 1), (1, 1)]), (0, [(0, 0), (0, 1), (1, 1)]),
+                         (1, [(0, 0), (0, 1), (1, 1), (2, 2), (2, 3), (3, 3)]),
+                         ("E", [(0, 0), (0, 1), (1, 1)])):
+        for a, b in pairs:
+            dG, dR, dE = zeros[0].copy(), [S.copy() for S in zeros[1]], zeros[2].copy()
+            D = dG if which == "G" else dE if which == "E" else dR[which]
+            D[a, b] = D[b, a] = 1.0
+            Vk = build_V(prob, dG, dE, dR)
+            expect.append(-0.5 * (np.trace(P @ Vk) - Py @ Vk @ Py))
+    assert np.allclose(s.to_numpy(), expect, atol=1e-6, rtol=1e-6)
+
+
+def test_fit_random_term_zero_variance_nests():
+    data, K, G, E, R = make_problem(15, n_geno=10, n_env=2, n_traits=2, missing=0.1,
+                                    genetic="homogeneous", reps=2, blocks=3, block_var=0.0)
+    assert np.all(R[0] == 0.0)
+    args = (data, K, TR2, "env", "id", "homogeneous", "homogeneous")
+    random = [("block", "homogeneous", None)]
+    res0 = reference_fit(*args)
+    res1 = reference_fit(*args, random=random)
+    assert res0["success"] and res0["R"] == []
+    assert len(res1["theta"]) == 9 and res1["R"][0].shape == (2, 2)
+    assert res1["loglik"] >= res0["loglik"] - 1e-6
+    # the reported loglik is the likelihood of the reported matrices
+    assert reference_loglik(*args, G=res1["G"], E=res1["E"], random=random,
+                            R=res1["R"]) == pytest.approx(res1["loglik"], abs=1e-10)
+    # the term fixed at ~0: the model without it
+    tiny = [1e-12 * np.eye(2)]
+    assert reference_loglik(*args, G=res0["G"], E=res0["E"], random=random,
+                            R=tiny) == pytest.approx(res0["loglik"], abs=1e-6)
+    # theta order: G blocks, the random term's blocks, E blocks
+    par = res1["param"]
+    G1, R1, E1 = par.to_GRE(res1["theta"])
+    assert np.array_equal(G1, res1["G"]) and np.array_equal(R1[0], res1["R"][0])
+    theta = res1["theta"].copy()
+    theta[3:6] = 0.0
+    G2, R2, E2 = par.to_GRE(theta)
+    assert np.array_equal(G2, G1) and np.array_equal(E2, E1) and np.all(R2[0] == 0.0)

@@ -38,7 +38,7 @@ def _model(pheno, K, traits, genetic, residual, method="reml", fixed=None, env="
 def _thetas(model, k=3, seed=0):
     """The default start and k − 1 random positive definite (ΣG, ΣE) around it."""
     rng = np.random.default_rng(seed)
-    G, E = model.split(model.start())
+    G, E = model.matrices(model.start())
     out = [model.start()]
     for _ in range(k - 1):
         A = rng.normal(size=G.shape) * 0.4
@@ -128,7 +128,7 @@ def test_residual_not_positive_definite_but_v_is():
     Kmat, ids = kinship_matrix(sim.K, None)
     design = build_design(sim.pheno, Kmat + 0.5 * np.eye(len(Kmat)), ids, sim.truth.traits, "env", "id")
     model = Model.build(design, "heterogeneous", "homogeneous")
-    G, E = model.split(model.start())
+    G, E = model.matrices(model.start())
     E[0, 1] = E[1, 0] = 1.2 * np.sqrt(E[0, 0] * E[1, 1])
     G = 3 * np.diag(np.diag(G))
     assert np.linalg.eigvalsh(E)[0] < 0
@@ -142,7 +142,7 @@ def test_not_positive_definite_raises():
 
     sim = _sim(seed=2)
     model = _model(sim.pheno, sim.K, sim.truth.traits, "heterogeneous", "homogeneous")
-    G, E = model.split(model.start())
+    G, E = model.matrices(model.start())
     with pytest.raises(NotPositiveDefinite):
         SpectralEngine(model).evaluate(model.join(-G, -E))
 

@@ -14,8 +14,9 @@ from .fixed_effects import resolve_fixed
 from .kinship import check_kinship, grm, read_genotypes, read_kinship, write_kinship
 from .options import FitOptions
 from .phenotypes import read_phenotypes
+from .random_terms import Random
 from .results import FitResult, load
 
-__all__ = ["fit", "build_model", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
+__all__ = ["fit", "build_model", "Random", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
            "InputError", "ConvergenceError", "read_phenotypes", "resolve_fixed", "describe_data",
            "read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes"]

@@ -92,7 +92,8 @@ def check_design(model) -> None:
                         f"drop environment {quoted_label(d.envs[l])} for it (set its values missing there) or drop the trait")
                 raise InputError(f"trait {trait!r} has no variation in {where} (all {r} values are "
                                  f"{_fmt(y[0])}): no variance can be estimated from it; {hint}")
-            k_g, k_e = model.genetic.cell_parameters(m_l), model.residual.cell_parameters(m_l)
+            k_g = model.genetic.cell_parameters(m_l)
+            k_e = model.residual.cell_parameters(m_l) + sum(s.cell_parameters(m_l) for _, s in model.random)
             if n >= 1 + k_g and r >= 1 + k_g + k_e:
                 continue
             alt = ""
@@ -225,11 +226,8 @@ def kinship_variance(model) -> float:
 def unidentified(model, ai: np.ndarray) -> np.ndarray:
     """Parameters the data hold (almost) no information on: AI_kk·v_k² below 1e-10 of the
     largest, with v_k the phenotypic scale of θ_k; or a non-finite AI row."""
-    sg, se = model.scales()
-    scale = np.empty(model.n_params)
-    for k, (term, a, b) in enumerate(model.params()):
-        s = sg if term == 0 else se
-        scale[k] = np.sqrt(s[a] * s[b])
+    scales = model.scales()
+    scale = np.array([np.sqrt(scales[t][a] * scales[t][b]) for t, a, b in model.params()])
     info = np.abs(np.diag(ai)) * scale ** 2
     bad = ~np.all(np.isfinite(ai), axis=1)
     top = np.max(info[~bad]) if (~bad).any() else 0.0
@@ -243,19 +241,21 @@ def runaway(model, theta: np.ndarray, ai: np.ndarray, ai_inv: np.ndarray, skip=N
     if not np.all(np.isfinite(theta)):
         k = int(np.nonzero(~np.isfinite(theta))[0][0])
         return f"{names[k]} is not finite ({theta[k]}): the estimate ran away"
-    sg, se = model.scales()
-    kbar = kinship_variance(model)
+    scales = model.scales()
+    kbars = [kinship_variance(model)] + [f.mean_diagonal() for f, _ in model.random] + [1.0]
     worst = None
     for k, (term, a, b) in enumerate(model.params()):
         if a != b:
             continue
-        v = (sg[a] / kbar) if term == 0 else se[a]
+        v = scales[term][a] / kbars[term]
         ratio = theta[k] / v
         if ratio > RUNAWAY and (worst is None or ratio > worst[1]):
             worst = (k, ratio, v)
     if worst is not None:
         k, ratio, v = worst
-        ref = "phenotypic variance of its cell" + (" over the mean variance of K" if names[k][0] == "G" else "")
+        term = model.params()[k][0]
+        kernel = "K" if term == 0 else f"the relationship of {model.structures[term].prefix!r}"
+        ref = "phenotypic variance of its cell" + (f" over the mean variance of {kernel}" if kbars[term] != 1.0 else "")
         return (f"{names[k]} ran away to {theta[k]:.3g}, {ratio:.2g} times the {ref} ({v:.3g}): "
                 "the data cannot estimate it; simplify the structure or check that environment")
     if not np.all(np.isfinite(ai)):

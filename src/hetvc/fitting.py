@@ -25,6 +25,7 @@ from .kinship import kinship_matrix
 from .model import Model
 from .optimize import FLOOR, maximize, newton_step
 from .options import FitOptions
+from .random_terms import resolve_random
 from .results import FitResult
 from .structures import structure_class
 
@@ -35,10 +36,12 @@ def _start_theta(model: Model, start) -> np.ndarray:
     if isinstance(start, FitResult):
         return _theta_from_result(model, start)
     if isinstance(start, dict):
+        names = ["G"] + [s.prefix for _, s in model.random] + ["E"]
         try:
-            return model.join(np.asarray(start["G"], float), np.asarray(start["E"], float))
+            return model.join(*[np.asarray(start[n], float) for n in names])
         except (KeyError, IndexError, ValueError) as err:
-            raise InputError(f"start must be {{'G': matrix, 'E': matrix}} of the model's sizes: {err}") from None
+            wanted = ", ".join(f"{n!r}: matrix" for n in names)
+            raise InputError(f"start must be {{{wanted}}} of the model's sizes: {err}") from None
     theta = np.asarray(start, dtype=float).ravel()
     if theta.size != model.n_params:
         raise InputError(f"start has {theta.size} values, the model has {model.n_params} parameters")
@@ -46,10 +49,14 @@ def _start_theta(model: Model, start) -> np.ndarray:
 
 
 def _theta_from_result(model: Model, result: FitResult) -> np.ndarray:
-    """Start from another fit's ΣG and ΣE (e.g. the homogeneous fit for the heterogeneous one)."""
-    G, E = result.full_covariances()
-    return np.concatenate([model.genetic.from_full(G, result.layout),
-                           model.residual.from_full(E, result.layout)])
+    """Start from another fit's ΣG, Σ_t and ΣE (e.g. the homogeneous fit for the heterogeneous
+    one); a term the other fit does not have starts at the default."""
+    full = result.term_covariances()
+    default = model.matrices(model.start())
+    parts = []
+    for s, M in zip(model.structures, default):
+        parts.append(s.from_full(full[s.prefix], result.layout) if s.prefix in full else s.theta(M))
+    return np.concatenate(parts)
 
 
 def fit(
@@ -61,6 +68,7 @@ def fit(
     genetic: str = "heterogeneous",
     residual: str = "homogeneous",
     fixed: str | None = None,
+    random=None,
     method: str = "reml",
     engine: str = "auto",
     start=None,
@@ -86,6 +94,9 @@ def fit(
     residual : ``"homogeneous"`` or ``"heterogeneous"`` (ΣE_l per environment).
     fixed : formula of record-level covariates, each with a slope per trait
         (``"~ rep + x"``); a mean per trait × environment is always included.
+    random : random terms beyond the genetic one (:mod:`hetvc.random_terms`): column names,
+        interactions ``"env:block"``, or :class:`hetvc.Random` with a relationship matrix
+        over the levels and a structure; each has an m×m Σ across traits by default.
     method : ``"reml"`` or ``"ml"``.
     engine : ``"auto"`` (spectral where exact, else dense), ``"dense"`` or ``"spectral"``.
     eigen : a :class:`hetvc.engines.EigenCache` reused across fits on the same K.
@@ -102,13 +113,13 @@ def fit(
     """
     options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=pev)
     model = build_model(data, K, traits, env=env, id=id, genetic=genetic, residual=residual,
-                        fixed=fixed, method=method, jitter=jitter)
+                        fixed=fixed, random=random, method=method, jitter=jitter)
     return fit_model(model, options, start=start, eigen=eigen, progress=progress)
 
 
 def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str = "id",
                 genetic: str = "heterogeneous", residual: str = "homogeneous", fixed: str | None = None,
-                method: str = "reml", jitter: float | None = None) -> Model:
+                random=None, method: str = "reml", jitter: float | None = None) -> Model:
     """The model ``hetvc.fit`` would fit (arguments as there), validated and checked: every
     refusal of the data happens here, before any optimisation."""
     if isinstance(traits, str):
@@ -118,7 +129,9 @@ def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str =
         residual = structure_class("E", residual).one_environment or residual
     Kmat, ids = kinship_matrix(K, jitter)
     design = build_design(data, Kmat, ids, traits, env, id, fixed)
-    model = Model.build(design, genetic, residual, method)
+    terms, notes = resolve_random(data, design, random, jitter)
+    design.notes += notes
+    model = Model.build(design, genetic, residual, method, random=terms)
     if model.n_params >= design.n_obs - design.X.shape[1]:
         raise InputError(
             f"{model.n_params} covariance parameters but only {design.n_obs - design.X.shape[1]} "
@@ -177,6 +190,10 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, not
     result = FitResult(
         traits=list(d.traits), envs=list(d.envs), ids=list(d.ids),
         genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=d.formula,
+        random=[dict(name=f.name, structure=s.name, kinship=f.kernel is not None) for f, s in model.random],
+        random_levels={f.name: list(f.levels) for f, _ in model.random},
+        random_blup={name: p[0] for name, p in solution.random.items()},
+        random_pev={name: p[1] for name, p in solution.random.items() if p[1] is not None},
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
         engine=engine_name, engine_reason=reason, record=record,
         x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,
@@ -190,5 +207,5 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, not
 
 
 def _boundary_blocks(model: Model, theta: np.ndarray) -> list[str]:
-    """Names of the ΣG/ΣE blocks whose smallest scaled eigenvalue sits at the floor."""
+    """Names of the ΣG/Σ_t/ΣE blocks whose smallest scaled eigenvalue sits at the floor."""
     return [b.name for b in model.blocks() if np.linalg.eigvalsh(b.scaled(theta))[0] <= 10 * FLOOR]

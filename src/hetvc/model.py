@@ -1,12 +1,14 @@
-"""The model: a design plus a genetic and a residual covariance structure (docs/design.md §1).
+"""The model: a design plus the covariance structures of its random terms (docs/design.md §1).
 
-    y = X b + Z u + e,   V = Var(y) = Σ_k θ_k V_k
+    y = X b + Z u + Σ_t Z_t u_t + e,   V = Var(y) = Σ_k θ_k V_k
 
-θ stacks the free elements of ΣG then of ΣE.  Each structure is a *random term* with a
-kernel over its units: the genetic term has kernel K over genotypes, the residual term the
-identity over records, so that
+θ stacks the free elements of ΣG, then of each random term's Σ_t, then of ΣE.  Each structure
+belongs to a *random term* with a kernel over its units: the genetic term has kernel K over
+genotypes, a random term the identity (or its relationship matrix) over the levels of its
+factor, the residual term the identity over records, so that
 
-    V[o, o'] = K[g(o), g(o')] · ΣG[a(o), a(o')] + [r(o) = r(o')] · ΣE[b(o), b(o')].
+    V[o, o'] = K[g(o), g(o')] · ΣG[a(o), a(o')] + Σ_t 𝒦_t[u_t(o), u_t(o')] · Σ_t[c_t(o), c_t(o')]
+               + [r(o) = r(o')] · ΣE[b(o), b(o')].
 """
 
 from __future__ import annotations
@@ -23,13 +25,45 @@ from .structures import CovStructure, make_structure
 
 
 @dataclass
+class Factor:
+    """The levels of a random term over the observed values (docs/design.md §1.2).
+
+    ``levels`` are the labels of every level with a BLUP (the rows of ``kernel``, or the
+    observed levels for independent ones); ``observed[u]`` is the position in ``levels`` of
+    observed unit u, and ``unit[o]`` the observed unit of value o."""
+
+    name: str
+    unit: np.ndarray  # (N,) observed unit of each value
+    levels: list
+    observed: np.ndarray  # (n_units,) position in levels of each observed unit
+    kernel: np.ndarray | None  # (n_levels, n_levels) relationship over the levels; None: identity
+
+    @property
+    def n_units(self) -> int:
+        return len(self.observed)
+
+    def mean_diagonal(self) -> float:
+        """Mean diagonal of the relationship over the observed levels (1 for the identity, or
+        when it is not positive): the variance a level's effect has per unit of Σ."""
+        if self.kernel is None:
+            return 1.0
+        kbar = float(np.mean(np.diag(self.kernel)[self.observed]))
+        return kbar if kbar > 0 else 1.0
+
+    def observed_kernel(self) -> np.ndarray | None:
+        """The relationship between the observed units (None for the identity)."""
+        return None if self.kernel is None else self.kernel[np.ix_(self.observed, self.observed)]
+
+
+@dataclass
 class RandomTerm:
     """One covariance structure with its kernel and the (unit, index) of each observed value."""
 
     structure: CovStructure
-    unit: np.ndarray  # (N,) unit of each observed value (genotype or record)
+    unit: np.ndarray  # (N,) unit of each observed value (genotype, level or record)
     index: np.ndarray  # (N,) row of Σ of each observed value
     kernel: np.ndarray | None  # (n_units, n_units), None for the identity
+    factor: Factor | None = None  # the levels of a genetic or random term (None: the residual)
 
     @property
     def n_units(self) -> int:
@@ -75,12 +109,16 @@ class Block:
 
 @dataclass
 class Model:
-    """A validated design with its genetic and residual structures and parameter layout."""
+    """A validated design with its genetic, random and residual structures and parameter layout.
+
+    θ stacks the free elements of ΣG, then of each random term's Σ_t (in the order given),
+    then of ΣE."""
 
     design: Design
     genetic: CovStructure
     residual: CovStructure
     method: str = "reml"
+    random: tuple = ()  # ((Factor, CovStructure), ...) the random terms beyond the genetic one
 
     def __post_init__(self):
         if self.method not in ("reml", "ml"):
@@ -88,88 +126,101 @@ class Model:
         self._check_cells()
 
     @classmethod
-    def build(cls, design: Design, genetic: str, residual: str, method: str = "reml") -> "Model":
+    def build(cls, design: Design, genetic: str, residual: str, method: str = "reml",
+              random=()) -> "Model":
+        """``random``: ((Factor, structure name), ...) from :func:`hetvc.random_terms.resolve_random`."""
+        envs, traits = design.envs, design.traits
         return cls(
             design,
-            make_structure("G", genetic, design.envs, design.traits),
-            make_structure("E", residual, design.envs, design.traits),
+            make_structure("G", genetic, envs, traits),
+            make_structure("E", residual, envs, traits),
             method,
+            tuple((f, make_structure("R", name, envs, traits, prefix=f.name)) for f, name in random),
         )
+
+    @property
+    def structures(self) -> list[CovStructure]:
+        """ΣG, each random term's Σ_t, ΣE: the matrices θ fills, in θ order."""
+        return [self.genetic] + [s for _, s in self.random] + [self.residual]
 
     def _check_cells(self) -> None:
         d = self.design
-        for s in (self.genetic, self.residual):
+        for s in self.structures:
             if not s.env_specific:
                 continue
             seen = np.zeros((len(d.envs), len(d.traits)), dtype=int)
             np.add.at(seen, (d.env, d.trait), 1)
             if (seen == 0).any():
                 l, i = np.argwhere(seen == 0)[0]
-                what = "genetic" if s.prefix == "G" else "residual"
+                what = {"G": "genetic", "E": "residual"}.get(s.prefix)
+                use = (f"{what}='homogeneous'" if what else
+                       f"hetvc.Random({s.prefix!r}, structure='homogeneous')")
+                said = f"{what}={s.name!r}" if what else f"random term {s.prefix!r} ({s.name})"
                 raise InputError(
                     f"trait {d.traits[i]!r} has no values in environment {quoted_label(d.envs[l])}, so "
-                    f"{what}={s.name!r} cannot estimate its variance there; drop that "
-                    f"trait or use {what}='homogeneous'"
+                    f"{said} cannot estimate its variance there; drop that trait or use {use}"
                 )
 
     # -- parameter layout -------------------------------------------------------------
     @property
     def n_params(self) -> int:
-        return self.genetic.n_params + self.residual.n_params
+        return sum(s.n_params for s in self.structures)
 
     def param_names(self) -> list[str]:
-        return self.genetic.param_names() + self.residual.param_names()
+        return [n for s in self.structures for n in s.param_names()]
 
-    def split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ΣG, ΣE) from θ."""
-        k = self.genetic.n_params
-        return self.genetic.matrix(theta[:k]), self.residual.matrix(theta[k:])
+    def matrices(self, theta: np.ndarray) -> list[np.ndarray]:
+        """[ΣG, Σ_t …, ΣE] from θ."""
+        out, k = [], 0
+        for s in self.structures:
+            out.append(s.matrix(theta[k:k + s.n_params]))
+            k += s.n_params
+        return out
 
-    def join(self, G: np.ndarray, E: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.genetic.theta(G), self.residual.theta(E)])
+    def join(self, *matrices) -> np.ndarray:
+        """θ from [ΣG, Σ_t …, ΣE] (the inverse of :meth:`matrices`)."""
+        return np.concatenate([s.theta(M) for s, M in zip(self.structures, matrices)])
 
     def params(self):
-        """(term number, a, b) of every parameter, in θ order."""
-        return [(0, a, b) for a, b in self.genetic.pairs] + [
-            (1, a, b) for a, b in self.residual.pairs
-        ]
+        """(term number, a, b) of every parameter, in θ order (terms as in :meth:`terms`)."""
+        return [(t, a, b) for t, s in enumerate(self.structures) for a, b in s.pairs]
 
     # -- random terms -------------------------------------------------------------------
-    def terms(self) -> tuple[RandomTerm, RandomTerm]:
-        """The genetic term (kernel K over observed genotypes) and the residual term."""
+    def genetic_factor(self) -> Factor:
+        """The genetic term's levels: every genotype in K."""
+        d = self.design
+        observed, unit = np.unique(d.geno, return_inverse=True)
+        return Factor("genetic", unit, list(d.ids), observed, d.K)
+
+    def terms(self) -> list[RandomTerm]:
+        """The genetic term (kernel K over observed genotypes), the random terms, the residual."""
         d = self.design
         m = len(d.traits)
-        observed_genos, geno_unit = np.unique(d.geno, return_inverse=True)
+        out = []
+        for factor, s in [(self.genetic_factor(), self.genetic)] + list(self.random):
+            out.append(RandomTerm(s, factor.unit, s.index(d.env, d.trait, m), factor.observed_kernel(), factor))
         _, record_unit = np.unique(d.record, return_inverse=True)
-        genetic = RandomTerm(
-            self.genetic,
-            geno_unit,
-            self.genetic.index(d.env, d.trait, m),
-            d.K[np.ix_(observed_genos, observed_genos)],
-        )
-        residual = RandomTerm(self.residual, record_unit, self.residual.index(d.env, d.trait, m), None)
-        return genetic, residual
+        out.append(RandomTerm(self.residual, record_unit, self.residual.index(d.env, d.trait, m), None))
+        return out
 
     # -- scales, feasibility, start ---------------------------------------------------------
-    def scales(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row phenotypic variance of ΣG and ΣE: the unit of each matrix row."""
+    def scales(self) -> list[np.ndarray]:
+        """Per-row phenotypic variance of each matrix (ΣG, Σ_t …, ΣE): the unit of its rows."""
         return self._scales
 
     @cached_property
-    def _scales(self) -> tuple[np.ndarray, np.ndarray]:
+    def _scales(self) -> list[np.ndarray]:
         cell, trait = self.design.phenotypic_variances()
-        return tuple(
-            cell.ravel() if s.env_specific else trait for s in (self.genetic, self.residual)
-        )
+        return [cell.ravel() if s.env_specific else trait for s in self.structures]
 
     def blocks(self) -> list[Block]:
-        """Every positive-definite block of ΣG and ΣE, with its θ positions."""
+        """Every positive-definite block of ΣG, the Σ_t and ΣE, with its θ positions."""
         return self._blocks
 
     @cached_property
     def _blocks(self) -> list[Block]:
         out, offset = [], 0
-        for s, scale in zip((self.genetic, self.residual), self.scales()):
+        for s, scale in zip(self.structures, self.scales()):
             pairs = np.array(s.pairs)
             for blk in s.blocks:
                 local = {a: i for i, a in enumerate(blk)}
@@ -208,18 +259,15 @@ class Model:
 
     def project(self, theta: np.ndarray, floor: float) -> np.ndarray:
         """θ with every block's scaled eigenvalues clipped at ``floor``."""
-        G, E = self.split(theta)
-        sg, se = self.scales()
-        return self.join(self.genetic.project(G, sg, floor), self.residual.project(E, se, floor))
+        return self.join(*[s.project(M, scale, floor) for s, M, scale
+                           in zip(self.structures, self.matrices(theta), self.scales())])
 
     def start(self) -> np.ndarray:
-        """Default start: half of each cell's phenotypic variance to ΣG and half to ΣE.
+        """Default start: each cell's phenotypic variance shared equally by the T terms (the
+        genetic term, the random terms, the residual); covariances start at zero.
 
-        The genetic half is divided by the mean diagonal of K so that it explains half of the
-        variance whatever the scale of K.  Covariances start at zero.
-        """
-        d = self.design
-        kbar = float(np.mean(np.diag(d.K)[np.unique(d.geno)]))
-        kbar = kbar if kbar > 0 else 1.0
-        sg, se = self.scales()
-        return self.join(np.diag(0.5 * sg / kbar), np.diag(0.5 * se))
+        A term with a relationship matrix gets its share divided by the mean diagonal of that
+        matrix over the observed levels, so that it explains its share whatever the scale."""
+        kbars = [self.genetic_factor().mean_diagonal()] + [f.mean_diagonal() for f, _ in self.random] + [1.0]
+        share = 1.0 / len(kbars)
+        return self.join(*[np.diag(share * scale / kbar) for kbar, scale in zip(kbars, self.scales())])

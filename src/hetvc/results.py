@@ -4,9 +4,11 @@ A :class:`FitResult` is plain data — names, θ̂ and its covariance AI⁻¹, �
 record, BLUEs and BLUPs — so it round-trips through JSON (:meth:`FitResult.to_json`,
 :func:`load`).  Everything else is derived from it:
 
-* h²_il = ΣG_l[i,i] / (ΣG_l[i,i] + ΣE_l[i,i])                      (per trait × environment)
-* h²_i  = Σ_l π_il ΣG_l[i,i] / Σ_l π_il (ΣG_l[i,i] + ΣE_l[i,i])    (pooled, paper eq. 12;
-  π_il the share of trait i's observed values in environment l)
+* h²_il = ΣG_l[i,i] / (ΣG_l[i,i] + Σ_t Σ_t,l[i,i] + ΣE_l[i,i])    (per trait × environment;
+  every random term t beyond the genetic one enters the denominator)
+* h²_i  = Σ_l π_il ΣG_l[i,i] / Σ_l π_il (ΣG_l[i,i] + Σ_t Σ_t,l[i,i] + ΣE_l[i,i])   (pooled, paper
+  eq. 12; π_il the share of trait i's observed values in environment l)
+* the variance partition: each term's share σ²_t / Σ_s σ²_s of each cell
 * r_g   = ΣG[a,b] / √(ΣG[a,a] ΣG[b,b])  between traits within an environment, and between
   environments within a trait (``unstructured``)
 * AIC = −2ℓ + 2k,  BIC = −2ℓ + k·log n,  AICc = AIC + 2k(k + 1)/(n − k − 1)
@@ -73,6 +75,10 @@ class FitResult:
     observed: dict  # long arrays of the observed values: record, id, env, trait, y, fitted
     boundary: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    random: list = field(default_factory=list)  # [{name, structure, kinship}] beyond the genetic term
+    random_levels: dict = field(default_factory=dict)  # term → labels of its levels
+    random_blup: dict = field(default_factory=dict)  # term → (levels, d_t) BLUPs
+    random_pev: dict = field(default_factory=dict)  # term → (levels, d_t) PEVs
 
     # -- structures and matrices ------------------------------------------------------------
     def __post_init__(self):
@@ -80,6 +86,9 @@ class FitResult:
             self.record = OptimizationRecord.from_dict(self.record)
         self._G = make_structure("G", self.genetic, self.envs, self.traits)
         self._E = make_structure("E", self.residual, self.envs, self.traits)
+        self._R = [make_structure("R", r["structure"], self.envs, self.traits, prefix=r["name"])
+                   for r in self.random]
+        self._structures = [self._G, *self._R, self._E]
 
     @property
     def genetic_structure(self):
@@ -114,7 +123,12 @@ class FitResult:
         return self.aic + 2.0 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else float("nan")
 
     def param_names(self) -> list[str]:
-        return self._G.param_names() + self._E.param_names()
+        return [n for s in self._structures for n in s.param_names()]
+
+    @property
+    def random_terms(self) -> list[str]:
+        """Names of the random terms beyond the genetic one, in θ order."""
+        return [r["name"] for r in self.random]
 
     @property
     def layout(self) -> Layout:
@@ -124,9 +138,18 @@ class FitResult:
     def full_covariances(self, theta=None) -> tuple[np.ndarray, np.ndarray]:
         """ΣG and ΣE as (L·m)×(L·m) matrices of :attr:`layout`, whatever the structures (θ̂ by
         default; any θ, complex too, for derivatives)."""
+        full = self.term_covariances(theta)
+        return full["G"], full["E"]
+
+    def term_covariances(self, theta=None) -> dict:
+        """Every term's matrix as (L·m)×(L·m) of :attr:`layout`: ``"G"``, each random term by
+        name, ``"E"`` (θ̂ by default; any θ, complex too)."""
         theta = self.theta if theta is None else theta
-        k, L = self._G.n_params, len(self.envs)
-        return self._G.full(theta[:k], L), self._E.full(theta[k:], L)
+        out, k, L = {}, 0, len(self.envs)
+        for s in self._structures:
+            out[s.prefix] = s.full(theta[k:k + s.n_params], L)
+            k += s.n_params
+        return out
 
     def genetic_covariance(self, env=None) -> pd.DataFrame:
         """ΣG_l for one environment (m×m), or the full (L·m)×(L·m) ΣG when env is None."""
@@ -135,6 +158,13 @@ class FitResult:
     def residual_covariance(self, env=None) -> pd.DataFrame:
         """ΣE_l for one environment (m×m), or the full block-diagonal ΣE when env is None."""
         return self._matrix_frame(self.full_covariances()[1], env)
+
+    def random_covariance(self, term: str, env=None) -> pd.DataFrame:
+        """Σ_t of random term ``term`` in one environment (m×m), or as the full matrix."""
+        full = self.term_covariances()
+        if term not in self.random_terms:
+            raise KeyError(f"no random term {term!r}; the fit has {self.random_terms}")
+        return self._matrix_frame(full[term], env)
 
     def _matrix_frame(self, M, env) -> pd.DataFrame:
         if env is None:
@@ -163,7 +193,7 @@ class FitResult:
     def param_blocks(self) -> list[str]:
         """Name of the ΣG/ΣE block of every parameter (as in ``boundary``)."""
         out = []
-        for s in (self._G, self._E):
+        for s in self._structures:
             block_of = {int(a): s.block_name(blk) for blk in s.blocks for a in blk}
             out += [block_of[a] for a, _ in s.pairs]
         return out
@@ -175,7 +205,7 @@ class FitResult:
         trait = pd.Categorical(np.asarray(self.observed["trait"]).astype(str), categories=list(map(str, self.traits)))
         cell, pooled = phenotypic_variances(np.asarray(self.observed["y"], dtype=float), env.codes.astype(int),
                                             trait.codes.astype(int), len(self.envs), len(self.traits))
-        return tuple(cell.ravel() if s.env_specific else pooled for s in (self._G, self._E))
+        return [cell.ravel() if s.env_specific else pooled for s in self._structures]
 
     def _param_se_notes(self) -> tuple[np.ndarray, list[str]]:
         """(SE, reason) of every parameter: NaN and a reason when the SE carries no information."""
@@ -200,7 +230,7 @@ class FitResult:
         return se, notes
 
     def _pairs(self):
-        return [(0, p) for p in self._G.pairs] + [(1, p) for p in self._E.pairs]
+        return [(t, p) for t, s in enumerate(self._structures) for p in s.pairs]
 
     def _derived_se(self, fun, bound: float | None = 1.0, what: str = "") -> tuple:
         """(value, SE, se_note) of a derived quantity: the first reason of a parameter it depends
@@ -235,10 +265,16 @@ class FitResult:
                        + (f" and {len(absurd) - 5} more" if len(absurd) > 5 else ""))
         return out
 
-    def _diag_parts(self, theta):
-        G, E = self.full_covariances(theta)
+    def _term_variances(self, theta) -> dict:
+        """Every term's variances per environment × trait (L×m), by term name."""
         L, m = len(self.envs), len(self.traits)
-        return np.diagonal(G).reshape(L, m), np.diagonal(E).reshape(L, m)
+        return {name: np.diagonal(M).reshape(L, m) for name, M in self.term_covariances(theta).items()}
+
+    def _diag_parts(self, theta):
+        """(genetic, all other terms) variances per environment × trait: h² = g / (g + rest)."""
+        parts = self._term_variances(theta)
+        g = parts.pop("G")
+        return g, sum(parts.values())
 
     # -- tables ----------------------------------------------------------------------------------
     def variance_components(self) -> pd.DataFrame:
@@ -246,7 +282,7 @@ class FitResult:
         rows = []
         se, se_note = self._param_se_notes()
         k = 0
-        for s in (self._G, self._E):
+        for s in self._structures:
             for a, b in s.pairs:
                 (ea, ta), (eb, tb) = s.labels[a], s.labels[b]
                 rows.append(dict(
@@ -257,8 +293,30 @@ class FitResult:
                 k += 1
         return pd.DataFrame(rows)
 
+    def variance_partition(self) -> pd.DataFrame:
+        """Each term's share of the phenotypic variance per environment × trait, with
+        delta-method SEs: share_t = σ²_t / Σ_s σ²_s over the genetic term (``G``, its variance
+        per unit of K), the random terms and the residual (``E``); ASReml's ``vpredict``."""
+        L, m = len(self.envs), len(self.traits)
+        names = [s.prefix for s in self._structures]
+
+        def shares(theta):
+            parts = self._term_variances(theta)
+            total = sum(parts.values())
+            return np.stack([parts[n] / total for n in names])  # (T, L, m)
+
+        value, se, note = self._derived_se(shares, 1.0, "a variance share")
+        variances = np.stack([self._term_variances(self.theta)[n] for n in names])
+        idx = pd.MultiIndex.from_product([names, range(L), range(m)])
+        return pd.DataFrame({
+            "env": [self.envs[l] for _, l, _ in idx], "trait": [self.traits[i] for _, _, i in idx],
+            "term": [n for n, _, _ in idx], "variance": variances.ravel(),
+            "share": value, "se": se, "se_note": note,
+        })
+
     def heritability(self) -> pd.DataFrame:
-        """h² per environment × trait with delta-method SEs."""
+        """h² = σ²_G / (σ²_G + Σ_t σ²_t + σ²_E) per environment × trait with delta-method SEs:
+        every random term enters the denominator."""
         value, se, note = self._derived_se(lambda theta: heritability.per_environment(*self._diag_parts(theta)),
                                            1.0, "an h²")
         idx = self.layout.labels()
@@ -328,16 +386,43 @@ class FitResult:
             out["pev"] = self.pev[:, cols].ravel()
         return out
 
+    def random_effects(self, term: str | None = None) -> pd.DataFrame:
+        """BLUPs (and PEVs when computed) of the levels of every random term beyond the genetic
+        one (or of ``term``), per environment and trait: columns term, level, env, trait, blup,
+        pev.  A structure shared by environments gives the same BLUP in every environment."""
+        L, m = len(self.envs), len(self.traits)
+        env_idx, trait_idx = np.repeat(np.arange(L), m), np.tile(np.arange(m), L)
+        frames = []
+        for s in self._R:
+            if term is not None and s.prefix != term:
+                continue
+            levels = self.random_levels[s.prefix]
+            cols = s.index(env_idx, trait_idx, m)
+            blup = np.asarray(self.random_blup[s.prefix])
+            frame = pd.DataFrame({"term": s.prefix, "level": np.repeat(levels, L * m),
+                                  "env": np.tile(np.repeat(self.envs, m), len(levels)),
+                                  "trait": np.tile(self.traits, len(levels) * L),
+                                  "blup": blup[:, cols].ravel()})
+            if s.prefix in self.random_pev:
+                frame["pev"] = np.asarray(self.random_pev[s.prefix])[:, cols].ravel()
+            frames.append(frame)
+        if term is not None and not frames:
+            raise KeyError(f"no random term {term!r}; the fit has {self.random_terms}")
+        if not frames:
+            return pd.DataFrame(columns=["term", "level", "env", "trait", "blup", "pev"])
+        return pd.concat(frames, ignore_index=True)
+
     def fitted(self) -> pd.DataFrame:
-        """Observed values with fitted values X b̂ + Z û and residuals."""
+        """Observed values with fitted values X b̂ + Z û + Σ_t Z_t û_t and residuals."""
         out = pd.DataFrame(self.observed)
         out["residual"] = out["y"] - out["fitted"]
         return out
 
     # -- summary ------------------------------------------------------------------------------------
     def summary(self) -> str:
+        random = f", random={'+'.join(self.random_terms)}" if self.random else ""
         lines = [
-            f"hetvc fit: genetic={self.genetic}, residual={self.residual}, {self.method.upper()}",
+            f"hetvc fit: genetic={self.genetic}{random}, residual={self.residual}, {self.method.upper()}",
             f"  {self.n_obs} observed values, {len(self.traits)} trait(s), {len(self.envs)} environment(s), "
             f"{len(self.ids)} genotypes in K",
             f"  engine: {self.engine} ({self.engine_reason})",
@@ -350,6 +435,10 @@ class FitResult:
         lines += [f"  note: {n}" for n in self.notes]
         vc = self.variance_components()[["name", "estimate", "se", "se_note"]]
         lines += ["", "Variance components", _table(vc)]
+        if self.random:
+            part = self.variance_partition()
+            lines += ["", "Variance partition (share of the phenotypic variance)",
+                      _table(part if len(self.envs) > 1 else part.drop(columns="env"))]
         lines += ["", "Heritability per environment", _table(self.heritability())]
         lines += ["", "Pooled heritability", _table(self.pooled_heritability())]
         rg = self.genetic_correlations()
@@ -375,7 +464,8 @@ class FitResult:
         return line + (f"; {rec['message']}" if rec.get("message") else "")
 
     def __repr__(self) -> str:
-        return (f"<FitResult genetic={self.genetic} residual={self.residual} logLik={self.loglik:.4f} "
+        random = f" random={'+'.join(self.random_terms)}" if self.random else ""
+        return (f"<FitResult genetic={self.genetic}{random} residual={self.residual} logLik={self.loglik:.4f} "
                 f"k={self.n_params} {self.record['status']}>")
 
     # -- persistence ----------------------------------------------------------------------------
@@ -385,6 +475,8 @@ class FitResult:
             v = getattr(self, name)
             out[name] = v.tolist() if isinstance(v, np.ndarray) else v
         out["observed"] = {k: np.asarray(v).tolist() for k, v in self.observed.items()}
+        for name in ("random_blup", "random_pev"):
+            out[name] = {k: np.asarray(v).tolist() for k, v in getattr(self, name).items()}
         out["record"] = self.record.to_dict()
         out["format"] = "hetvc-fit/1"
         return out
@@ -405,6 +497,8 @@ class FitResult:
             if kw.get(k) is not None:
                 kw[k] = np.asarray(kw[k], dtype=float)
         kw["observed"] = {k: np.asarray(v) for k, v in d["observed"].items()}
+        for name in ("random_blup", "random_pev"):
+            kw[name] = {k: np.asarray(v, dtype=float) for k, v in d.get(name, {}).items()}
         return cls(**kw)
 
 

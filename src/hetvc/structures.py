@@ -18,6 +18,10 @@ unstructured   L·m, l·m + i       all (full G×E)
 Residual structures (kernel I, unit = record): ``homogeneous`` (d = m, one ΣE) and
 ``heterogeneous`` (d = L·m, one ΣE_l per environment).
 
+Random terms (kernel I or a relationship over the levels of a factor, unit = level) take the
+genetic structures, ``homogeneous`` by default: one m×m Σ across traits, the same in every
+environment.  With a single environment a random term's ``diagonal`` is a variance per trait.
+
 Each structure is a class that also says what callers would otherwise decide by its name:
 whether it links environments, which correlations it estimates, which structures nest it
 (for LRTs), how its positive-definite blocks are named.  :data:`GENETIC_STRUCTURES` and
@@ -114,12 +118,13 @@ class CovStructure:
     def full(self, theta: np.ndarray, n_envs: int) -> np.ndarray:
         """Σ as the full (L·m)×(L·m) matrix of the layout (row l·m + i).  A structure whose rows
         are traits is the same in every environment: for the genetic term, whose unit (a
-        genotype) spans environments, J_L ⊗ Σ; for the residual, whose unit (a record) lies in
-        one environment, I_L ⊗ Σ."""
+        genotype) spans environments, J_L ⊗ Σ (so for any random term: a level's effect is the
+        same in every environment); for the residual, whose unit (a record) lies in one
+        environment, I_L ⊗ Σ."""
         M = self.matrix(theta)
         if self.per_environment:
             return M
-        across = np.ones((n_envs, n_envs)) if self.prefix == "G" else np.eye(n_envs)
+        across = np.eye(n_envs) if self.prefix == "E" else np.ones((n_envs, n_envs))
         return np.kron(across, M)
 
     def from_full(self, M: np.ndarray, layout) -> np.ndarray:
@@ -179,7 +184,7 @@ class Homogeneous(CovStructure):
 
     key = "homogeneous"
     links_environments = True
-    nested_in = {"G": ("unstructured",), "E": ("heterogeneous",)}
+    nested_in = {"G": ("unstructured",), "R": ("unstructured",), "E": ("heterogeneous",)}
     one_environment = "homogeneous"
     per_environment = False
 
@@ -192,7 +197,7 @@ class Heterogeneous(CovStructure):
     """Σ_l per environment, no covariance between environments: blockdiag(Σ_1 … Σ_L)."""
 
     key = "heterogeneous"
-    nested_in = {"G": ("unstructured",)}
+    nested_in = {"G": ("unstructured",), "R": ("unstructured",)}
     one_environment = "homogeneous"
 
     @classmethod
@@ -202,11 +207,12 @@ class Heterogeneous(CovStructure):
 
 class Diagonal(CovStructure):
     """A variance per trait × environment, no covariance between traits or environments
-    (sommer's and ASReml's ``diag``)."""
+    (sommer's and ASReml's ``diag``); for a random term in one environment, a variance per
+    trait."""
 
     key = "diagonal"
     trait_covariances = False
-    nested_in = {"G": ("heterogeneous", "unstructured")}
+    nested_in = {"G": ("heterogeneous", "unstructured"), "R": ("heterogeneous", "unstructured")}
 
     @classmethod
     def groups(cls, n_envs, m):
@@ -231,35 +237,42 @@ class Unstructured(CovStructure):
 
 
 GENETIC_STRUCTURES = {c.key: c for c in (Homogeneous, Heterogeneous, Diagonal, Unstructured)}
+RANDOM_STRUCTURES = GENETIC_STRUCTURES
 RESIDUAL_STRUCTURES = {c.key: c for c in (Homogeneous, Heterogeneous)}
 GENETIC = tuple(GENETIC_STRUCTURES)
+RANDOM = tuple(RANDOM_STRUCTURES)
 RESIDUAL = tuple(RESIDUAL_STRUCTURES)
+_REGISTRIES = {"G": (GENETIC_STRUCTURES, "genetic"), "R": (RANDOM_STRUCTURES, "random term"),
+               "E": (RESIDUAL_STRUCTURES, "residual")}
+#: names a random term may not take: the genetic and residual matrices' prefixes
+RESERVED_PREFIXES = ("G", "E")
 
 
 def structure_class(kind: str, name: str) -> type[CovStructure]:
-    """The class of the genetic (``kind='G'``) or residual (``kind='E'``) structure ``name``."""
-    registry = GENETIC_STRUCTURES if kind == "G" else RESIDUAL_STRUCTURES
+    """The class of the genetic (``kind='G'``), random-term (``'R'``) or residual (``'E'``)
+    structure ``name``."""
+    registry, what = _REGISTRIES[kind]
     if name not in registry:
-        what = "genetic" if kind == "G" else "residual"
         raise InputError(f"unknown {what} structure {name!r}; choose one of {', '.join(registry)}")
     return registry[name]
 
 
-def make_structure(kind: str, name: str, envs: list, traits: list) -> CovStructure:
-    """Build the genetic (``kind='G'``) or residual (``kind='E'``) structure called ``name``."""
+def make_structure(kind: str, name: str, envs: list, traits: list, prefix: str | None = None) -> CovStructure:
+    """Build the genetic (``kind='G'``), random-term (``'R'``, named ``prefix``: its factor)
+    or residual (``'E'``) structure called ``name``."""
     cls = structure_class(kind, name)
-    what = "genetic" if kind == "G" else "residual"
-    if cls.per_environment and len(envs) < 2:
+    what = _REGISTRIES[kind][1] + (f" {prefix!r}" if kind == "R" else "")
+    if cls.per_environment and len(envs) < 2 and kind != "R":  # a random term's: one block
         raise InputError(
-            f"{what}={name!r} needs at least two environments, the data have one "
-            f"({envs[0]!r}); use {what}='homogeneous'"
+            f"{what} structure {name!r} needs at least two environments, the data have one "
+            f"({envs[0]!r}); use 'homogeneous'"
         )
     m = len(traits)
     labels = (tuple((e, t) for e in envs for t in traits) if cls.per_environment
               else tuple((None, t) for t in traits))
     groups = cls.groups(len(envs), m)
     return cls(
-        prefix=kind,
+        prefix=prefix or kind,
         name=name,
         labels=labels,
         pairs=_pairs_within(groups),

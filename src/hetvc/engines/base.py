@@ -3,8 +3,8 @@
 An engine answers two questions and holds no other state than its precomputations:
 
 * :meth:`Engine.evaluate` — ℓ (REML or ML), the score ∂ℓ/∂θ and the average information;
-* :meth:`Engine.solve` — BLUEs with their covariance, BLUPs of u for every genotype in K,
-  and, on request, the prediction error variances of the BLUPs.
+* :meth:`Engine.solve` — BLUEs with their covariance, BLUPs of u for every genotype in K
+  (and of every random term's levels), and, on request, their prediction error variances.
 
 With P = V⁻¹ − V⁻¹X(X'V⁻¹X)⁻¹X'V⁻¹ (REML; ML uses V⁻¹ in the trace and AI terms):
 
@@ -16,7 +16,7 @@ With P = V⁻¹ − V⁻¹X(X'V⁻¹X)⁻¹X'V⁻¹ (REML; ML uses V⁻¹ in the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,8 +39,10 @@ class Solution:
     beta: np.ndarray  # (p,) BLUEs
     beta_cov: np.ndarray  # (p, p) (X'V⁻¹X)⁻¹
     blup: np.ndarray  # (q, dG) û for every genotype in K and every row of ΣG
-    fitted: np.ndarray  # (N,) X b̂ + Z û
+    fitted: np.ndarray  # (N,) X b̂ + Z û + Σ_t Z_t û_t
     pev: np.ndarray | None = None  # (q, dG) Var(u − û)
+    #: per random term beyond the genetic one: (BLUPs (levels, d_t), PEVs or None)
+    random: dict = field(default_factory=dict)
 
 
 def restricted_constant(n_obs: int, rank_x: int, method: str) -> float:

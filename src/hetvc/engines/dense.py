@@ -78,12 +78,11 @@ class DenseEngine(Engine):
         self.kobs = [_observed_kernel(t) for t in self.terms]
         self.params = model.params()
         self.const = restricted_constant(len(d.y), d.X.shape[1], model.method)
-        self.observed_genos = np.unique(d.geno)
 
     def covariance(self, theta: np.ndarray) -> np.ndarray:
         """V = Σ_t 𝒦_obs,t ∘ Σ_t[a(o), a(o')]."""
         V = None
-        for term, kobs, S in zip(self.terms, self.kobs, self.model.split(theta)):
+        for term, kobs, S in zip(self.terms, self.kobs, self.model.matrices(theta)):
             part = S[np.ix_(term.index, term.index)]
             part *= kobs
             if V is None:
@@ -127,27 +126,39 @@ class DenseEngine(Engine):
         return Evaluation(loglik, score, (ai + ai.T) / 2)
 
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
-        """BLUEs b̂ = (X'V⁻¹X)⁻¹X'V⁻¹y and BLUPs û = (ΣG ⊗ K) Z'Py for every genotype in K."""
+        """BLUEs b̂ = (X'V⁻¹X)⁻¹X'V⁻¹y and, for the genetic and every random term t, BLUPs
+        û_t = (Σ_t ⊗ 𝒦_t) Z_t'Py for every level of its kernel (every genotype in K)."""
         f = self._factor(theta, need_p=pev)
-        G, _ = self.model.split(theta)
-        gterm = self.terms[0]
-        k_cross = self.model.design.K[:, self.observed_genos]  # (q, units)
-        blup = k_cross @ _aggregate(gterm, f.py) @ G
-        fitted = self.X @ f.beta + blup[self.model.design.geno, gterm.index]
-        out = Solution(f.beta, f.xvx_inv, blup, fitted)
-        if pev:
-            out.pev = self._pev(f.p, G, gterm, k_cross)
+        fitted = self.X @ f.beta
+        predictions = []
+        for term, S in zip(self.terms[:-1], self.model.matrices(theta)[:-1]):
+            cross = _level_kernel(term)  # (levels, units)
+            blup = cross @ _aggregate(term, f.py) @ S
+            fitted = fitted + blup[term.factor.observed[term.unit], term.index]
+            predictions.append((blup, self._pev(f.p, S, term, cross) if pev else None))
+        (blup, gpev), random = predictions[0], predictions[1:]
+        out = Solution(f.beta, f.xvx_inv, blup, fitted, gpev)
+        out.random = {t.factor.name: p for t, p in zip(self.terms[1:-1], random)}
         return out
 
-    def _pev(self, P, G, gterm, k_cross) -> np.ndarray:
-        """Var(u_ja − û_ja) = ΣG[a,a]·K[j,j] − c'Pc with c_o = ΣG[a, a(o)]·K[j, g(o)]."""
+    def _pev(self, P, S, term, cross) -> np.ndarray:
+        """Var(u_ja − û_ja) = Σ[a,a]·𝒦[j,j] − c'Pc with c_o = Σ[a, a(o)]·𝒦[j, u(o)]."""
         n = len(self.y)
-        S = sp.csr_matrix((np.ones(n), (gterm.unit, np.arange(n))), shape=(gterm.n_units, n))
-        kdiag = np.diag(self.model.design.K)
-        out = np.empty((len(kdiag), G.shape[0]))
-        for a in range(G.shape[0]):
-            dvec = G[a, gterm.index]
+        Z = sp.csr_matrix((np.ones(n), (term.unit, np.arange(n))), shape=(term.n_units, n))
+        kdiag = np.ones(cross.shape[0]) if term.factor.kernel is None else np.diag(term.factor.kernel)
+        out = np.empty((cross.shape[0], S.shape[0]))
+        for a in range(S.shape[0]):
+            dvec = S[a, term.index]
             pa = P * np.outer(dvec, dvec)
-            agg = (S @ (S @ pa).T).T  # S Pa S'  (units × units)
-            out[:, a] = G[a, a] * kdiag - np.einsum("ju,ju->j", k_cross @ agg, k_cross)
+            agg = (Z @ (Z @ pa).T).T  # Z Pa Z'  (units × units)
+            out[:, a] = S[a, a] * kdiag - np.einsum("ju,ju->j", cross @ agg, cross)
         return out
+
+
+def _level_kernel(term: RandomTerm) -> np.ndarray:
+    """𝒦[level, observed unit]: the kernel's rows of every level (the identity's columns when
+    the levels are independent)."""
+    factor = term.factor
+    if factor.kernel is None:
+        return np.eye(len(factor.levels))[:, factor.observed]
+    return factor.kernel[:, factor.observed]

@@ -236,6 +236,10 @@ def _s(k: int) -> str:
 def plan(model: Model) -> SpectralPlan | NotApplicable:
     """The block layout of V for the spectral engine, or why it does not apply (one line)."""
     d = model.design
+    if model.random:
+        names = ", ".join(repr(f.name) for f, _ in model.random)
+        return NotApplicable(f"random term{_s(len(model.random))} {names} beyond the genetic one; the "
+                             "spectral engine takes the genetic term and the residual only")
     m, L = len(d.traits), len(d.envs)
     n_rec = d.n_records
     count = np.bincount(d.record, minlength=n_rec)
@@ -456,7 +460,7 @@ class SpectralEngine(Engine):
         return phi, lam, s0, 2.0 * float(np.log(np.diag(low)).sum())
 
     def _state(self, theta: np.ndarray):
-        G, E = self.model.split(theta)
+        G, E = self.model.matrices(theta)
         p = self.model.design.X.shape[1]
         xvx = np.zeros((p, p))
         xvy = np.zeros(p)

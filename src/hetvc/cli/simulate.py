@@ -1,11 +1,19 @@
-"""`hetvc simulate` (a simulated data set) and `hetvc kinship` (a GRM from genotypes)."""
+"""`hetvc simulate` (a simulated data set) and `hetvc kinship` (a GRM from genotypes, or the
+additive relationship matrix A and its inverse from a pedigree)."""
 
 from __future__ import annotations
 
 import click
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from click.core import ParameterSource
 
 from ..errors import InputError
+from ..io_utils import atomic_path
 from ..kinship import grm, write_kinship
+from ..kinship.pedigree import (inbreeding, looks_like_pedigree, pedigree_inverse, pedigree_kinship,
+                                read_pedigree)
 from ..simulate import simulate as _simulate
 
 
@@ -65,25 +73,91 @@ def simulate(n, traits, locations, snps, h2, w, rho, rho_e, location_scales, loc
         click.echo(f"wrote {path}")
 
 
+_PEDIGREE_OPTIONS = ("id_col", "sire", "dam", "positions", "inverse")
+_GENOTYPE_OPTIONS = ("method", "block_size", "id_column")
+
+
 @click.command("kinship")
-@click.argument("genotypes", type=click.Path(dir_okay=False))
+@click.argument("genotypes", required=False, type=click.Path(dir_okay=False))
+@click.option("--pedigree", default=None, type=click.Path(dir_okay=False),
+              help="Build the additive relationship matrix A from this pedigree (.csv/.tsv: id, sire, "
+                   "dam; unknown parents 0, NA, ., -, * or empty) instead of a GRM from GENOTYPES.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Output kinship: .csv (labelled) or .npy (+ .npy.ids).")
 @click.option("--method", type=click.Choice(["standardized", "vanraden"]), default="standardized",
               show_default=True, help="GRM form (see hetvc.kinship).")
 @click.option("--block-size", type=int, default=1024, show_default=True, help="SNPs per block (memory).")
 @click.option("--id-column", default=None, help="Id column of a CSV dosage table [default: 'id' or the first].")
-def kinship(genotypes, out, method, block_size, id_column):
-    """Build a genomic relationship matrix from GENOTYPES.
+@click.option("--id", "id_col", default="id", show_default=True,
+              help="Pedigree id column (a 3-column pedigree without these names is read in order).")
+@click.option("--sire", default="sire", show_default=True, help="Pedigree sire column.")
+@click.option("--dam", default="dam", show_default=True, help="Pedigree dam column.")
+@click.option("--positions", is_flag=True,
+              help="Pedigree sire and dam are 1-based row numbers of the id column (R's integer-coded "
+                   "pedigrees), not ids.")
+@click.option("--inverse", default=None, type=click.Path(dir_okay=False),
+              help="Also write the inverse of A (Henderson's rules with inbreeding) as a sparse triplet "
+                   "CSV: header row_id,col_id,value; one line per non-zero of the lower triangle "
+                   "(row_id's animal at or after col_id's in pedigree order, parents first); entries not "
+                   "listed are 0, the upper triangle is the mirror image.")
+@click.pass_context
+def kinship(ctx, genotypes, pedigree, out, method, block_size, id_column, id_col, sire, dam, positions,
+            inverse):
+    """Build a genomic relationship matrix from GENOTYPES, or the additive relationship
+    matrix A from a pedigree (--pedigree).
 
     GENOTYPES is a PLINK .bed file (or its prefix, with .bim and .fam next to it) or a CSV
     dosage table (one row per individual: an id column, then 0/1/2 per SNP; empty = missing).
-    """
 
+    A pedigree has one row per animal with its sire and dam; parents may be listed after
+    their offspring, and parents never listed as animals are added as founders.  A is
+    computed by the tabular method (dense: up to about 20 000 animals); see
+    hetvc.kinship.pedigree for the rules and formulas.
+    """
+    def given(names):
+        return [n for n in names if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
+
+    if (genotypes is None) == (pedigree is None):
+        raise click.UsageError("give exactly one of GENOTYPES (a GRM) or --pedigree FILE (the pedigree A)")
+    wrong = given(_GENOTYPE_OPTIONS if pedigree else _PEDIGREE_OPTIONS)
+    if wrong:
+        flags = ", ".join("--" + ("id" if n == "id_col" else n.replace("_", "-")) for n in wrong)
+        mode, other = ("--pedigree", "GENOTYPES") if pedigree else ("GENOTYPES", "--pedigree")
+        raise click.UsageError(f"{flags}: not with {mode} (for {other} only)")
+    if pedigree:
+        _pedigree_kinship(pedigree, out, id_col, sire, dam, positions, inverse)
+        return
+    if looks_like_pedigree(genotypes):
+        columns = pd.read_csv(genotypes, sep=None, engine="python", nrows=0).columns  # the header only
+        raise InputError(f"{genotypes} looks like a pedigree (columns {', '.join(map(str, columns))}); "
+                         f"use hetvc kinship --pedigree {genotypes}")
     K, info = grm(genotypes, method=method, block_size=block_size, id_column=id_column, return_info=True)
     path = write_kinship(K, out)
     click.echo(info.summary())
     click.echo(f"wrote {path}")
+
+
+def _pedigree_kinship(source, out, id_col, sire, dam, positions, inverse):
+    ped = read_pedigree(source, id=id_col, sire=sire, dam=dam, positions=positions)
+    founders = int(((ped.sire < 0) & (ped.dam < 0)).sum())
+    click.echo(f"pedigree {source}: {len(ped)} animals, {founders} founders (both parents unknown), "
+               f"{ped.founders_added} parent(s) added as founders")
+    for note in ped.notes:
+        click.echo(f"note: {note}")
+    F = inbreeding(ped)
+    click.echo(f"inbreeding: mean F {F.mean():.4g}, max F {F.max():.4g} ({F.idxmax()!r}), "
+               f"{int((F > 0).sum())} inbred (F > 0)")
+    click.echo(f"wrote {write_kinship(pedigree_kinship(ped), out)}")
+    if inverse:
+        Ainv, ids = pedigree_inverse(ped)
+        low = sp.tril(Ainv, format="coo")
+        order = np.lexsort((low.col, low.row))
+        labels = np.array(ids, dtype=object)
+        triplets = pd.DataFrame({"row_id": labels[low.row[order]], "col_id": labels[low.col[order]],
+                                 "value": low.data[order]})
+        with atomic_path(inverse) as tmp:
+            triplets.to_csv(tmp, index=False, sep="\t" if str(inverse).lower().endswith(".tsv") else ",")
+        click.echo(f"wrote {inverse} ({len(triplets)} non-zeros of the lower triangle of the inverse)")
 
 
 COMMANDS = [simulate, kinship]

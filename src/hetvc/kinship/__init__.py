@@ -15,7 +15,10 @@ One module a job, each documented in its own docstring; a module imports only th
 * :mod:`~hetvc.kinship.check` — :func:`check_kinship`, and the digest that spares a second check;
 * :mod:`~hetvc.kinship.scaling` — the scale K is used at (mean diagonal, centred, as given) and
   why K is singular, with their notes;
-* :mod:`~hetvc.kinship.files` — kinship files (``.csv``, ``.npy`` + ``.ids``).
+* :mod:`~hetvc.kinship.files` — kinship files (``.csv``, ``.npy`` + ``.ids``);
+* :mod:`~hetvc.kinship.pedigree` — pedigrees: reading and checking them, the additive
+  relationship matrix A (tabular method), its sparse inverse (Henderson's rules with
+  inbreeding) and inbreeding coefficients (Meuwissen & Luo).
 
 Counts of dropped SNPs and imputed calls are logged by logger ``hetvc.kinship``.
 """
@@ -25,6 +28,8 @@ from .files import ids_path, kinship_matrix, read_kinship, write_kinship
 from .genomic import GRMInfo, grm
 from .genomic import standardized_genotypes
 from .ids import check_ids, near_match_hint
+from .pedigree import (Pedigree, inbreeding, looks_like_pedigree, pedigree_inverse, pedigree_kinship,
+                       read_pedigree)
 from .psd import PSDCertificate, psd_certificate, smallest_eigenvalue
 from .scaling import KINSHIP_SCALES, kinship_scaling, kinship_singularity, singularity_note
 from .sources import read_genotypes
@@ -53,4 +58,10 @@ __all__ = [
     "psd_certificate",
     "smallest_eigenvalue",
     "PSDCertificate",
+    "Pedigree",
+    "read_pedigree",
+    "pedigree_kinship",
+    "pedigree_inverse",
+    "inbreeding",
+    "looks_like_pedigree",
 ]

@@ -5,7 +5,9 @@ and heterogeneous do not nest: the first has covariance across environments, the
 residual structures as homogeneous ⊂ heterogeneous.  Each structure says what it nests in
 (:mod:`hetvc.structures`).  Under REML, ℓ is comparable only between
 models with the same fixed effects.  The LRT p-value uses χ² with Δk degrees of freedom, which
-is conservative when the restriction puts a variance on its boundary.
+is conservative when the restriction puts a variance on its boundary: for dropping a random
+term with a single variance, the boundary mixture ½χ²₀ + ½χ²₁ halves the p-value
+(``lrt_p_boundary``, Self & Liang 1987).
 """
 
 from __future__ import annotations
@@ -18,11 +20,24 @@ from .errors import InputError
 from .structures import structure_class
 
 
+def _nests(kind: str, small: str, big: str) -> bool:
+    return small == big or structure_class(kind, small).nests_in(kind, big)
+
+
 def nested(small, big) -> bool:
-    """True when model ``small`` is a special case of model ``big`` (same data, same X)."""
-    g = small.genetic == big.genetic or structure_class("G", small.genetic).nests_in("G", big.genetic)
-    e = small.residual == big.residual or structure_class("E", small.residual).nests_in("E", big.residual)
-    return g and e and small.n_params < big.n_params
+    """True when model ``small`` is a special case of model ``big`` (same data, same X): its
+    genetic and residual structures nest in big's, and each of its random terms is one of
+    big's with a nesting structure (a term big has and small lacks is a variance set to 0)."""
+    big_terms = {r["name"]: r["structure"] for r in big.random}
+    terms = all(r["name"] in big_terms and _nests("R", r["structure"], big_terms[r["name"]])
+                for r in small.random)
+    return (terms and _nests("G", small.genetic, big.genetic) and _nests("E", small.residual, big.residual)
+            and small.n_params < big.n_params)
+
+
+def model_name(fit) -> str:
+    """'genetic/residual', with '+term' for each random term beyond the genetic one."""
+    return f"{fit.genetic}/{fit.residual}" + "".join(f"+{r['name']}" for r in fit.random)
 
 
 def compare(*fits, names=None) -> pd.DataFrame:
@@ -39,7 +54,7 @@ def compare(*fits, names=None) -> pd.DataFrame:
     for f in fits[1:]:
         if f.n_obs != ref.n_obs or f.x_names != ref.x_names or f.method != ref.method:
             raise InputError("fits differ in data, fixed effects or method; their likelihoods are not comparable")
-    names = names or [f"{f.genetic}/{f.residual}" for f in fits]
+    names = names or [model_name(f) for f in fits]
     rows = []
     for name, f in zip(names, fits):
         row = dict(model=name, genetic=f.genetic, residual=f.residual, k=f.n_params,
@@ -51,6 +66,8 @@ def compare(*fits, names=None) -> pd.DataFrame:
             stat = max(2.0 * (f.loglik - g0.loglik), 0.0)
             df = f.n_params - g0.n_params
             row.update(lrt_vs=n0, lrt_stat=stat, lrt_df=df, lrt_p=float(stats.chi2.sf(stat, df)))
+            if df == 1 and len(f.random) > len(g0.random):
+                row["lrt_p_boundary"] = 0.5 * row["lrt_p"]
         rows.append(row)
     out = pd.DataFrame(rows)
     out["dAIC"] = out["AIC"] - out["AIC"].min()

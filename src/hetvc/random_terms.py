@@ -103,7 +103,7 @@ def _factor(spec: Random, labels: np.ndarray, jitter) -> Factor:
     """Levels, observed units and relationship of one term."""
     observed_labels, unit = np.unique(labels, return_inverse=True)
     if spec.K is None:
-        return Factor(spec.name, unit, list(observed_labels), np.arange(len(observed_labels)), None)
+        return Factor(spec.name, unit, [str(v) for v in observed_labels], np.arange(len(observed_labels)), None)
     Kmat, ids = kinship_matrix(spec.K, jitter)
     ids = [str(i) for i in ids]
     position = {label: j for j, label in enumerate(ids)}
@@ -116,14 +116,17 @@ def _factor(spec: Random, labels: np.ndarray, jitter) -> Factor:
     return Factor(spec.name, unit, ids, observed, Kmat)
 
 
-def _check_levels(spec: Random, factor: Factor, design: Design) -> None:
-    """One level; fewer levels (per environment, for a structure per environment) than the
-    term's parameters that live there plus one."""
-    n_units = len(factor.observed)
-    if n_units < 2:
+def _check_single_level(spec: Random, factor: Factor) -> None:
+    if factor.n_units < 2:
         raise InputError(f"random term {spec.name!r} has a single level "
                          f"({factor.levels[factor.observed[0]]!r}) among the records: its variance "
                          "cannot be told from the mean; drop the term")
+
+
+def _check_levels(spec: Random, factor: Factor, design: Design) -> None:
+    """Fewer levels (per environment, for a structure per environment) than the term's
+    parameters that live there plus one."""
+    n_units = factor.n_units
     cls = structure_class("R", spec.structure)
     m = len(design.traits)
     need = 1 + (m if cls.trait_covariances else 1)
@@ -180,8 +183,9 @@ def resolve_random(data: pd.DataFrame, design: Design, random, jitter=None) -> t
         by_record = dict(zip(np.unique(design.record).tolist(), record_labels))
         labels = np.array([by_record[r] for r in design.record.tolist()], dtype=str)
         factor = _factor(spec, labels, jitter)
-        _check_levels(spec, factor, design)
+        _check_single_level(spec, factor)
         _check_confounding(spec, factor, design)
+        _check_levels(spec, factor, design)
         notes += _spans_environments(spec, factor, design)
         out.append((factor, spec.structure))
     return out, notes

@@ -11,7 +11,8 @@ from .design_notes import describe_data
 from .errors import ConvergenceError, HetvcError, InputError
 from .fitting import build_model, fit, fit_model
 from .fixed_effects import resolve_fixed
-from .kinship import check_kinship, grm, read_genotypes, read_kinship, write_kinship
+from .kinship import (check_kinship, grm, inbreeding, pedigree_inverse, pedigree_kinship, read_genotypes,
+                      read_kinship, read_pedigree, write_kinship)
 from .options import FitOptions
 from .phenotypes import read_phenotypes
 from .random_terms import Random
@@ -19,4 +20,5 @@ from .results import FitResult, load
 
 __all__ = ["fit", "build_model", "Random", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
            "InputError", "ConvergenceError", "read_phenotypes", "resolve_fixed", "describe_data",
-           "read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes"]
+           "read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes", "read_pedigree",
+           "pedigree_kinship", "pedigree_inverse", "inbreeding"]

@@ -150,11 +150,32 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
     theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=options.tol,
                                  max_iter=options.max_iter, time_limit=options.time_limit,
                                  progress=progress)
-    _, _, ai_inv = newton_step(ev.ai, ev.score)
-    singular = _singular(model, ev.ai, ai_inv)
-    _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular))
+    fixed = _fixed_at_zero(model, theta)
+    ai_inv = _conditional_inverse(ev.ai, ev.score, fixed)
+    singular = _singular(model, ev.ai, ai_inv) & ~fixed
+    _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular | fixed))
     solution = eng.solve(theta, pev=options.pev)
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
+
+
+def _fixed_at_zero(model: Model, theta: np.ndarray) -> np.ndarray:
+    """Lone variances (1×1 blocks: a random term's or a diagonal structure's) on the boundary:
+    estimated at zero, they are fixed there and the other SEs are conditional on it."""
+    fixed = np.zeros(model.n_params, dtype=bool)
+    for blk in model.blocks():
+        if blk.dim == 1 and blk.scaled(theta)[0, 0] <= 10 * FLOOR:
+            fixed[blk.theta_index] = True
+    return fixed
+
+
+def _conditional_inverse(ai: np.ndarray, score: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """AI⁻¹ of the parameters not ``fixed`` (NaN rows and columns for the fixed ones)."""
+    if not fixed.any():
+        return newton_step(ai, score)[2]
+    free = ~fixed
+    out = np.full_like(ai, np.nan)
+    out[np.ix_(free, free)] = newton_step(ai[np.ix_(free, free)], score[free])[2]
+    return out
 
 
 def _singular(model: Model, ai: np.ndarray, ai_inv: np.ndarray) -> np.ndarray:

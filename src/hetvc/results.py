@@ -45,6 +45,7 @@ from .structures import make_structure
 _H = 1e-20  # complex step
 ZERO_VARIANCE = 1e-6  # a genetic variance below this share of its phenotypic variance is zero
 ABSURD_SE = 1e3  # a variance SE above this many phenotypic variances carries no information
+FIXED_AT_ZERO = "fixed at 0: on the boundary"  # se_note of a lone variance estimated at zero
 
 
 @dataclass
@@ -182,7 +183,7 @@ class FitResult:
             t = self.theta.astype(complex)
             t[k] += 1j * _H
             jac[:, k] = np.imag(fun(t)).ravel() / _H
-        involved = jac != 0
+        involved = (jac != 0) & ~self.fixed_at_zero()  # a variance fixed at 0 adds no uncertainty
         cov = np.nan_to_num(self.theta_cov, nan=0.0)  # parameters without information: see se_note
         var = np.einsum("ik,kl,il->i", jac, cov, jac)
         se = np.sqrt(np.where(var >= 0, var, np.nan))
@@ -197,6 +198,15 @@ class FitResult:
             block_of = {int(a): s.block_name(blk) for blk in s.blocks for a in blk}
             out += [block_of[a] for a, _ in s.pairs]
         return out
+
+    def fixed_at_zero(self) -> np.ndarray:
+        """Parameters that are lone variances (a 1×1 block: a random term's, a diagonal
+        structure's) estimated at zero: fixed there, with the other SEs conditional on it."""
+        out = []
+        for s in self._structures:
+            lone = {int(blk[0]) for blk in s.blocks if len(blk) == 1 and s.block_name(blk) in self.boundary}
+            out += [a in lone for a, _ in s.pairs]
+        return np.array(out, dtype=bool)
 
     def _row_variances(self) -> tuple[np.ndarray, np.ndarray]:
         """Phenotypic variance of every row of ΣG and ΣE, from the observed values, as the model
@@ -214,9 +224,12 @@ class FitResult:
         on_boundary = set(self.boundary)
         scales = self._row_variances()
         notes = []
+        fixed = self.fixed_at_zero()
         for k, ((term, (a, b)), block) in enumerate(zip(self._pairs(), self.param_blocks())):
             scale = np.sqrt(scales[term][a] * scales[term][b])
-            if block in on_boundary:
+            if fixed[k]:
+                notes.append(FIXED_AT_ZERO)
+            elif block in on_boundary:
                 notes.append(f"on the boundary: {block} is singular")
             elif np.isnan(diag[k]):
                 notes.append("no information in the data: AI singular")
@@ -239,7 +252,8 @@ class FitResult:
         _, param_notes = self._param_se_notes()
         notes = []
         for row in range(len(value)):
-            reasons = [param_notes[k] for k in np.nonzero(jac[row])[0] if param_notes[k]]
+            reasons = [param_notes[k] for k in np.nonzero(jac[row])[0]
+                       if param_notes[k] and param_notes[k] != FIXED_AT_ZERO]
             if reasons:
                 notes.append(reasons[0])
             elif not np.isfinite(se[row]):
@@ -254,8 +268,14 @@ class FitResult:
     def se_notes(self) -> list[str]:
         """Fit-level notes on SEs given as NA (boundary blocks, absurd SEs)."""
         out = []
-        if self.boundary:
-            out.append(f"SEs of the parameters of {', '.join(self.boundary)} (on the boundary) and of "
+        fixed = self.fixed_at_zero()
+        zero = [n for n, f in zip(self.param_names(), fixed) if f]
+        singular = [b for b in self.boundary if not any(b == blk for blk, f in zip(self.param_blocks(), fixed) if f)]
+        if zero:
+            out.append(f"estimated at zero, on the boundary: {', '.join(zero)}; fixed there, so the other "
+                       "SEs (and those of h² and shares) are conditional on it (as ASReml's 'B' components)")
+        if singular:
+            out.append(f"SEs of the parameters of {', '.join(singular)} (on the boundary) and of "
                        "h² and correlations built from them are NA: AI⁻¹ does not describe an "
                        "estimate at the edge of the parameter space")
         _, notes = self._param_se_notes()
@@ -307,12 +327,27 @@ class FitResult:
 
         value, se, note = self._derived_se(shares, 1.0, "a variance share")
         variances = np.stack([self._term_variances(self.theta)[n] for n in names])
+        zero = self._fixed_cells(names).ravel()  # a term's share where its variance is fixed at 0
+        se[zero] = np.nan
+        note = [FIXED_AT_ZERO if z else n for z, n in zip(zero, note)]
         idx = pd.MultiIndex.from_product([names, range(L), range(m)])
         return pd.DataFrame({
             "env": [self.envs[l] for _, l, _ in idx], "trait": [self.traits[i] for _, _, i in idx],
             "term": [n for n, _, _ in idx], "variance": variances.ravel(),
             "share": value, "se": se, "se_note": note,
         })
+
+    def _fixed_cells(self, names) -> np.ndarray:
+        """(T, L, m): whether term t's variance of trait i in environment l is fixed at 0."""
+        L, m = len(self.envs), len(self.traits)
+        fixed = dict(zip(self.param_names(), self.fixed_at_zero()))
+        out = np.zeros((len(names), L, m), dtype=bool)
+        env_idx, trait_idx = np.repeat(np.arange(L), m), np.tile(np.arange(m), L)
+        for t, s in enumerate(self._structures):
+            names_by_pair = dict(zip(s.pairs, s.param_names()))
+            rows = s.index(env_idx, trait_idx, m)
+            out[t] = np.array([fixed.get(names_by_pair.get((a, a)), False) for a in rows]).reshape(L, m)
+        return out
 
     def heritability(self) -> pd.DataFrame:
         """h² = σ²_G / (σ²_G + Σ_t σ²_t + σ²_E) per environment × trait with delta-method SEs:

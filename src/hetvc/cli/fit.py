@@ -1,8 +1,9 @@
 """`hetvc fit` (a breeder's multi-trait, multi-environment analysis) and `hetvc example`.
 
-    hetvc fit PHENO --kinship K.csv | --genotypes FILE.bed|markers.csv
+    hetvc fit PHENO --kinship K.csv | --genotypes FILE.bed|markers.csv | --pedigree ped.csv
               --traits yield,oil --env env --id genotype
               [--genetic heterogeneous] [--residual homogeneous] [--fixed "~ set_env"]
+              [--random BYEAR,MOTHER,env:block] [--random-kinship male=K_male.csv]
               [--compare homogeneous,heterogeneous,unstructured] [--out DIR] [--json]
               [--kinship-scale mean-diag|centred|none] [--threads 1]
 
@@ -43,9 +44,11 @@ from ..errors import ConvergenceError, InputError
 from ..examples import EXAMPLES, example_path
 from ..fixed_effects import resolve_fixed
 from ..io_utils import atomic_write
-from ..kinship import check_kinship, grm, kinship_fingerprint, kinship_scaling, read_kinship, singularity_note
+from ..kinship import (check_kinship, grm, kinship_fingerprint, kinship_scaling, looks_like_pedigree,
+                       pedigree_kinship, pedigree_summary, read_kinship, read_pedigree, singularity_note)
 from ..options import FitOptions
 from ..phenotypes import read_phenotypes
+from ..random_terms import Random, as_random_list
 from ..report import (comparison, fit_text, format_p, seconds_text, select, selection_lines,
                       shared_notes, summary, write_report)
 from ..results import FitResult
@@ -76,16 +79,27 @@ def _checked(fn, *args, **kwargs):
     return out, [_cli_text(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
-def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str):
-    """(K DataFrame, facts dict, notes) from a kinship file or from genotypes (a GRM), scaled
+def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str, pedigree=None,
+                 positions: bool = False):
+    """(K DataFrame, facts dict, notes) from a kinship file, from genotypes (a GRM) or from a
+    pedigree (A, :mod:`hetvc.kinship.pedigree`; ``positions``: R-style row numbers), scaled
     under --kinship-scale (:func:`hetvc.kinship.kinship_scaling`), with a note when K is
     singular (:func:`hetvc.kinship.singularity_note`)."""
 
     notes, facts = [], {}
     n_markers = None
-    if (kinship is None) == (genotypes is None):
-        raise InputError("give exactly one of --kinship K.csv or --genotypes FILE.bed|markers.csv")
-    if kinship is not None:
+    if sum(x is not None for x in (kinship, genotypes, pedigree)) != 1:
+        raise InputError("give exactly one of --kinship K.csv, --genotypes FILE.bed|markers.csv or "
+                         "--pedigree ped.csv")
+    if pedigree is not None:
+        ped = read_pedigree(pedigree, positions=positions)
+        notes += pedigree_summary(ped, pedigree)
+        K, warned = _checked(check_kinship, pedigree_kinship(ped), jitter=jitter, name=f"A of {pedigree}")
+        facts["pedigree"] = str(pedigree)
+    elif kinship is not None:
+        if str(kinship).lower().endswith((".csv", ".tsv", ".txt")) and looks_like_pedigree(kinship):
+            raise InputError(f"{kinship} looks like a pedigree (id, sire, dam), not a relationship matrix; "
+                             f"use --pedigree {kinship}")
         K, warned = _checked(read_kinship, kinship, jitter=jitter)
         facts["kinship"] = str(kinship)
     else:
@@ -127,13 +141,34 @@ def parse_models(compare: str | None, genetic: str, residual: str) -> list[tuple
     return list(dict.fromkeys(out))
 
 
+def parse_random(text: str | None, kinships=()) -> list[Random]:
+    """The random terms of ``--random BYEAR,MOTHER,env:block=heterogeneous`` (TERM or
+    TERM=STRUCTURE), with ``--random-kinship TERM=FILE`` relationship matrices."""
+    terms = []
+    for token in [t.strip() for t in (text or "").split(",") if t.strip()]:
+        factor, _, structure = token.partition("=")
+        terms.append(Random(":".join(c.strip() for c in factor.split(":")), structure=structure.strip() or "homogeneous"))
+    named = {t.name: t for t in terms}
+    for item in kinships:
+        term, sep, path = item.partition("=")
+        term = ":".join(c.strip() for c in term.split(":"))
+        if not sep or not path.strip():
+            raise InputError(f"--random-kinship {item!r}: write TERM=FILE, e.g. --random-kinship male=K_male.csv")
+        if term not in named:
+            raise InputError(f"--random-kinship {item!r}: {term!r} is not a term of --random "
+                             f"({', '.join(named) or 'none given'})")
+        named[term] = Random(term, K=path.strip(), structure=named[term].structure)
+    return as_random_list(list(named.values()))
+
+
 def _command_line(name: str, pheno, opts: dict) -> str:
     parts = ["hetvc", name] + ([str(pheno)] if pheno is not None else [])
     for k, v in opts.items():
         if v is None or v is False:
             continue
         flag = "--" + k.replace("_", "-")
-        parts += [flag] if v is True else [flag, str(v)]
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            parts += [flag] if item is True else [flag, str(item)]
     return shlex.join(parts)
 
 
@@ -191,18 +226,32 @@ def _data_digest(data: pd.DataFrame, columns) -> str:
 
 
 def fit_inputs(data, K, *, traits, env, id, fixed, method, tol, max_iter, engine, pev,
-               genetic, residual, k_digest: str | None = None) -> dict:
+               genetic, residual, k_digest: str | None = None, random=()) -> dict:
     """What a fit depends on (its fingerprint): a fit file with the same inputs is reused
     instead of refitted.  ``--time-limit`` is not in it (see :func:`reusable`).  ``k_digest``:
-    :func:`hetvc.kinship.kinship_fingerprint` of K, when already computed (once per run)."""
-    columns = [id, env, *traits, *_formula_columns(fixed, data.columns)]
+    :func:`hetvc.kinship.kinship_fingerprint` of K, when already computed (once per run);
+    ``random``: the :class:`hetvc.Random` terms (their columns and relationship files count)."""
+    columns = [id, env, *traits, *_formula_columns(fixed, data.columns), *random_columns(random)]
     return {
         "format": INPUTS_FORMAT, "data": _data_digest(data, columns), "n_records": int(len(data)),
         "kinship": k_digest or kinship_fingerprint(K), "n_kinship": int(K.shape[0]),
         "traits": [str(t) for t in traits], "env": env, "id": id, "fixed": fixed, "method": method,
         "tol": float(tol), "max_iter": int(max_iter), "engine": engine, "pev": bool(pev),
         "genetic": genetic, "residual": residual,
+        "random": [[t.factor, t.structure, _file_digest(t.K)] for t in random],
     }
+
+
+def random_columns(random) -> list[str]:
+    """The data columns the random terms read."""
+    return [c for t in random for c in t.columns]
+
+
+def _file_digest(path) -> str | None:
+    """SHA-256 of a relationship file (None without one)."""
+    import hashlib
+
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_fit(fit, path: Path, inputs: dict, time_limit=None) -> Path:
@@ -422,7 +471,7 @@ def _result_line(k, n, name, fit, reused: Path | None = None) -> str:
 
 
 def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: FitOptions,
-                 out, as_json, figures, facts, notes, quiet=False, threads=None):
+                 out, as_json, figures, facts, notes, quiet=False, threads=None, random=()):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
     not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.  The
     fits run with at most ``threads`` BLAS threads (``None``: as the process has them), each
@@ -469,7 +518,8 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
                 path = Path(out) / "fits" / f"{g}-{r}.json" if keep else None
                 inputs = fit_inputs(raw_data, K, traits=traits, env=env, id=id, fixed=fixed, method=method,
                                     tol=options.tol, max_iter=options.max_iter, engine=options.engine,
-                                    pev=options.pev, genetic=g, residual=r, k_digest=k_digest) if keep else None
+                                    pev=options.pev, genetic=g, residual=r, k_digest=k_digest,
+                                    random=random) if keep else None
                 if keep:
                     fit, why = reusable(path, inputs, options.time_limit)
                     if fit is not None:
@@ -481,7 +531,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
                 progress.start(name, k)
                 t0 = time.perf_counter()
                 model = hetvc.build_model(data, K, traits, env=env, id=id, genetic=g, residual=r,
-                                          fixed=formula, method=method)
+                                          fixed=formula, random=random, method=method)
                 fit = hetvc.fit_model(model, options, progress=progress)
                 fit.record["seconds_in_all"] = time.perf_counter() - t0  # optimisation and the rest
                 if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
@@ -497,7 +547,8 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
         stopped = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
     try:
         return _finish(fits, models, stopped, out, as_json, figures, fit_files, facts, notes,
-                       dict(traits=list(traits), env=env, id=id, fixed=fixed, method=method),
+                       dict(traits=list(traits), env=env, id=id, fixed=fixed, method=method,
+                            **({"random": [t.name for t in random]} if random else {})),
                        options.time_limit)
     finally:
         if previous is not None:
@@ -649,12 +700,19 @@ def _apply(options):
 @click.option("--grm-method", type=click.Choice(["standardized", "vanraden"]), default="standardized",
               show_default=True, help="GRM form for --genotypes.")
 @click.option("--genotype-id", default=None, help="Id column of a CSV dosage table [default: 'id' or the first].")
-@click.option("--kinship-scale", type=click.Choice(["mean-diag", "centred", "none"]), default="mean-diag",
-              show_default=True,
+@click.option("--kinship-scale", type=click.Choice(["mean-diag", "centred", "none"]), default=None,
+              show_default="mean-diag; none with --pedigree",
               help="mean-diag: divide K by its mean diagonal (ΣG is the variance of a genotype's own "
                    "value); centred: divide K by mean(diag K) − mean(K), so that ΣG and h² refer to "
                    "the variance among the genotypes in K (Legarra 2016; the two agree for a centred "
-                   "K); none: K as given.")
+                   "K); none: K as given (the default for a pedigree's A, whose scale is the base "
+                   "population's).")
+@click.option("--pedigree", type=click.Path(dir_okay=False), default=None,
+              help="Pedigree (.csv/.tsv: id, sire, dam; unknown parents 0, NA, ., -, * or empty) to "
+                   "build the additive relationship matrix A from, instead of --kinship.")
+@click.option("--pedigree-positions", is_flag=True,
+              help="The pedigree's sire and dam are 1-based row numbers of its id column (R's "
+                   "integer-coded pedigrees), not ids.")
 @click.option("--jitter", type=float, default=None,
               help="Repair a K that is not positive semi-definite by a ridge (jitter × mean diagonal).")
 @click.option("--traits", required=True, help="Trait columns, comma separated: yield,oil.")
@@ -663,6 +721,15 @@ def _apply(options):
 @click.option("--fixed", default=None,
               help='Extra fixed effects as a formula, a slope per trait: "~ set_env" or "~ x + z" '
                    "(a mean per trait × environment is always in).")
+@click.option("--random", "random_", default=None, metavar="LIST",
+              help="Random terms beyond the genetic one, comma separated: columns (BYEAR,MOTHER) or "
+                   "interactions (env:block, for blocks nested in environments), each with an "
+                   "unstructured covariance across traits, the same in every environment; "
+                   "TERM=STRUCTURE for another (diagonal: no trait covariances; heterogeneous: one "
+                   "per environment). h² divides by every term.")
+@click.option("--random-kinship", multiple=True, metavar="TERM=FILE",
+              help="A relationship matrix over a random term's levels (labelled, as --kinship); "
+                   "repeat for several terms.")
 @click.option("--compare", default=None, metavar="LIST",
               help="Fit and compare several models: comma-separated genetic structures (each with "
                    "--residual), genetic/residual pairs such as heterogeneous/heterogeneous, or all.")
@@ -670,9 +737,9 @@ def _apply(options):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for fit.json, tables, figures and report.md (created).")
 @_apply(_model_options)
-def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, jitter, traits, env, id_,
-                fixed, compare, sep, out, genetic, residual, method, engine, tol, max_iter, time_limit,
-                as_json, no_figures, no_pev, quiet, threads):
+def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, pedigree, pedigree_positions,
+                jitter, traits, env, id_, fixed, random_, random_kinship, compare, sep, out, genetic, residual,
+                method, engine, tol, max_iter, time_limit, as_json, no_figures, no_pev, quiet, threads):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
     Prints variance components with SEs, h² per trait × environment and pooled, genetic
@@ -688,20 +755,25 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
         raise InputError("--traits is empty; name the trait columns, e.g. --traits yield,oil")
     options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
     models = parse_models(compare, genetic, residual)
-    data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []),
-                                  numeric_columns=trait_list, sep=sep)
-    K, kfacts, knotes = load_kinship(kinship, genotypes, grm_method, genotype_id, jitter, kinship_scale)
+    random = parse_random(random_, random_kinship)
+    default_scale = "none" if pedigree else "mean-diag"  # a pedigree's A is on its base population's scale
+    kinship_scale = kinship_scale or default_scale
+    data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []) + random_columns(random),
+                                       numeric_columns=trait_list, sep=sep)
+    K, kfacts, knotes = load_kinship(kinship, genotypes, grm_method, genotype_id, jitter, kinship_scale,
+                                     pedigree=pedigree, positions=pedigree_positions)
     facts, dnotes = describe_data(data, K, trait_list, env, id_)
     facts.update(kfacts)
     facts["pheno"] = str(pheno)
     facts["command"] = _command_line("fit", pheno, dict(
-        kinship=kinship, genotypes=genotypes, traits=",".join(trait_list), env=env, id=id_, fixed=fixed,
-        compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
-        kinship_scale=None if kinship_scale == "mean-diag" else kinship_scale, time_limit=time_limit,
+        kinship=kinship, genotypes=genotypes, pedigree=pedigree, pedigree_positions=pedigree_positions,
+        traits=",".join(trait_list), env=env, id=id_, fixed=fixed, random=random_,
+        random_kinship=list(random_kinship) or None, compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
+        kinship_scale=None if kinship_scale == default_scale else kinship_scale, time_limit=time_limit,
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
                  options=options, out=out, as_json=as_json, figures=not no_figures, facts=facts,
-                 notes=read_notes + knotes + dnotes, quiet=quiet, threads=threads)
+                 notes=read_notes + knotes + dnotes, quiet=quiet, threads=threads, random=random)
 
 
 @click.command("example")

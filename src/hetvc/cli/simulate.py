@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from ..errors import InputError
 from ..io_utils import atomic_path
 from ..kinship import grm, write_kinship
-from ..kinship.pedigree import (inbreeding, looks_like_pedigree, pedigree_inverse, pedigree_kinship,
+from ..kinship.pedigree import (looks_like_pedigree, pedigree_inverse, pedigree_kinship, pedigree_summary,
                                 read_pedigree)
 from ..simulate import simulate as _simulate
 
@@ -139,14 +139,11 @@ def kinship(ctx, genotypes, pedigree, out, method, block_size, id_column, id_col
 
 def _pedigree_kinship(source, out, id_col, sire, dam, positions, inverse):
     ped = read_pedigree(source, id=id_col, sire=sire, dam=dam, positions=positions)
-    founders = int(((ped.sire < 0) & (ped.dam < 0)).sum())
-    click.echo(f"pedigree {source}: {len(ped)} animals, {founders} founders (both parents unknown), "
-               f"{ped.founders_added} parent(s) added as founders")
-    for note in ped.notes:
+    head, *notes, inbred = pedigree_summary(ped, source)
+    click.echo(head)
+    for note in notes:
         click.echo(f"note: {note}")
-    F = inbreeding(ped)
-    click.echo(f"inbreeding: mean F {F.mean():.4g}, max F {F.max():.4g} ({F.idxmax()!r}), "
-               f"{int((F > 0).sum())} inbred (F > 0)")
+    click.echo(inbred)
     click.echo(f"wrote {write_kinship(pedigree_kinship(ped), out)}")
     if inverse:
         Ainv, ids = pedigree_inverse(ped)

@@ -29,7 +29,7 @@ from .genomic import GRMInfo, grm
 from .genomic import standardized_genotypes
 from .ids import check_ids, near_match_hint
 from .pedigree import (Pedigree, inbreeding, looks_like_pedigree, pedigree_inverse, pedigree_kinship,
-                       read_pedigree)
+                       pedigree_summary, read_pedigree)
 from .psd import PSDCertificate, psd_certificate, smallest_eigenvalue
 from .scaling import KINSHIP_SCALES, kinship_scaling, kinship_singularity, singularity_note
 from .sources import read_genotypes
@@ -64,4 +64,5 @@ __all__ = [
     "pedigree_inverse",
     "inbreeding",
     "looks_like_pedigree",
+    "pedigree_summary",
 ]

@@ -351,6 +351,18 @@ def pedigree_inverse(source, id: str = "id", sire: str = "sire", dam: str = "dam
     return sp.csc_matrix(coo), list(ped.ids)
 
 
+def pedigree_summary(ped: Pedigree, source="pedigree") -> list[str]:
+    """Lines a user reads about a pedigree: animals, founders, parents added, its notes and
+    inbreeding (mean, max, number inbred)."""
+    founders = int(((ped.sire < 0) & (ped.dam < 0)).sum())
+    F = inbreeding(ped)
+    return ([f"pedigree {source}: {len(ped)} animals, {founders} founders (both parents unknown), "
+             f"{ped.founders_added} parent(s) added as founders"]
+            + list(ped.notes)
+            + [f"inbreeding: mean F {F.mean():.4g}, max F {F.max():.4g} ({F.idxmax()!r}), "
+               f"{int((F > 0).sum())} inbred (F > 0)"])
+
+
 def looks_like_pedigree(table) -> bool:
     """Whether a table (DataFrame, or the header and first 200 rows of a .csv/.tsv path) is an
     id/sire/dam pedigree rather than a dosage table: three columns, and the last two named like

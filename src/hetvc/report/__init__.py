@@ -17,13 +17,13 @@ One module a job, each documented in its own docstring; a module imports only th
 
 from .report_md import markdown
 from .selection import comparison, excluded, model_name, preferences, select, selection_lines
-from .summary_json import MODEL_KEYS, SUMMARY_FORMAT, SUMMARY_KEYS, summary
+from .summary_json import MODEL_KEYS, RANDOM_MODEL_KEYS, SUMMARY_FORMAT, SUMMARY_KEYS, summary
 from .csv_tables import tables
 from .text import fit_text, format_p, format_se, seconds_text, shared_notes
 from .write import write_report
 
 __all__ = [
-    "SUMMARY_FORMAT", "SUMMARY_KEYS", "MODEL_KEYS", "model_name", "comparison", "select",
+    "SUMMARY_FORMAT", "SUMMARY_KEYS", "MODEL_KEYS", "RANDOM_MODEL_KEYS", "model_name", "comparison", "select",
     "excluded", "preferences", "selection_lines", "format_p", "format_se", "fit_text",
     "shared_notes", "seconds_text", "tables", "summary", "markdown", "write_report",
 ]

@@ -7,7 +7,16 @@ import pandas as pd
 
 from .selection import _named, _primary, comparison, model_name, select
 
-__all__ = ["blups_table", "tables"]
+__all__ = ["blups_table", "tables", "has_random", "RANDOM_TABLES"]
+
+# tables written only when there are random terms beyond the genetic one
+RANDOM_TABLES = ("variance_partition", "random_effects")
+
+
+def has_random(fit) -> bool:
+    """Whether ``fit`` has random terms beyond the genetic one (a fit read from a fit.json
+    older than random terms has none)."""
+    return bool(getattr(fit, "random", None))
 
 
 def _observations(fit) -> pd.DataFrame:
@@ -31,7 +40,9 @@ def blups_table(fit, model: str | None = None) -> pd.DataFrame:
 
 def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
     """Every CSV table, keyed by file stem (see :mod:`hetvc.report.write`).  ``blups``, ``blues``
-    and ``fitted`` are left out when several models were fitted and none converged."""
+    and ``fitted`` are left out when several models were fitted and none converged.  With random
+    terms beyond the genetic one: ``variance_partition`` (every model, when some model has
+    random terms) and ``random_effects`` (the selected model, when it has them)."""
     fits = _named(fits)
     selected = select(fits) if selected is None else selected
     primary = _primary(fits, selected)
@@ -53,6 +64,8 @@ def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
         "heritability": stack(h2),
         "genetic_correlations": stack(lambda f: f.genetic_correlations()),
     }
+    if any(has_random(f) for f in fits.values()):
+        out["variance_partition"] = stack(lambda f: f.variance_partition())
     if primary is not None:
         best = fits[primary]
         out.update(
@@ -60,4 +73,7 @@ def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
             blues=best.blues().assign(model=primary)[["model", "effect", "estimate", "se"]],
             fitted=best.fitted().assign(model=primary),
         )
+        if has_random(best):
+            re_ = best.random_effects()
+            out["random_effects"] = re_.assign(model=primary)[["model"] + list(re_.columns)]
     return out

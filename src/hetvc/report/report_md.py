@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .csv_tables import has_random
 from .selection import _aicc, _named, _primary, _status, comparison, select, selection_lines
 from .text import _finite, _note, _num, _se_cells, format_p, seconds_text, shared_notes
 
@@ -43,9 +44,12 @@ def _se_footnote(*frames) -> list[str]:
 
 
 def _boundary(f) -> str:
-    """Boundary blocks as a reader needs them (each structure describes its own blocks)."""
-    names = [(f.genetic_structure if b.startswith("G") else f.residual_structure).describe_block(b)
-             for b in f.boundary]
+    """Boundary blocks as a reader needs them (each structure, the genetic one, a random term's
+    or the residual one, describes its own blocks)."""
+    owner = {}
+    for st in getattr(f, "_structures", (f.genetic_structure, f.residual_structure)):
+        owner.update({st.block_name(blk): st for blk in st.blocks})
+    names = [owner[b].describe_block(b) if b in owner else b for b in f.boundary]
     return ", ".join(dict.fromkeys(names))
 
 
@@ -64,6 +68,41 @@ def _h2_wide(f) -> pd.DataFrame:
         r = p[p["trait"] == t].iloc[0]
         row[t] = _est_se(r["h2"], r["se"])
     rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _random_terms(f) -> str:
+    """The random terms beyond the genetic one as a reader needs them: 'BYEAR (homogeneous),
+    male (diagonal; a relationship matrix over its levels)'."""
+    return ", ".join(f"`{r['name']}` ({r['structure']}"
+                     + ("; a relationship matrix over its levels" if r.get("kinship") else "") + ")"
+                     for r in f.random)
+
+
+# at most this many environment × trait columns in the wide variance-partition table (terms ×
+# environment × trait); more, and it is long: a row per environment × trait, a column per term
+_PARTITION_WIDE = 6
+
+
+def _partition_md(f) -> pd.DataFrame:
+    """The variance partition as share (SE): terms × (trait, environment) when that is at most
+    :data:`_PARTITION_WIDE` columns, else (environment, trait) × terms."""
+    part = f.variance_partition()
+    cell = {(str(r["term"]), str(r["env"]), str(r["trait"])): _est_se(r["share"], r["se"])
+            for _, r in part.iterrows()}
+    terms = list(dict.fromkeys(part["term"].astype(str)))
+    envs, traits = [str(e) for e in f.envs], [str(t) for t in f.traits]
+    if len(envs) * len(traits) <= _PARTITION_WIDE:
+        rows = []
+        for term in terms:
+            row = {"term": term}
+            for t in traits:
+                for e in envs:
+                    row[t if len(envs) == 1 else f"{t} {e}"] = cell.get((term, e, t), "–")
+            rows.append(row)
+        return pd.DataFrame(rows)
+    rows = [{"environment": e, "trait": t, **{term: cell.get((term, e, t), "–") for term in terms}}
+            for e in envs for t in traits]
     return pd.DataFrame(rows)
 
 
@@ -137,8 +176,8 @@ def _comparison_md(comp: pd.DataFrame, fits: dict) -> str:
 def markdown(fits, selected: str | None = None, data: dict | None = None, figures=()) -> str:
     """report.md: data, the comparison in the layout of the paper's Table 2 and the selection
     (models that did not converge are excluded, and said so), the selected model's
-    heritabilities, genetic correlations and variance components, h² across models,
-    convergence, figures and files."""
+    heritabilities, genetic correlations, variance components and (with random terms beyond the
+    genetic one) variance partition, h² across models, convergence, figures and files."""
     fits = _named(fits)
     selected = select(fits) if selected is None else selected
     primary = _primary(fits, selected)
@@ -201,12 +240,17 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                   + f", BIC = {best.bic:.2f}",
                   f"- {rec['status']} after {rec['iterations']} iterations ({seconds_text(rec)}); "
                   f"engine: {best.engine} ({best.engine_reason})"]
+        if has_random(best):
+            lines.append(f"- random terms beyond the genetic one: {_random_terms(best)}")
         if best.boundary:
             lines.append(f"- on the boundary (a singular covariance block): {_boundary(best)}")
         lines += [f"- note: {n}" for n in best.notes if n not in shared]
         h, p = best.heritability(), best.pooled_heritability()
+        h2_def = ("h²_il = Σg_l[i,i] / (Σg_l[i,i] + Σ_t Σt_l[i,i] + ΣE_l[i,i]), every random term t "
+                  "in the denominator (see the variance partition below)" if has_random(best)
+                  else "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i])")
         lines += ["", "### Heritability per environment (SE)", "",
-                  "h²_il = Σg_l[i,i] / (Σg_l[i,i] + ΣE_l[i,i]); pooled: weighted by each environment's "
+                  f"{h2_def}; pooled: weighted by each environment's "
                   "share of the trait's records (paper eq. 12 read as a proportion).", "",
                   _md_table(_h2_wide(best))] + _se_footnote(h, p) + [""]
         lines += ["### Genetic correlations between traits (SE)", "", _md_table(_trait_rg(best))]
@@ -224,6 +268,18 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                               "se": _se_cells(vc)})
         lines += ["### Variance components (SE from AI⁻¹)", "",
                   _md_table(shown, {"estimate": _num, "se": str}), ""]
+        if has_random(best):
+            part, wide = best.variance_partition(), _partition_md(best)
+            terms = " + ".join(f"σ²_{t}" for t in best.random_terms)
+            lines += ["### Variance partition (share of the phenotypic variance, SE)", "",
+                      "Each term's share of the phenotypic variance σ²_G + Σ_t σ²_t + σ²_E per "
+                      "environment × trait (G: genetic, t: each random term, E: residual; SEs by the "
+                      "delta method; the variances are in `variance_partition.csv`). h² is the share "
+                      "of G: "
+                      f"h² = σ²_G / (σ²_G + Σ σ²_t + σ²_E), every random term ({terms}) entering "
+                      "the denominator.", "",
+                      _md_table(wide, {c: str for c in wide.columns})]
+            lines += _se_footnote(part) + [""]
 
     if len(fits) > 1:
         lines += ["## Heritability under each model", "", _md_table(_h2_across_models(fits)), ""]
@@ -235,6 +291,8 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                     f"{r['iterations']} iterations ({seconds_text(r)}; {f.engine})")
             if not f.converged and r.get("message"):
                 line += f"; {r['message']}"
+            if has_random(f):
+                line += f"; random: {', '.join(f.random_terms)}"
             if f.boundary:
                 line += f"; boundary: {_boundary(f)}"
             lines.append(line)
@@ -263,10 +321,13 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
     if len(fits) > 1:
         files.append("`fits/*.json` (every model)")
     files.append("`comparison.csv`, `variance_components.csv`, `heritability.csv`, "
-                 "`genetic_correlations.csv` (every model)")
+                 "`genetic_correlations.csv`"
+                 + (", `variance_partition.csv`" if any(has_random(f) for f in fits.values()) else "")
+                 + " (every model)")
     if primary is not None:
-        files.append("`blups.csv`, `blues.csv`, `fitted.csv` "
-                     f"({'selected model' if primary == selected else 'this model'})")
+        files.append("`blups.csv`, `blues.csv`, `fitted.csv`"
+                     + (", `random_effects.csv`" if has_random(best) else "")
+                     + f" ({'selected model' if primary == selected else 'this model'})")
     files.append("`summary.json`.")
     lines += ["## Files", "", ", ".join(files), ""]
     return "\n".join(lines)

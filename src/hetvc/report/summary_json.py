@@ -9,7 +9,7 @@ import pandas as pd
 
 from .selection import _aicc, _named, comparison, excluded, select
 
-__all__ = ["SUMMARY_FORMAT", "SUMMARY_KEYS", "MODEL_KEYS", "summary"]
+__all__ = ["SUMMARY_FORMAT", "SUMMARY_KEYS", "MODEL_KEYS", "RANDOM_MODEL_KEYS", "summary"]
 
 SUMMARY_FORMAT = "hetvc-summary/1"
 
@@ -20,6 +20,10 @@ MODEL_KEYS = ("model", "genetic", "residual", "converged", "status", "iterations
               "engine", "engine_reason", "loglik", "n_params", "aic", "bic", "boundary", "notes",
               "variance_components", "heritability", "pooled_heritability", "genetic_correlations",
               "message", "aicc", "seconds_in_all")
+# Keys a model gains after MODEL_KEYS when it has random terms beyond the genetic one: ``random``
+# (FitResult.random: name, structure, kinship per term) and ``variance_partition`` (records of
+# FitResult.variance_partition()); a model without random terms has exactly MODEL_KEYS.
+RANDOM_MODEL_KEYS = ("random", "variance_partition")
 
 
 def _clean(obj):
@@ -49,7 +53,7 @@ def _model_summary(name: str, f) -> dict:
     vc = f.variance_components()
     vc = vc[[c for c in ("name", "component", "env1", "env2", "trait1", "trait2", "estimate", "se",
                          "se_note") if c in vc.columns]]
-    return {
+    out = {
         "model": name, "genetic": f.genetic, "residual": f.residual,
         "converged": f.converged, "status": rec.get("status"), "iterations": rec.get("iterations"),
         "seconds": rec.get("seconds"), "engine": f.engine, "engine_reason": f.engine_reason,
@@ -61,14 +65,19 @@ def _model_summary(name: str, f) -> dict:
         "message": rec.get("message") or "", "aicc": _aicc(f),
         "seconds_in_all": rec.get("seconds_in_all"),
     }
+    if getattr(f, "random", None):
+        out["random"] = [dict(r) for r in f.random]
+        out["variance_partition"] = f.variance_partition()
+    return out
 
 
 def summary(fits, selected: str | None = None, data: dict | None = None, out=None, files=()) -> dict:
     """The machine-readable summary (``--json``; keys :data:`SUMMARY_KEYS`, each model
-    :data:`MODEL_KEYS`).  ``selected`` is ``null`` when no model is selectable; ``excluded``
-    maps each model left out of the selection to why.  ``complete`` is false and
-    ``not_fitted`` names the models when the run stopped before fitting them (``data`` has
-    ``not_fitted``); ``converged`` is then false too.  NaN becomes ``null``."""
+    :data:`MODEL_KEYS`, then :data:`RANDOM_MODEL_KEYS` when it has random terms).  ``selected``
+    is ``null`` when no model is selectable; ``excluded`` maps each model left out of the
+    selection to why.  ``complete`` is false and ``not_fitted`` names the models when the run
+    stopped before fitting them (``data`` has ``not_fitted``); ``converged`` is then false too.
+    NaN becomes ``null``."""
     fits = _named(fits)
     not_fitted = list((data or {}).get("not_fitted") or [])
     selected = select(fits) if selected is None else selected

@@ -119,10 +119,24 @@ def _clipped(title: str, df: pd.DataFrame, csv: str, max_rows: int | None, out) 
     return lines + [_text_table(df.iloc[:max_rows]), f"... {more} more row{'s' * (more > 1)}: {where}"]
 
 
+def _partition_text(fit) -> pd.DataFrame:
+    """:meth:`FitResult.variance_partition` by environment × trait (the terms of each together,
+    in the fit's order: G, the random terms, E), without the env column when there is one
+    environment."""
+    part = fit.variance_partition()
+    env = {e: k for k, e in enumerate(fit.envs)}
+    trait = {t: k for k, t in enumerate(fit.traits)}
+    order = sorted(range(len(part)), key=lambda r: (env.get(part["env"].iat[r], -1),
+                                                     trait.get(part["trait"].iat[r], -1), r))
+    part = part.iloc[order].reset_index(drop=True)
+    return part.drop(columns="env") if len(fit.envs) == 1 else part
+
+
 def fit_text(fit, *, skip_notes=(), max_rows: int | None = None, out=None) -> str:
     """The terminal summary of a fit: :meth:`FitResult.summary`'s head (model, engine, status
     with its time labelled, ℓ, AIC/BIC, boundary, notes but ``skip_notes``: said already),
-    then its tables with SEs that are not available printed as ``NA`` and why; each table cut
+    then its tables (with random terms beyond the genetic one, the variance partition after the
+    variance components) with SEs that are not available printed as ``NA`` and why; each table cut
     after ``max_rows`` rows with a line saying where the rest are (its CSV in ``out``, or that
     ``--out`` writes it)."""
     skip = {f"  note: {n}" for n in skip_notes}
@@ -132,6 +146,9 @@ def fit_text(fit, *, skip_notes=(), max_rows: int | None = None, out=None) -> st
     vc = vc[[c for c in ("name", "estimate", "se", "se_note") if c in vc.columns]]
     lines = ["\n".join(head)]
     lines += _clipped("Variance components", vc, "variance_components.csv", max_rows, out)
+    if getattr(fit, "random", None):
+        lines += _clipped("Variance partition (share of the phenotypic variance)",
+                          _partition_text(fit), "variance_partition.csv", max_rows, out)
     lines += _clipped("Heritability per environment", fit.heritability(), "heritability.csv", max_rows, out)
     lines += _clipped("Pooled heritability", fit.pooled_heritability(), "heritability.csv", max_rows, out)
     rg = fit.genetic_correlations()

@@ -14,10 +14,16 @@ genetic/residual) it writes into DIR:
                                 ``pooled``), with delta-method SEs
 ``genetic_correlations.csv``    every model: between traits per environment and (for
                                 ``unstructured``) between environments, with SEs
+``variance_partition.csv``      every model, when some model has random terms beyond the
+                                genetic one: each term's variance and share of the
+                                phenotypic variance (G, the random terms, E) per
+                                environment × trait, with delta-method SEs
 ``blups.csv``                   selected model: every genotype in K × environment × trait,
                                 BLUP, prediction error variance, records behind it
 ``blues.csv``                   selected model: fixed effects with SEs
 ``fitted.csv``                  selected model: observed, fitted and residual values
+``random_effects.csv``          selected model, when it has random terms: BLUP (and PEV) of
+                                every level of every random term × environment × trait
 ``report.md``                   the readable report (tables and figures)
 ``*.png``                       figures (:mod:`hetvc.report.figures`)
 ``summary.json``                the machine-readable summary
@@ -28,11 +34,14 @@ genetic/residual) it writes into DIR:
 The selected model is the one :func:`~hetvc.report.selection.select` chooses (the lowest AICc
 among the fits that converged).  When nothing is selected: ``summary.json`` has
 ``"selected": null``; with several models ``fit.json``, ``blups.csv``, ``blues.csv``,
-``fitted.csv`` and the selected model's figures are not written (every model is in ``fits/``,
-and the tables of every model are), with a single model ``fit.json`` and its tables are still
-written, marked as not converged.  ``summary.json`` says ``"complete": false`` and lists
-``"not_fitted"`` models when a run was interrupted (``"converged"`` is then false too).  Every
-file is written atomically (:mod:`hetvc.io_utils`).
+``fitted.csv``, ``random_effects.csv`` and the selected model's figures are not written (every
+model is in ``fits/``, and the tables of every model are), with a single model ``fit.json`` and
+its tables are still written, marked as not converged.  ``variance_partition.csv`` and
+``random_effects.csv`` are removed from DIR when this run does not write them (no random terms,
+or nothing selected), so that an earlier run's are not left beside this run's report.
+``summary.json`` says
+``"complete": false`` and lists ``"not_fitted"`` models when a run was interrupted
+(``"converged"`` is then false too).  Every file is written atomically (:mod:`hetvc.io_utils`).
 """
 
 from __future__ import annotations
@@ -46,14 +55,15 @@ from ..io_utils import atomic_write
 from .report_md import markdown
 from .selection import _named, _primary, select
 from .summary_json import summary
-from .csv_tables import tables
+from .csv_tables import RANDOM_TABLES, tables
 
 __all__ = ["write_report"]
 
 # files of the selected model: removed from a folder where this run selects nothing, so that an
 # earlier run's selection is not left beside this run's report
-_SELECTED_FILES = ("fit.json", "blups.csv", "blues.csv", "fitted.csv", "genetic_correlations.png",
-                   "observed_fitted.png", "environment_correlations.png", "heritability.png")
+_SELECTED_FILES = ("fit.json", "blups.csv", "blues.csv", "fitted.csv", "random_effects.csv",
+                   "genetic_correlations.png", "observed_fitted.png", "environment_correlations.png",
+                   "heritability.png")
 
 
 def _slug(name: str) -> str:
@@ -95,8 +105,12 @@ def write_report(out, fits, selected: str | None = None, data: dict | None = Non
             p = out / "fits" / f"{_slug(n)}.json"
             f.to_json(p)
             written.append(p)
-    for stem, df in tables(fits, selected).items():
+    csvs = tables(fits, selected)
+    for stem, df in csvs.items():
         written.append(_write_csv(df, out / f"{stem}.csv"))
+    for stem in RANDOM_TABLES:  # an earlier run's, with random terms this run does not have
+        if stem not in csvs:
+            (out / f"{stem}.csv").unlink(missing_ok=True)
     figs = []
     if figures:
         from .figures import write_figures

@@ -101,20 +101,59 @@ def test_optimum_equals_brute_force(genetic, structure):
     assert np.all(np.abs(fit.theta - want) <= 1e-4 * np.maximum(np.abs(want), 1.0)), (fit.theta, want)
 
 
+def _no_block_signal(data):
+    """The data with every block mean moved to its environment mean (per trait): the blocks
+    then vary less than the residual alone would make them, so REML puts their variance at 0."""
+    out = data.copy()
+    for t in TRAITS:
+        block_mean = out.groupby(["env", "block"])[t].transform("mean")
+        env_mean = out.groupby("env")[t].transform("mean")
+        out[t] = out[t] - block_mean + env_mean
+    return out
+
+
 def test_zero_variance_term_lands_on_the_boundary_with_the_same_loglik():
     data, K, *_ = _problem(15, block_var=0.0, genetic="homogeneous")
+    data = _no_block_signal(data)
     with_term = hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", random=["env:block"], tol=1e-11)
     without = hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", tol=1e-11)
     ref = reference_fit(data, K, TRAITS, "env", "id", "homogeneous", "homogeneous",
                         random=[("env:block", "homogeneous", None)])
-    assert with_term.converged and with_term.loglik == pytest.approx(ref["loglik"], abs=1e-6)
-    assert with_term.loglik >= without.loglik - 1e-8
-    if with_term.loglik - without.loglik < 1e-6:  # the term vanished: flagged on the boundary
-        assert "env:block" in with_term.boundary
-        comps = with_term.variance_components().set_index("name")
-        assert comps.loc["env:block[y1,y1]", "se_note"].startswith("on the boundary")
+    # the block matrix is held at the floor (scaled eigenvalues 1e-8, so that V stays positive
+    # definite), which costs |∂ℓ/∂Σ̃|·1e-8 per eigenvalue: ~2e-6 here, where the data pull hard
+    assert with_term.converged and with_term.loglik == pytest.approx(ref["loglik"], abs=1e-5)
+    assert with_term.loglik <= ref["loglik"] + 1e-9
+    assert with_term.loglik == pytest.approx(without.loglik, abs=1e-5)
+    # the term vanished: flagged on the boundary (a 2×2 block at 0: its SEs stay NA), the
+    # other estimates as without it
+    assert with_term.boundary == ["env:block"]
+    assert np.allclose(with_term.theta[:3], without.theta[:3], rtol=1e-3, atol=1e-6)
     Rb = with_term.random_covariance("env:block").to_numpy()
     assert np.linalg.eigvalsh(Rb)[0] >= -1e-12 * np.abs(Rb).max()
+
+
+def test_a_lone_variance_at_zero_is_fixed_and_the_other_ses_are_conditional_on_it():
+    """One trait, blocks without effect: the block variance lands at 0 and is fixed there; the
+    other SEs equal those of the model without the term (same information, same estimates)."""
+    data, K, *_ = _problem(15, block_var=0.0, genetic="homogeneous")
+    data = _no_block_signal(data)
+    args = dict(env="env", genetic="homogeneous", tol=1e-11)
+    with_term = hetvc.fit(data, K, "y1", random=["env:block"], **args)
+    without = hetvc.fit(data, K, "y1", **args)
+    assert with_term.boundary == ["env:block"]
+    assert with_term.loglik == pytest.approx(without.loglik, abs=1e-6)
+    vc = with_term.variance_components().set_index("name")
+    assert vc.loc["env:block[y1,y1]", "se_note"] == "fixed at 0: on the boundary"
+    base = without.variance_components().set_index("name")
+    for name in ("G[y1,y1]", "E[y1,y1]"):
+        assert vc.loc[name, "se_note"] == ""
+        assert vc.loc[name, "se"] == pytest.approx(base.loc[name, "se"], rel=1e-3)
+    h2, h2_base = with_term.heritability(), without.heritability()
+    assert np.allclose(h2["se"], h2_base["se"], rtol=1e-3)
+    part = with_term.variance_partition()
+    block = part[part.term == "env:block"]
+    assert block["se"].isna().all() and (block["se_note"] == "fixed at 0: on the boundary").all()
+    assert any("fixed there" in n for n in with_term.notes)
 
 
 # -- BLUPs and PEVs by their definitions --------------------------------------------------------
@@ -144,7 +183,10 @@ def test_blups_and_pevs_of_every_term_equal_their_definitions():
     assert np.allclose(fit.random_blup["env:block"], blup, atol=1e-8)
     assert np.allclose(fit.random_pev["env:block"], pev, atol=1e-8)
     table = fit.random_effects("env:block")
-    assert len(table) == len(levels) * 2 * 2 and set(table.columns) >= {"term", "level", "blup", "pev"}
+    assert len(table) == len(levels) * 2 and set(table.columns) >= {"term", "level", "blup", "pev", "n_obs"}
+    counts = data.melt(id_vars=["env", "block"], value_vars=TRAITS).dropna()
+    counts = counts.assign(level=counts["env"] + ":" + counts["block"]).groupby(["level", "variable"]).size()
+    assert (table.set_index(["level", "trait"])["n_obs"] == counts.rename_axis(["level", "trait"])).all()
     # fitted values add every term's BLUP
     fitted = fit.fitted()
     assert np.allclose(fitted["y"] - fitted["residual"], fitted["fitted"])
@@ -274,3 +316,16 @@ def test_dense_engine_matches_reference_for_the_conftest_helper_too():
     assert model.random == () and len(model.terms()) == 2
     ref = reference_loglik(data, K, TRAITS, "env", "id", "heterogeneous", "homogeneous", G=G, E=E)
     assert eng.evaluate(model.join(G, E)).loglik == pytest.approx(ref, abs=1e-9)
+
+
+def test_random_effects_of_a_term_per_environment_list_the_environments_with_records():
+    data, K, *_ = _problem(10, genetic="homogeneous")
+    fit = hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous",
+                    random=[hetvc.Random("block", structure="heterogeneous")], pev=False)
+    table = fit.random_effects()
+    # block labels 'E1.b1' … are nested in their environment: one row per level and trait
+    assert len(table) == data["block"].nunique() * 2
+    assert (table["env"] == table["level"].str.split(".").str[0]).all()
+    assert "pev" not in table.columns and (table["n_obs"] > 0).all()
+    back = hetvc.load(fit.to_json())
+    pd.testing.assert_frame_equal(back.random_effects(), table)

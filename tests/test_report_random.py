@@ -79,13 +79,14 @@ def test_random_effects_csv_is_the_selected_models_blups_of_every_level(fits, wr
     out, result = written
     assert result["selected"] == WITH
     re_ = pd.read_csv(out / "random_effects.csv")
-    assert list(re_.columns) == ["model", "term", "level", "env", "trait", "blup", "pev"]
+    assert list(re_.columns) == ["model", "term", "level", "env", "trait", "blup", "pev", "n_obs"]
     assert "random_effects.csv" in result["files"]
     assert set(re_["model"]) == {WITH} and set(re_["term"]) == {"env:block"}
     data, _ = problem
     levels = {f"{e}:{b}" for e, b in zip(data["env"], data["block"])}
     assert set(re_["level"]) == levels
-    assert len(re_) == len(levels) * 2 * 2  # levels × environments × traits
+    assert len(re_) == len(levels) * 2  # levels × traits: a shared structure has one effect per level
+    assert re_["env"].isna().all() and (re_["n_obs"] > 0).all()
     expected = fits[WITH].random_effects()
     np.testing.assert_allclose(re_["blup"], expected["blup"], rtol=1e-9)
     assert (re_["pev"] > 0).all()

@@ -215,6 +215,7 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, not
         random_levels={f.name: list(f.levels) for f, _ in model.random},
         random_blup={name: p[0] for name, p in solution.random.items()},
         random_pev={name: p[1] for name, p in solution.random.items() if p[1] is not None},
+        random_counts={f.name: _level_counts(f, d) for f, _ in model.random},
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
         engine=engine_name, engine_reason=reason, record=record,
         x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,
@@ -225,6 +226,13 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, not
     )
     result.notes += result.se_notes()
     return result
+
+
+def _level_counts(factor, design) -> np.ndarray:
+    """Observed values of every level of a random term per environment and trait (levels × L × m)."""
+    out = np.zeros((len(factor.levels), len(design.envs), len(design.traits)), dtype=int)
+    np.add.at(out, (factor.observed[factor.unit], design.env, design.trait), 1)
+    return out
 
 
 def _boundary_blocks(model: Model, theta: np.ndarray) -> list[str]:

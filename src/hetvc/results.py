@@ -80,6 +80,7 @@ class FitResult:
     random_levels: dict = field(default_factory=dict)  # term → labels of its levels
     random_blup: dict = field(default_factory=dict)  # term → (levels, d_t) BLUPs
     random_pev: dict = field(default_factory=dict)  # term → (levels, d_t) PEVs
+    random_counts: dict = field(default_factory=dict)  # term → (levels, L, m) observed values
 
     # -- structures and matrices ------------------------------------------------------------
     def __post_init__(self):
@@ -423,28 +424,44 @@ class FitResult:
 
     def random_effects(self, term: str | None = None) -> pd.DataFrame:
         """BLUPs (and PEVs when computed) of the levels of every random term beyond the genetic
-        one (or of ``term``), per environment and trait: columns term, level, env, trait, blup,
-        pev.  A structure shared by environments gives the same BLUP in every environment."""
+        one (or of ``term``): columns term, level, env, trait, blup[, pev], n_obs (observed
+        values of that level, environment and trait).  A structure shared by environments has
+        one effect per level and trait (env empty, n_obs over all environments); one per
+        environment lists the environments where the level has records, or every environment
+        when the term has a relationship matrix (the others are predictions)."""
+        if term is not None and term not in self.random_terms:
+            raise KeyError(f"no random term {term!r}; the fit has {self.random_terms}")
         L, m = len(self.envs), len(self.traits)
-        env_idx, trait_idx = np.repeat(np.arange(L), m), np.tile(np.arange(m), L)
         frames = []
-        for s in self._R:
+        for s, spec in zip(self._R, self.random):
             if term is not None and s.prefix != term:
                 continue
-            levels = self.random_levels[s.prefix]
-            cols = s.index(env_idx, trait_idx, m)
+            levels = np.asarray(self.random_levels[s.prefix], dtype=object)
+            counts = np.asarray(self.random_counts[s.prefix], dtype=int).reshape(len(levels), L, m)
             blup = np.asarray(self.random_blup[s.prefix])
-            frame = pd.DataFrame({"term": s.prefix, "level": np.repeat(levels, L * m),
-                                  "env": np.tile(np.repeat(self.envs, m), len(levels)),
-                                  "trait": np.tile(self.traits, len(levels) * L),
-                                  "blup": blup[:, cols].ravel()})
-            if s.prefix in self.random_pev:
-                frame["pev"] = np.asarray(self.random_pev[s.prefix])[:, cols].ravel()
+            pev = self.random_pev.get(s.prefix)
+            if s.per_environment:
+                lev, env, trait = (a.ravel() for a in np.meshgrid(np.arange(len(levels)), np.arange(L),
+                                                                  np.arange(m), indexing="ij"))
+                n_obs = counts[lev, env, trait]
+                keep = (n_obs > 0) | spec.get("kinship", False)
+                lev, env, trait, n_obs = lev[keep], env[keep], trait[keep], n_obs[keep]
+                env_label = np.asarray(self.envs, dtype=object)[env]
+            else:
+                lev, trait = (a.ravel() for a in np.meshgrid(np.arange(len(levels)), np.arange(m), indexing="ij"))
+                env = np.zeros_like(lev)
+                n_obs = counts.sum(axis=1)[lev, trait]
+                env_label = np.full(len(lev), np.nan, dtype=object)
+            cols = s.index(env, trait, m)
+            frame = pd.DataFrame({"term": s.prefix, "level": levels[lev], "env": env_label,
+                                  "trait": np.asarray(self.traits, dtype=object)[trait],
+                                  "blup": blup[lev, cols]})
+            if pev is not None:
+                frame["pev"] = np.asarray(pev)[lev, cols]
+            frame["n_obs"] = n_obs
             frames.append(frame)
-        if term is not None and not frames:
-            raise KeyError(f"no random term {term!r}; the fit has {self.random_terms}")
         if not frames:
-            return pd.DataFrame(columns=["term", "level", "env", "trait", "blup", "pev"])
+            return pd.DataFrame(columns=["term", "level", "env", "trait", "blup", "pev", "n_obs"])
         return pd.concat(frames, ignore_index=True)
 
     def fitted(self) -> pd.DataFrame:
@@ -510,7 +527,7 @@ class FitResult:
             v = getattr(self, name)
             out[name] = v.tolist() if isinstance(v, np.ndarray) else v
         out["observed"] = {k: np.asarray(v).tolist() for k, v in self.observed.items()}
-        for name in ("random_blup", "random_pev"):
+        for name in ("random_blup", "random_pev", "random_counts"):
             out[name] = {k: np.asarray(v).tolist() for k, v in getattr(self, name).items()}
         out["record"] = self.record.to_dict()
         out["format"] = "hetvc-fit/1"
@@ -534,6 +551,7 @@ class FitResult:
         kw["observed"] = {k: np.asarray(v) for k, v in d["observed"].items()}
         for name in ("random_blup", "random_pev"):
             kw[name] = {k: np.asarray(v, dtype=float) for k, v in d.get(name, {}).items()}
+        kw["random_counts"] = {k: np.asarray(v, dtype=int) for k, v in d.get("random_counts", {}).items()}
         return cls(**kw)
 
 

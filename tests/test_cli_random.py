@@ -154,7 +154,6 @@ def test_random_kinship(trial, tmp_path):
     one_line_error(res, "random term 'rep'", "not in its relationship matrix")
 
 
-@pytest.mark.xfail(strict=True, reason="the message shows numpy's repr of a level: (first: np.str_('3'))")
 def test_missing_level_is_named_as_text(trial):
     folder, *_ = trial
     res = run(*trial_args(folder, "--random", "rep", "--random-kinship", f"rep={folder / 'Krep_short.csv'}"))
@@ -178,8 +177,6 @@ def test_bad_random_input_exits_2(trial, args, parts):
     one_line_error(run(*trial_args(folder, *args)), *parts)
 
 
-@pytest.mark.xfail(strict=True, reason="parse_random keeps the last of a repeated --random term "
-                                       "(a dict by name) instead of refusing it as hetvc.fit does")
 @pytest.mark.parametrize("terms", ["block,block", "block,block=diagonal"])
 def test_term_given_twice_exits_2(trial, terms):
     folder, *_ = trial

@@ -329,3 +329,19 @@ def test_random_effects_of_a_term_per_environment_list_the_environments_with_rec
     assert "pev" not in table.columns and (table["n_obs"] > 0).all()
     back = hetvc.load(fit.to_json())
     pd.testing.assert_frame_equal(back.random_effects(), table)
+
+
+def test_h2_of_a_genetic_variance_fixed_at_zero_is_zero_without_an_se():
+    """No genetic signal, one trait: G (a lone variance) is fixed at 0, and so is h²."""
+    data, K, *_ = _problem(21, genetic="homogeneous", block_var=0.5)
+    rng = np.random.default_rng(9)  # a seed whose noise puts G (only) at zero
+    data = data.assign(y1=rng.normal(size=len(data)) + data["env"].map({"E1": 0.0, "E2": 1.0}))
+    fit = hetvc.fit(data, K, "y1", env="env", genetic="homogeneous", random=["env:block"], tol=1e-11)
+    assert fit.boundary == ["G"]
+    h2 = fit.heritability()
+    assert np.allclose(h2["h2"], 0.0, atol=1e-6)
+    assert h2["se"].isna().all() and (h2["se_note"] == "fixed at 0: on the boundary").all()
+    pooled = fit.pooled_heritability()
+    assert pooled["se"].isna().all()
+    part = fit.variance_partition()
+    assert (part.loc[part.term == "E", "se_note"] == "").all()

@@ -114,7 +114,6 @@ def dt_example():
 def cpdata():
     """A plot-level trial: 363 full sibs on a 13 × 36 grid, with random rows and columns.  K is
     VanRaden's GRM of the -1/0/1 markers shifted to 0/1/2 (hetvc kinship reads 0/1/2)."""
-    import numpy as np
 
     d = DATA / "DT_cpdata"
     data = pd.read_csv(d / "DT_cpdata.csv", dtype={"Rowf": str, "Colf": str})

@@ -107,7 +107,7 @@ def _factor(spec: Random, labels: np.ndarray, jitter) -> Factor:
     Kmat, ids = kinship_matrix(spec.K, jitter)
     ids = [str(i) for i in ids]
     position = {label: j for j, label in enumerate(ids)}
-    absent = [lab for lab in observed_labels if lab not in position]
+    absent = [str(lab) for lab in observed_labels if lab not in position]
     if absent:
         shown = ", ".join(map(repr, absent[:5]))
         raise InputError(f"random term {spec.name!r}: {len(absent)} level(s) are not in its relationship "
@@ -147,11 +147,14 @@ def _check_levels(spec: Random, factor: Factor, design: Design) -> None:
 def _check_confounding(spec: Random, factor: Factor, design: Design) -> None:
     """A term whose every level indicator lies in the span of X is absorbed by the fixed
     effects (e.g. ``env`` while environment means are fixed)."""
-    Z = np.zeros((design.n_obs, len(factor.observed)))
-    Z[np.arange(design.n_obs), factor.unit] = 1.0
-    coef, *_ = np.linalg.lstsq(design.X, Z, rcond=None)
-    left = np.linalg.norm(Z - design.X @ coef, axis=0)
-    if np.all(left <= 1e-8 * np.sqrt(design.n_obs)):
+    # ‖(I − QQ')z_u‖² = n_u − ‖Q'z_u‖² for the indicator z_u of level u, Q an orthonormal
+    # basis of X: O(N·p), without forming the N × levels indicator matrix
+    Q, _ = np.linalg.qr(design.X)
+    counts = np.bincount(factor.unit, minlength=factor.n_units).astype(float)
+    projected = np.zeros((factor.n_units, Q.shape[1]))
+    np.add.at(projected, factor.unit, Q)
+    left = counts - np.einsum("up,up->u", projected, projected)
+    if np.all(left <= 1e-8 * counts):
         raise InputError(f"random term {spec.name!r} is confounded with the fixed effects (every level "
                          "lies within one environment mean or covariate pattern, so the means absorb "
                          "it); drop the term or the fixed effect")

@@ -328,9 +328,7 @@ class FitResult:
 
         value, se, note = self._derived_se(shares, 1.0, "a variance share")
         variances = np.stack([self._term_variances(self.theta)[n] for n in names])
-        zero = self._fixed_cells(names).ravel()  # a term's share where its variance is fixed at 0
-        se[zero] = np.nan
-        note = [FIXED_AT_ZERO if z else n for z, n in zip(zero, note)]
+        se, note = self._zero_where(self._fixed_cells(names).ravel(), se, note)
         idx = pd.MultiIndex.from_product([names, range(L), range(m)])
         return pd.DataFrame({
             "env": [self.envs[l] for _, l, _ in idx], "trait": [self.traits[i] for _, _, i in idx],
@@ -355,14 +353,26 @@ class FitResult:
         every random term enters the denominator."""
         value, se, note = self._derived_se(lambda theta: heritability.per_environment(*self._diag_parts(theta)),
                                            1.0, "an h²")
+        se, note = self._zero_where(self._genetic_fixed().ravel(), se, note)
         idx = self.layout.labels()
         return pd.DataFrame({"env": idx.get_level_values(0), "trait": idx.get_level_values(1),
                              "h2": value, "se": se, "se_note": note})
+
+    def _genetic_fixed(self) -> np.ndarray:
+        """(L, m): the genetic variance of the cell is fixed at 0 (so is its h²)."""
+        return self._fixed_cells([s.prefix for s in self._structures])[0]
+
+    @staticmethod
+    def _zero_where(fixed: np.ndarray, se: np.ndarray, note: list) -> tuple:
+        """SE NA, noted, for quantities that are 0 because a variance is fixed at 0."""
+        se = np.where(fixed, np.nan, se)
+        return se, [FIXED_AT_ZERO if f else n for f, n in zip(fixed, note)]
 
     def pooled_heritability(self) -> pd.DataFrame:
         """Pooled h² per trait (paper eq. 12 as proportions), with delta-method SEs."""
         value, se, note = self._derived_se(
             lambda theta: heritability.pooled(*self._diag_parts(theta), self.env_share), 1.0, "an h²")
+        se, note = self._zero_where(self._genetic_fixed().all(axis=0), se, note)
         return pd.DataFrame({"trait": self.traits, "h2": value, "se": se, "se_note": note})
 
     def genetic_correlations(self) -> pd.DataFrame:

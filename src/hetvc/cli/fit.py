@@ -148,6 +148,7 @@ def parse_random(text: str | None, kinships=()) -> list[Random]:
     for token in [t.strip() for t in (text or "").split(",") if t.strip()]:
         factor, _, structure = token.partition("=")
         terms.append(Random(":".join(c.strip() for c in factor.split(":")), structure=structure.strip() or "homogeneous"))
+    as_random_list(terms)  # each term once, known structures
     named = {t.name: t for t in terms}
     for item in kinships:
         term, sep, path = item.partition("=")

@@ -132,8 +132,9 @@ class DenseEngine(Engine):
         fitted = self.X @ f.beta
         predictions = []
         for term, S in zip(self.terms[:-1], self.model.matrices(theta)[:-1]):
-            cross = _level_kernel(term)  # (levels, units)
-            blup = cross @ _aggregate(term, f.py) @ S
+            cross = _level_kernel(term)  # (levels, units); None: independent observed levels
+            agg = _aggregate(term, f.py) @ S
+            blup = agg if cross is None else cross @ agg
             fitted = fitted + blup[term.factor.observed[term.unit], term.index]
             predictions.append((blup, self._pev(f.p, S, term, cross) if pev else None))
         (blup, gpev), random = predictions[0], predictions[1:]
@@ -145,20 +146,19 @@ class DenseEngine(Engine):
         """Var(u_ja − û_ja) = Σ[a,a]·𝒦[j,j] − c'Pc with c_o = Σ[a, a(o)]·𝒦[j, u(o)]."""
         n = len(self.y)
         Z = sp.csr_matrix((np.ones(n), (term.unit, np.arange(n))), shape=(term.n_units, n))
-        kdiag = np.ones(cross.shape[0]) if term.factor.kernel is None else np.diag(term.factor.kernel)
-        out = np.empty((cross.shape[0], S.shape[0]))
+        kdiag = np.ones(term.n_units) if cross is None else np.diag(term.factor.kernel)
+        out = np.empty((len(kdiag), S.shape[0]))
         for a in range(S.shape[0]):
             dvec = S[a, term.index]
             pa = P * np.outer(dvec, dvec)
             agg = (Z @ (Z @ pa).T).T  # Z Pa Z'  (units × units)
-            out[:, a] = S[a, a] * kdiag - np.einsum("ju,ju->j", cross @ agg, cross)
+            explained = np.diag(agg) if cross is None else np.einsum("ju,ju->j", cross @ agg, cross)
+            out[:, a] = S[a, a] * kdiag - explained
         return out
 
 
-def _level_kernel(term: RandomTerm) -> np.ndarray:
-    """𝒦[level, observed unit]: the kernel's rows of every level (the identity's columns when
-    the levels are independent)."""
+def _level_kernel(term: RandomTerm) -> np.ndarray | None:
+    """𝒦[level, observed unit]: the kernel's rows of every level; None when the levels are
+    independent (the levels are then the observed units, in order)."""
     factor = term.factor
-    if factor.kernel is None:
-        return np.eye(len(factor.levels))[:, factor.observed]
-    return factor.kernel[:, factor.observed]
+    return None if factor.kernel is None else factor.kernel[:, factor.observed]

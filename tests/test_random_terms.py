@@ -306,7 +306,7 @@ def test_levels_crossing_environments_get_a_note(small):
     data, K = small
     data = data.assign(plot=np.arange(len(data)) % 4)
     fit = hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", random=["plot"], pev=False)
-    assert any("occur in several environments" in n and "'<env column>:plot'" in n for n in fit.notes)
+    assert any("is crossed with environments" in n and "'<env column>:plot'" in n for n in fit.notes)
 
 
 def test_dense_engine_matches_reference_for_the_conftest_helper_too():

@@ -170,9 +170,9 @@ def _spans_environments(spec: Random, factor: Factor, design: Design) -> list[st
     if not (counts > 1).any():
         return []
     k = int(np.argmax(counts > 1))
-    return [f"levels of random term {spec.name!r} occur in several environments (e.g. "
-            f"{factor.levels[factor.observed[k]]!r} in {int(counts[k])}); each is one effect across them. "
-            f"If they are nested in environments, write the term as '<env column>:{spec.name}'"]
+    return [f"random term {spec.name!r} is crossed with environments (level "
+            f"{factor.levels[factor.observed[k]]!r} occurs in {int(counts[k])}): a level is one effect in "
+            f"all of them; for levels nested in environments write '<env column>:{spec.name}'"]
 
 
 def resolve_random(data: pd.DataFrame, design: Design, random, jitter=None) -> tuple[list, list[str]]:

@@ -39,7 +39,7 @@ def test_score_equals_finite_differences(genetic, residual):
     model, engine = dense_model(data, K, ["y1", "y2"], genetic, residual)
     score = engine.evaluate(model.join(G, E)).score
     fd = reference_score(data, K, ["y1", "y2"], "env", "id", genetic, residual, G, E)
-    ours = {("GE"[t], min(a, b), max(a, b)): v for (t, a, b), v in zip(model.params(), score)}
+    ours = {("GE"[t], min(a, b), max(a, b)): v for (t, a, b), v in zip(model.elements(), score)}
     elements = covariance_elements(build_problem(data, K, ["y1", "y2"], "env", "id", genetic, residual))
     assert len(elements) == len(ours)
     scale = np.abs(fd.to_numpy()).max()

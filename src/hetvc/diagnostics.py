@@ -226,43 +226,41 @@ def kinship_variance(model) -> float:
 def unidentified(model, ai: np.ndarray) -> np.ndarray:
     """Parameters the data hold (almost) no information on: AI_kk·v_k² below 1e-10 of the
     largest, with v_k the phenotypic scale of θ_k; or a non-finite AI row."""
-    scales = model.scales()
-    scale = np.array([np.sqrt(scales[t][a] * scales[t][b]) for t, a, b in model.params()])
-    info = np.abs(np.diag(ai)) * scale ** 2
+    info = np.abs(np.diag(ai)) * model.param_scales() ** 2
     bad = ~np.all(np.isfinite(ai), axis=1)
     top = np.max(info[~bad]) if (~bad).any() else 0.0
     return bad | (info <= 1e-10 * top)
 
 
 def runaway(model, theta: np.ndarray, ai: np.ndarray, ai_inv: np.ndarray, skip=None) -> str:
-    """'' or a message naming the parameter that ran away (rules in the module docstring);
+    """'' or a message naming the variance that ran away (rules in the module docstring);
     ``skip``: parameters known to be unidentified (their SEs are not expected)."""
     names = model.param_names()
     if not np.all(np.isfinite(theta)):
         k = int(np.nonzero(~np.isfinite(theta))[0][0])
         return f"{names[k]} is not finite ({theta[k]}): the estimate ran away"
-    scales = model.scales()
     kbars = [kinship_variance(model)] + [f.mean_diagonal() for f, _ in model.random] + [1.0]
     worst = None
-    for k, (term, a, b) in enumerate(model.params()):
-        if a != b:
-            continue
-        v = scales[term][a] / kbars[term]
-        ratio = theta[k] / v
-        if ratio > RUNAWAY and (worst is None or ratio > worst[1]):
-            worst = (k, ratio, v)
+    for t, (s, M, scale) in enumerate(zip(model.structures, model.matrices(theta), model.scales())):
+        for a in range(s.dim):
+            v = scale[a] / kbars[t]
+            ratio = M[a, a] / v
+            if ratio > RUNAWAY and (worst is None or ratio > worst[1]):
+                worst = (t, a, ratio, v, M[a, a])
     if worst is not None:
-        k, ratio, v = worst
-        term = model.params()[k][0]
-        kernel = "K" if term == 0 else f"the relationship of {model.structures[term].prefix!r}"
-        ref = "phenotypic variance of its cell" + (f" over the mean variance of {kernel}" if kbars[term] != 1.0 else "")
-        return (f"{names[k]} ran away to {theta[k]:.3g}, {ratio:.2g} times the {ref} ({v:.3g}): "
-                "the data cannot estimate it; simplify the structure or check that environment")
+        t, a, ratio, v, value = worst
+        kernel = "K" if t == 0 else f"the relationship of {model.structures[t].prefix!r}"
+        ref = "phenotypic variance of its cell" + (f" over the mean variance of {kernel}" if kbars[t] != 1.0 else "")
+        return (f"{model.structures[t].variance_name(a)} ran away to {value:.3g}, {ratio:.2g} times the {ref} "
+                f"({v:.3g}): the data cannot estimate it; simplify the structure or check that environment")
     if not np.all(np.isfinite(ai)):
         return "the information matrix (AI) is not finite at the estimate: it ran away"
     skip = np.zeros(len(theta), bool) if skip is None else skip
     diag = np.diag(ai_inv)
-    for k, (term, a, b) in enumerate(model.params()):
-        if a == b and not skip[k] and not np.isfinite(diag[k]):
-            return f"the SE of {names[k]} is not finite: the estimate ran away"
+    k0 = 0
+    for s in model.structures:
+        for k in k0 + s.variance_params():
+            if not skip[k] and not np.isfinite(diag[k]):
+                return f"the SE of {names[k]} is not finite: the estimate ran away"
+        k0 += s.n_params
     return ""

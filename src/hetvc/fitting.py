@@ -27,7 +27,7 @@ from .optimize import FLOOR, maximize, newton_step
 from .options import FitOptions
 from .random_terms import resolve_random
 from .results import FitResult
-from .structures import structure_class
+from .structures import make_structure, structure_class
 
 
 def _start_theta(model: Model, start) -> np.ndarray:
@@ -147,15 +147,59 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
     ``progress`` as in :func:`fit`)."""
     notes = design_notes(model)
     eng, reason = choose_engine(model, options.engine, eigen=eigen)
-    theta, ev, record = maximize(eng, model, _start_theta(model, start), tol=options.tol,
-                                 max_iter=options.max_iter, time_limit=options.time_limit,
-                                 progress=progress)
+    starts = [("given", _start_theta(model, start))] if start is not None else _starts(model, options, eigen)
+    tried = []
+    for label, theta0 in starts:
+        theta, ev, record = maximize(eng, model, theta0, tol=options.tol, max_iter=options.max_iter,
+                                     time_limit=options.time_limit, progress=progress)
+        tried.append((record.converged, ev.loglik, label, theta, ev, record))
+    if len(tried) > 1:
+        tried.sort(key=lambda t: (t[0], t[1]), reverse=True)
+        notes.append("factor-analytic starts: " + "; ".join(
+            f"{label}: ℓ = {ll:.4f}{'' if ok else ' (not converged)'}" for ok, ll, label, *_ in tried)
+            + f"; kept the {tried[0][2]} start")
+    _, _, _, theta, ev, record = tried[0]
     fixed = _fixed_at_zero(model, theta)
     ai_inv = _conditional_inverse(ev.ai, ev.score, fixed)
     singular = _singular(model, ev.ai, ai_inv) & ~fixed
     _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular | fixed))
     solution = eng.solve(theta, pev=options.pev)
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
+
+
+def _starts(model: Model, options: FitOptions, eigen) -> list[tuple[str, np.ndarray]]:
+    """The starts of a fit: the default; for a factor-analytic genetic term also the k-factor
+    approximations of two cheaper fits' ΣG, since ℓ of an FA model has local maxima (a start is
+    known to end on a worse one where a column of Λ starts near the saddle Λ_j = 0):
+
+    * ``unstructured-fit``: the unstructured ΣG;
+    * ``heterogeneous-fit``: ΣG_l per environment, with correlations between environments
+      from the heterogeneous fit's BLUPs of the phenotyped genotypes (a two-step estimate).
+
+    Each cheaper fit is skipped where the design cannot carry it."""
+    starts = [("default", model.start())]
+    if model.genetic.linear or len(model.design.envs) < 2:
+        return starts
+    quick = FitOptions(engine=options.engine, tol=1e-6, max_iter=options.max_iter, pev=False)
+    for name in ("unstructured", "heterogeneous"):
+        try:
+            cheap = Model(model.design, make_structure("G", name, model.design.envs, model.design.traits),
+                          model.residual, model.method, model.random)
+            check_design(cheap)
+            fit = fit_model(cheap, quick, start=cheap.start(), eigen=eigen)
+        except InputError:
+            continue
+        G, _ = fit.full_covariances()
+        if name == "heterogeneous":
+            sd = np.sqrt(np.maximum(np.diag(G), 0.0))
+            with np.errstate(all="ignore"):
+                R = np.nan_to_num(np.corrcoef(fit.blup[np.unique(model.design.geno)], rowvar=False))
+            np.fill_diagonal(R, 1.0)
+            G = R * np.outer(sd, sd)
+        theta = _theta_from_result(model, fit)
+        theta[:model.genetic.n_params] = model.genetic.theta(G)
+        starts.append((f"{name}-fit", theta))
+    return starts
 
 
 def _fixed_at_zero(model: Model, theta: np.ndarray) -> np.ndarray:

@@ -181,9 +181,47 @@ class Model:
         """θ from [ΣG, Σ_t …, ΣE] (the inverse of :meth:`matrices`)."""
         return np.concatenate([s.theta(M) for s, M in zip(self.structures, matrices)])
 
-    def params(self):
-        """(term number, a, b) of every parameter, in θ order (terms as in :meth:`terms`)."""
+    def elements(self):
+        """(term number, a, b) of every matrix element an engine differentiates ℓ by (terms as
+        in :meth:`terms`); the parameters θ themselves when every structure is linear."""
         return [(t, a, b) for t, s in enumerate(self.structures) for a, b in s.pairs]
+
+    @property
+    def linear(self) -> bool:
+        """Every structure is linear in θ (θ are the elements)."""
+        return all(s.linear for s in self.structures)
+
+    def param_scales(self) -> np.ndarray:
+        """The phenotypic scale of every parameter (√(v_a v_b) for an element (a, b))."""
+        return np.concatenate([s.param_scale(v) for s, v in zip(self.structures, self.scales())])
+
+    def jacobian(self, theta: np.ndarray) -> np.ndarray:
+        """∂σ/∂θ of the elements by the parameters (block diagonal over the structures)."""
+        import scipy.linalg as sla
+
+        parts, k = [], 0
+        for s in self.structures:
+            parts.append(s.jacobian(theta[k:k + s.n_params]))
+            k += s.n_params
+        return sla.block_diag(*parts)
+
+    def to_parameters(self, theta: np.ndarray, ev):
+        """An engine's evaluation by the elements, as one by θ (the chain rule, exact for the
+        AI too: ∂V/∂θ_j = Σ_e J_ej V_e, so AI_θ = J'·AI_σ·J and score_θ = J'·score_σ)."""
+        if self.linear or ev.score is None:
+            return ev
+        J = self.jacobian(theta)
+        ev.score = J.T @ ev.score
+        ev.ai = J.T @ ev.ai @ J
+        return ev
+
+    def free_params(self) -> np.ndarray:
+        """θ positions without a constraint (the loadings of a factor-analytic structure)."""
+        out, k = [], 0
+        for s in self.structures:
+            out.append(k + s.free_params())
+            k += s.n_params
+        return np.concatenate(out).astype(int)
 
     # -- random terms -------------------------------------------------------------------
     def genetic_factor(self) -> Factor:
@@ -221,24 +259,15 @@ class Model:
     def _blocks(self) -> list[Block]:
         out, offset = [], 0
         for s, scale in zip(self.structures, self.scales()):
-            pairs = np.array(s.pairs)
-            for blk in s.blocks:
-                local = {a: i for i, a in enumerate(blk)}
-                k = np.nonzero(np.isin(pairs[:, 0], blk))[0]
-                out.append(Block(
-                    theta_index=offset + k,
-                    ia=np.array([local[a] for a in pairs[k, 0]]),
-                    ib=np.array([local[b] for b in pairs[k, 1]]),
-                    sd=np.sqrt(scale[blk]),
-                    name=s.block_name(blk),
-                ))
+            for local, ia, ib, rows, name in s.constraints():
+                out.append(Block(theta_index=offset + local, ia=ia, ib=ib, sd=np.sqrt(scale[rows]), name=name))
             offset += s.n_params
         return out
 
     def to_cholesky(self, theta: np.ndarray) -> np.ndarray:
         """φ: per block, the Cholesky factor of C̃ = LL' in θ order, log L_aa on its diagonal;
         every real φ is a positive definite ΣG and ΣE (:meth:`from_cholesky`)."""
-        phi = np.empty(self.n_params)
+        phi = np.array(theta, dtype=float)  # free parameters as they are
         for blk in self.blocks():
             low = np.linalg.cholesky(blk.scaled(theta))
             phi[blk.theta_index] = np.where(blk.ia == blk.ib, np.log(np.diag(low)[blk.ia]), low[blk.ia, blk.ib])
@@ -246,7 +275,7 @@ class Model:
 
     def from_cholesky(self, phi: np.ndarray) -> np.ndarray:
         """θ from φ (complex φ allowed, for complex-step derivatives)."""
-        theta = np.empty(self.n_params, dtype=np.result_type(phi.dtype, float))
+        theta = np.array(phi, dtype=np.result_type(phi.dtype, float))  # free parameters as they are
         for blk in self.blocks():
             low = np.zeros((blk.dim, blk.dim), dtype=theta.dtype)
             v = phi[blk.theta_index]
@@ -258,16 +287,31 @@ class Model:
         return theta
 
     def project(self, theta: np.ndarray, floor: float) -> np.ndarray:
-        """θ with every block's scaled eigenvalues clipped at ``floor``."""
-        return self.join(*[s.project(M, scale, floor) for s, M, scale
-                           in zip(self.structures, self.matrices(theta), self.scales())])
+        """θ with every block's scaled eigenvalues clipped at ``floor`` (the nearest point in the
+        scaled metric; free parameters unchanged)."""
+        out = np.array(theta, dtype=float)
+        for blk in self.blocks():
+            vals, vecs = np.linalg.eigh(blk.scaled(out))
+            if vals[0] >= floor:
+                continue
+            clipped = (vecs * np.maximum(vals, floor)) @ vecs.T
+            out[blk.theta_index] = blk.unscaled_theta((clipped + clipped.T) / 2)
+        return out
 
     def start(self) -> np.ndarray:
         """Default start: each cell's phenotypic variance shared equally by the T terms (the
-        genetic term, the random terms, the residual); covariances start at zero.
+        genetic term, the random terms, the residual); covariances start at zero (a
+        factor-analytic Σ at correlation ½, so that no factor starts at zero).
 
         A term with a relationship matrix gets its share divided by the mean diagonal of that
         matrix over the observed levels, so that it explains its share whatever the scale."""
         kbars = [self.genetic_factor().mean_diagonal()] + [f.mean_diagonal() for f, _ in self.random] + [1.0]
         share = 1.0 / len(kbars)
-        return self.join(*[np.diag(share * scale / kbar) for kbar, scale in zip(kbars, self.scales())])
+        out = []
+        for s, kbar, scale in zip(self.structures, kbars, self.scales()):
+            M = np.diag(share * scale / kbar)
+            if not s.linear:  # a factor-analytic Σ starts with correlation ½ between every two rows
+                sd = np.sqrt(np.diag(M))
+                M = 0.5 * (np.outer(sd, sd) + M)
+            out.append(M)
+        return self.join(*out)

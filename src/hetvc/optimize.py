@@ -194,6 +194,7 @@ def _tangent_basis(vals, vecs, grad, active) -> list[tuple[np.ndarray, float]]:
 
 def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np.ndarray, float, list]:
     """AI step restricted to the free directions: (step, decrement, active count per block).
+    Parameters in no block (the loadings of a factor-analytic structure) are always free.
 
     A direction q of a block at the floor is active when ℓ increases outwards along it
     (q' ∂ℓ/∂C̃ q < 0) or when the step would take it outwards (q' δC̃ q < 0); the step is
@@ -211,8 +212,10 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
             vecs[:, at_floor] = floor_vecs @ rot
         outward = np.einsum("ik,ij,jk->k", vecs, grad, vecs) < 0
         eig.append((blk, vals, vecs, grad, at_floor, at_floor & outward))
+    free = model.free_params()
     while True:
-        columns, extra = [], []
+        columns = [np.eye(model.n_params)[:, k] for k in free]  # unconstrained (factor loadings)
+        extra = [0.0] * len(free)
         for blk, vals, vecs, grad, _, active in eig:
             for e, curvature in _tangent_basis(vals, vecs, grad, active):
                 col = np.zeros(model.n_params)

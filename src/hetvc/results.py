@@ -196,8 +196,11 @@ class FitResult:
         """Name of the ΣG/ΣE block of every parameter (as in ``boundary``)."""
         out = []
         for s in self._structures:
-            block_of = {int(a): s.block_name(blk) for blk in s.blocks for a in blk}
-            out += [block_of[a] for a, _ in s.pairs]
+            names = [""] * s.n_params  # a free parameter (a loading) belongs to no block
+            for local, *_, name in s.constraints():
+                for k in local:
+                    names[k] = name
+            out += names
         return out
 
     def fixed_at_zero(self) -> np.ndarray:
@@ -205,9 +208,11 @@ class FitResult:
         structure's) estimated at zero: fixed there, with the other SEs conditional on it."""
         out = []
         for s in self._structures:
-            lone = {int(blk[0]) for blk in s.blocks if len(blk) == 1 and s.block_name(blk) in self.boundary}
-            out += [a in lone for a, _ in s.pairs]
-        return np.array(out, dtype=bool)
+            fixed = np.zeros(s.n_params, dtype=bool)
+            for local, _, _, rows, name in s.constraints():
+                fixed[local] = len(rows) == 1 and name in self.boundary
+            out.append(fixed)
+        return np.concatenate(out)
 
     def _row_variances(self) -> tuple[np.ndarray, np.ndarray]:
         """Phenotypic variance of every row of ΣG and ΣE, from the observed values, as the model
@@ -223,11 +228,10 @@ class FitResult:
         diag = np.diag(self.theta_cov)
         se = np.sqrt(np.where(diag >= 0, diag, np.nan))
         on_boundary = set(self.boundary)
-        scales = self._row_variances()
+        scales = np.concatenate([s.param_scale(v) for s, v in zip(self._structures, self._row_variances())])
         notes = []
         fixed = self.fixed_at_zero()
-        for k, ((term, (a, b)), block) in enumerate(zip(self._pairs(), self.param_blocks())):
-            scale = np.sqrt(scales[term][a] * scales[term][b])
+        for k, (scale, block) in enumerate(zip(scales, self.param_blocks())):
             if fixed[k]:
                 notes.append(FIXED_AT_ZERO)
             elif block in on_boundary:
@@ -242,9 +246,6 @@ class FitResult:
                 notes.append("")
         se = np.where([n == "" for n in notes], se, np.nan)
         return se, notes
-
-    def _pairs(self):
-        return [(t, p) for t, s in enumerate(self._structures) for p in s.pairs]
 
     def _derived_se(self, fun, bound: float | None = 1.0, what: str = "") -> tuple:
         """(value, SE, se_note) of a derived quantity: the first reason of a parameter it depends
@@ -304,7 +305,7 @@ class FitResult:
         se, se_note = self._param_se_notes()
         k = 0
         for s in self._structures:
-            for a, b in s.pairs:
+            for a, b in s.param_rows():
                 (ea, ta), (eb, tb) = s.labels[a], s.labels[b]
                 rows.append(dict(
                     name=self.param_names()[k], component=s.prefix, structure=s.name,
@@ -343,6 +344,8 @@ class FitResult:
         out = np.zeros((len(names), L, m), dtype=bool)
         env_idx, trait_idx = np.repeat(np.arange(L), m), np.tile(np.arange(m), L)
         for t, s in enumerate(self._structures):
+            if not s.linear:  # no parameter is a lone variance of a cell
+                continue
             names_by_pair = dict(zip(s.pairs, s.param_names()))
             rows = s.index(env_idx, trait_idx, m)
             out[t] = np.array([fixed.get(names_by_pair.get((a, a)), False) for a in rows]).reshape(L, m)
@@ -411,6 +414,56 @@ class FitResult:
             note[k] = f"undefined: the genetic variance of {trait} in {env} is zero"
         return pd.DataFrame([p[:5] for p in pairs], columns=["between", "env1", "env2", "trait1", "trait2"]).assign(
             r=value, se=se, se_note=note)
+
+    # -- factor-analytic structures ------------------------------------------------------------
+    def _fa_structure(self, term: str):
+        s = next((st for st in self._structures if st.prefix == term), None)
+        if s is None or not hasattr(s, "loadings"):
+            raise KeyError(f"term {term!r} has no factor-analytic structure (genetic={self.genetic!r})")
+        k = sum(st.n_params for st in self._structures[:self._structures.index(s)])
+        return s, self.theta[k:k + s.n_params]
+
+    def loadings(self, term: str = "G") -> pd.DataFrame:
+        """Loadings Λ* of a factor-analytic term, rotated to principal axes: Λ* = ΛV with
+        Λ'Λ = VDV' (orthogonal columns, ordered by the variance they explain, ΛΛ' unchanged),
+        each column's sign chosen so that its mean loading is positive.  Rows: environment ×
+        trait; columns f1 … fk."""
+        s, theta = self._fa_structure(term)
+        lam = s.loadings(theta)
+        vals, vecs = np.linalg.eigh(lam.T @ lam)
+        rotated = lam @ vecs[:, np.argsort(vals)[::-1]]
+        rotated *= np.where(rotated.mean(0) < 0, -1.0, 1.0)
+        idx = self.layout.labels()
+        out = pd.DataFrame(rotated, columns=[f"f{j + 1}" for j in range(s.factors)])
+        out.insert(0, "trait", idx.get_level_values(1))
+        out.insert(0, "env", idx.get_level_values(0))
+        return out
+
+    def specific_variances(self, term: str = "G") -> pd.DataFrame:
+        """ψ of a factor-analytic term per environment × trait, with SEs (NA at zero: a Heywood
+        case, fixed on the boundary)."""
+        s, _ = self._fa_structure(term)
+        vc = self.variance_components()
+        psi = vc[vc["name"].str.startswith(f"{s.prefix}[") & vc["name"].str.endswith(".psi")]
+        idx = self.layout.labels()
+        return pd.DataFrame({"env": idx.get_level_values(0), "trait": idx.get_level_values(1),
+                             "psi": psi["estimate"].to_numpy(), "se": psi["se"].to_numpy(),
+                             "se_note": psi["se_note"].to_numpy()})
+
+    def factor_shares(self, term: str = "G") -> pd.DataFrame:
+        """The share of each environment × trait's variance of the term explained by the factors
+        together (ΛΛ')_aa / Σ_aa and by each rotated factor λ*_aj² / Σ_aa."""
+        s, theta = self._fa_structure(term)
+        lam = self.loadings(term)
+        cols = [f"f{j + 1}" for j in range(s.factors)]
+        total = np.diag(s.matrix(theta))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shares = lam[cols].to_numpy() ** 2 / total[:, None]
+        out = lam[["env", "trait"]].copy()
+        out["explained"] = shares.sum(1)
+        for j, c in enumerate(cols):
+            out[c] = shares[:, j]
+        return out
 
     def blues(self) -> pd.DataFrame:
         """Fixed effects b̂ with SEs from (X'V⁻¹X)⁻¹."""

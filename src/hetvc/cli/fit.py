@@ -119,18 +119,22 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
 
 
 # -- models ---------------------------------------------------------------------------------------
-def parse_models(compare: str | None, genetic: str, residual: str) -> list[tuple[str, str]]:
-    """[(genetic, residual)] from ``--compare`` (or the single --genetic/--residual model)."""
+def parse_models(compare: str | None, genetic: str, residual: str, dim: int | None = None) -> list[tuple[str, str]]:
+    """[(genetic, residual)] from ``--compare`` (or the single --genetic/--residual model).
+    ``all``: every structure, the factor-analytic ones (fa1 … fa3) only where they have fewer
+    parameters than ``unstructured`` on the ``dim`` = L·m rows of the data (any faK by name)."""
     if compare is None:
         return [(genetic, residual)]
     out = []
     for token in [t.strip() for t in compare.split(",") if t.strip()]:
         if token == "all":
-            out += [(g, r) for r in RESIDUAL for g in GENETIC]
+            out += [(g, r) for r in RESIDUAL for g in GENETIC if dim is None or _fewer_than_unstructured(g, dim)]
             continue
         g, _, r = token.partition("/")
         g, r = g.strip(), (r.strip() or residual)
-        if g not in GENETIC:
+        if re.fullmatch(r"fa[1-9]\d*", g):
+            pass  # any number of factors
+        elif g not in GENETIC:
             raise InputError(f"--compare: unknown genetic structure {g!r} in {token!r}; "
                              f"use {', '.join(GENETIC)} (optionally /{'|'.join(RESIDUAL)}) or all")
         if r not in RESIDUAL:
@@ -139,6 +143,14 @@ def parse_models(compare: str | None, genetic: str, residual: str) -> list[tuple
     if not out:
         raise InputError("--compare is empty; e.g. --compare homogeneous,heterogeneous,unstructured")
     return list(dict.fromkeys(out))
+
+
+def _fewer_than_unstructured(genetic: str, dim: int) -> bool:
+    cls = structure_class("G", genetic)
+    if cls.linear_structure:
+        return True
+    k = cls.factors
+    return dim * (k + 1) - k * (k - 1) // 2 < dim * (dim + 1) // 2
 
 
 def parse_random(text: str | None, kinships=()) -> list[Random]:
@@ -160,6 +172,15 @@ def parse_random(text: str | None, kinships=()) -> list[Random]:
                              f"({', '.join(named) or 'none given'})")
         named[term] = Random(term, K=path.strip(), structure=named[term].structure)
     return as_random_list(list(named.values()))
+
+
+def _data_rows(data: pd.DataFrame, traits: list, env) -> int | None:
+    """L·m, the rows of an environment-specific ΣG (environments with a trait value × traits)."""
+    present = [t for t in traits if t in data.columns]
+    if not present or (env is not None and env not in data.columns):
+        return None
+    rows = data[data[present].notna().any(axis=1)]
+    return len(present) * (rows[env].nunique() if env is not None else 1)
 
 
 def _command_line(name: str, pheno, opts: dict) -> str:
@@ -755,7 +776,6 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     if not trait_list:
         raise InputError("--traits is empty; name the trait columns, e.g. --traits yield,oil")
     options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
-    models = parse_models(compare, genetic, residual)
     random = parse_random(random_, random_kinship)
     default_scale = "none" if pedigree else "mean-diag"  # a pedigree's A is on its base population's scale
     kinship_scale = kinship_scale or default_scale
@@ -763,6 +783,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
                                        numeric_columns=trait_list, sep=sep)
     K, kfacts, knotes = load_kinship(kinship, genotypes, grm_method, genotype_id, jitter, kinship_scale,
                                      pedigree=pedigree, positions=pedigree_positions)
+    models = parse_models(compare, genetic, residual, dim=_data_rows(data, trait_list, env))
     facts, dnotes = describe_data(data, K, trait_list, env, id_)
     facts.update(kfacts)
     facts["pheno"] = str(pheno)
@@ -799,9 +820,9 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     roles = spec["roles"]
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
     options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
-    models = parse_models(compare, genetic, residual)
     pheno = folder / spec["pheno"]
     data, read_notes = read_phenotypes(pheno, text_columns=spec["string_columns"], numeric_columns=trait_list)
+    models = parse_models(compare, genetic, residual, dim=_data_rows(data, trait_list, roles["env"]))
     K, kfacts, knotes = load_kinship(folder / spec["kinship"], None, "standardized", None, None, "mean-diag")
     facts, dnotes = describe_data(data, K, trait_list, roles["env"], roles["id"])
     facts.update(kfacts)

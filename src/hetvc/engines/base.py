@@ -54,8 +54,15 @@ class Engine:
     """Interface of an engine; see the module docstring for the quantities."""
 
     name = "abstract"
+    model = None  # the Model an engine serves
 
     def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+        """ℓ, score and AI by the parameters θ: the engine's evaluation by the matrix elements
+        (:meth:`evaluate_elements`), through the chain rule for a nonlinear structure."""
+        return self.model.to_parameters(theta, self.evaluate_elements(theta, derivatives))
+
+    def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+        """ℓ, and its score and AI by the elements σ of the matrices (``model.elements()``)."""
         raise NotImplementedError
 
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:

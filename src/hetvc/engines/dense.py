@@ -76,7 +76,7 @@ class DenseEngine(Engine):
         self.y, self.X = d.y, d.X
         self.terms = model.terms()
         self.kobs = [_observed_kernel(t) for t in self.terms]
-        self.params = model.params()
+        self.params = model.elements()
         self.const = restricted_constant(len(d.y), d.X.shape[1], model.method)
 
     def covariance(self, theta: np.ndarray) -> np.ndarray:
@@ -94,7 +94,7 @@ class DenseEngine(Engine):
     def _factor(self, theta: np.ndarray, need_p: bool) -> _Factor:
         return _Factor(self.covariance(theta), self.X, self.y, need_p)
 
-    def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+    def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         reml = self.model.method == "reml"
         f = self._factor(theta, need_p=derivatives and reml)
         ypy = float(self.y @ f.py)

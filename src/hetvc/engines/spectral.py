@@ -373,7 +373,7 @@ class _Block:
             self.Gyy, self.Gxy, self.Gxx = gram[:dd, :dd], gram[dd:, :dd], gram[dd:, dd:]
         # parameters with a non-zero pattern in this block
         kidx, pats, genetic = [], [], []
-        for k, (t, a, b) in enumerate(model.params()):
+        for k, (t, a, b) in enumerate(model.elements()):
             idx = self.ga if t == 0 else self.ra
             mask = ((idx[:, None] == a) & (idx[None, :] == b)) | ((idx[:, None] == b) & (idx[None, :] == a))
             if t == 1:
@@ -412,7 +412,7 @@ class SpectralEngine(Engine):
         self.cache = eigen if eigen is not None else EigenCache()
         d = model.design
         self.const = restricted_constant(d.n_obs, d.X.shape[1], model.method)
-        self.n_params = model.n_params
+        self.n_elements = len(model.elements())
         fixed = [_factor_fixed(d.X, bp.obs) for bp in spectral_plan.blocks]
         for bp, (xs, _) in zip(spectral_plan.blocks, fixed):
             if bp.obs.shape[1] * xs.shape[1] > MAX_FIXED_COLUMNS:
@@ -507,13 +507,13 @@ class SpectralEngine(Engine):
         return G, E, states, beta, C, logdet, logdet_xvx, ypy
 
     # -- Engine interface ---------------------------------------------------------------
-    def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+    def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         reml = self.model.method == "reml"
         G, E, states, beta, C, logdet, logdet_xvx, ypy = self._state(theta)
         loglik = -0.5 * (self.const + logdet + (logdet_xvx if reml else 0.0) + ypy)
         if not derivatives:
             return Evaluation(loglik)
-        n = self.n_params
+        n = self.n_elements
         p = len(beta)
         score = np.zeros(n)
         fwf = np.zeros((n, n))

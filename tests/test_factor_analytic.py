@@ -1,0 +1,155 @@
+"""Factor-analytic genetic structures ΣG = ΛΛ' + Ψ (fa1, fa2, …): ℓ, score and AI at a given θ
+against the brute-force reference, the optimum against a scipy maximisation over (Λ, log ψ),
+nesting, Heywood cases and rotation invariance."""
+
+import numpy as np
+import pytest
+from scipy import optimize
+
+import hetvc
+from conftest import dense_model
+from hetvc.structures import lower_triangular, make_structure
+from reference import build_problem, build_V, make_problem, reference_loglik
+
+TRAITS = ["y1", "y2"]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """2 environments × 2 traits (d = 4), correlated across environments, some values missing."""
+    return make_problem(5, n_geno=24, n_env=2, genetic="unstructured", missing=0.1)
+
+
+def _theta(model, rng):
+    """A θ with ψ > 0 and loadings of either sign."""
+    theta = model.start()
+    k = model.genetic.n_params
+    theta[:k] = rng.normal(scale=0.6, size=k)
+    theta[model.genetic.variance_params()] = rng.uniform(0.2, 1.0, size=model.genetic.dim)
+    return theta
+
+
+def _reference_at(data, K, model, theta):
+    G, E = model.matrices(theta)
+    return reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous", G, E)
+
+
+@pytest.mark.parametrize("name", ["fa1", "fa2"])
+def test_loglik_score_and_ai_at_a_given_theta_equal_the_reference(problem, name):
+    data, K, _, _ = problem
+    model, eng = dense_model(data, K, TRAITS, name, "homogeneous")
+    theta = _theta(model, np.random.default_rng(0))
+    ev = eng.evaluate(theta)
+    assert ev.loglik == pytest.approx(_reference_at(data, K, model, theta), abs=1e-9)
+    # score: central differences of the reference ℓ in θ (step 1e-5: error ~1e-9)
+    h = 1e-5
+    fd = np.array([(_reference_at(data, K, model, theta + h * e) - _reference_at(data, K, model, theta - h * e)) / (2 * h)
+                   for e in np.eye(len(theta))])
+    np.testing.assert_allclose(ev.score, fd, rtol=1e-5, atol=1e-6)
+    # AI by its definition ½ y'P V̇_j P V̇_k P y, V̇_j = ∂V/∂θ_j built from the reference's V
+    prob = build_problem(data, K, TRAITS, "env", "id", "unstructured", "homogeneous")
+    G, E = model.matrices(theta)
+    V = build_V(prob, G, E)
+    Vi = np.linalg.inv(V)
+    P = Vi - Vi @ prob.X @ np.linalg.solve(prob.X.T @ Vi @ prob.X, prob.X.T @ Vi)
+    Py = P @ prob.y
+    derivs = []
+    for j in range(len(theta)):
+        t = theta.astype(complex)
+        t[j] += 1e-20j
+        dG, dE = (np.imag(M) / 1e-20 for M in model.matrices(t))
+        derivs.append(build_V(prob, dG, dE) @ Py)
+    F = np.column_stack(derivs)
+    np.testing.assert_allclose(ev.ai, 0.5 * F.T @ P @ F, rtol=1e-8, atol=1e-10)
+
+
+def _scipy_optimum(data, K, k, starts=4, seed=0):
+    """max ℓ over (Λ lower triangular, log ψ, Cholesky of ΣE) by BFGS from several starts."""
+    s = make_structure("G", f"fa{k}", ["E1", "E2"], TRAITS)
+    n_load = s.n_params - s.dim
+
+    def unpack(x):
+        theta = np.concatenate([x[:n_load], np.exp(x[n_load:n_load + s.dim])])
+        low = np.array([[np.exp(x[-3]), 0.0], [x[-2], np.exp(x[-1])]])
+        return s.matrix(theta), low @ low.T
+
+    def objective(x):
+        G, E = unpack(x)
+        return -reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous", G, E)
+
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(starts):
+        x0 = np.concatenate([rng.normal(scale=0.7, size=n_load), np.log(rng.uniform(0.1, 1.0, size=s.dim)),
+                             [0.0, 0.0, 0.0]])
+        res = optimize.minimize(objective, x0, method="BFGS", options={"gtol": 1e-7, "maxiter": 2000})
+        if best is None or res.fun < best.fun:
+            best = res
+    return -best.fun
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_optimum_equals_a_scipy_maximisation_from_several_starts(problem, k):
+    data, K, _, _ = problem
+    fit = hetvc.fit(data, K, TRAITS, env="env", genetic=f"fa{k}", tol=1e-10)
+    assert fit.converged
+    ref = _scipy_optimum(data, K, k)
+    # a ψ on the boundary is 0 for hetvc and exp(−large) for scipy: ℓ agrees to 1e-5
+    assert fit.loglik == pytest.approx(ref, abs=1e-5)
+    assert fit.loglik >= ref - 1e-6
+
+
+def test_fa_with_d_minus_one_factors_reaches_unstructured_and_fa_k_nests_fa_k_minus_one(problem):
+    data, K, _, _ = problem
+    fits = {g: hetvc.fit(data, K, TRAITS, env="env", genetic=g, tol=1e-10)
+            for g in ("diagonal", "fa1", "fa2", "fa3", "unstructured")}
+    assert fits["fa3"].loglik == pytest.approx(fits["unstructured"].loglik, abs=1e-5)
+    lls = [fits[g].loglik for g in ("fa1", "fa2", "fa3")]
+    assert lls[0] <= lls[1] + 1e-6 and lls[1] <= lls[2] + 1e-6
+    comp = hetvc.compare(fits["fa1"], fits["fa2"], fits["unstructured"]).set_index("model")
+    assert comp.loc["fa2/homogeneous", "lrt_vs"] == "fa1/homogeneous"
+    assert comp.loc["unstructured/homogeneous", "lrt_vs"] == "fa1/homogeneous"  # fa2 has 11 > 10 here
+    assert comp.loc["fa2/homogeneous", "lrt_df"] == fits["fa2"].n_params - fits["fa1"].n_params
+
+
+def test_a_heywood_case_is_flagged_and_converges():
+    """One environment × trait with no genetic variance of its own: its ψ lands at zero."""
+    data, K, _, _ = make_problem(9, n_geno=30, n_env=3, genetic="homogeneous", missing=0.0)
+    fit = hetvc.fit(data, K, TRAITS, env="env", genetic="fa1", tol=1e-9)
+    assert fit.converged
+    heywood = [b for b in fit.boundary if b.endswith(".psi")]
+    assert heywood, fit.boundary
+    vc = fit.variance_components().set_index("name")
+    assert (vc.loc[heywood, "se_note"] == "fixed at 0: on the boundary").all()
+    assert np.linalg.eigvalsh(fit.genetic_covariance().to_numpy())[0] > -1e-9
+
+
+def test_loglik_is_invariant_to_the_rotation_of_the_loadings(problem):
+    data, K, _, _ = problem
+    model, eng = dense_model(data, K, TRAITS, "fa2", "homogeneous")
+    s = model.genetic
+    theta = _theta(model, np.random.default_rng(4))
+    lam = s.loadings(theta[:s.n_params])
+    angle = 0.7
+    Q = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    rotated = lam @ Q  # not lower triangular: the same ΣG
+    back = lower_triangular(rotated)
+    np.testing.assert_allclose(back @ back.T, lam @ lam.T, atol=1e-12)
+    theta_r = theta.copy()
+    rows = s.loading_rows
+    theta_r[:len(rows)] = [back[a, j] for a, j in rows]
+    assert eng.evaluate(theta_r).loglik == pytest.approx(eng.evaluate(theta).loglik, abs=1e-10)
+    G, _ = model.matrices(theta)
+    assert reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous",
+                            rotated @ rotated.T + np.diag(s.specific(theta[:s.n_params])),
+                            model.matrices(theta)[1]) == pytest.approx(eng.evaluate(theta).loglik, abs=1e-9)
+
+
+def test_spectral_and_dense_agree_for_fa():
+    data, K, _, _ = make_problem(6, n_geno=40, n_env=3, genetic="unstructured")
+    spectral = hetvc.fit(data, K, TRAITS, env="env", genetic="fa1")
+    dense = hetvc.fit(data, K, TRAITS, env="env", genetic="fa1", engine="dense")
+    assert spectral.engine == "spectral" and dense.engine == "dense"
+    assert spectral.loglik == pytest.approx(dense.loglik, abs=1e-7)
+    np.testing.assert_allclose(spectral.genetic_covariance().to_numpy(), dense.genetic_covariance().to_numpy(),
+                               rtol=1e-4, atol=1e-6)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .selection import _named, _primary, comparison, model_name, select
+from .selection import _named, _primary, comparison, factor_analytic, model_name, select
 
-__all__ = ["blups_table", "tables", "has_random", "RANDOM_TABLES"]
+__all__ = ["blups_table", "loadings_table", "tables", "has_random", "RANDOM_TABLES", "FA_TABLES"]
 
 # tables written only when there are random terms beyond the genetic one
 RANDOM_TABLES = ("variance_partition", "random_effects")
+# tables written only when the selected model's ΣG is factor-analytic
+FA_TABLES = ("loadings",)
 
 
 def has_random(fit) -> bool:
@@ -38,11 +40,30 @@ def blups_table(fit, model: str | None = None) -> pd.DataFrame:
     return out
 
 
+def loadings_table(fit, model: str | None = None) -> pd.DataFrame:
+    """A factor-analytic fit's ΣG = ΛΛ' + Ψ per environment × trait: the rotated loadings f1 …
+    fk (:meth:`~hetvc.results.FitResult.loadings`), the share of the genetic variance the
+    factors explain together (``explained``), the specific variance ψ and its SE (NaN for a
+    Heywood case, ψ fixed at 0)."""
+    k = factor_analytic(fit)
+    cols = [f"f{j + 1}" for j in range(k)]
+    lo = fit.loadings()
+    out = lo[["env", "trait"] + cols].copy()
+    out["explained"] = fit.factor_shares()["explained"].to_numpy()
+    psi = fit.specific_variances()
+    out["psi"] = psi["psi"].to_numpy()
+    out["psi_se"] = psi["se"].to_numpy()
+    out["env"] = out["env"].astype(str)
+    out.insert(0, "model", model or model_name(fit))
+    return out
+
+
 def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
     """Every CSV table, keyed by file stem (see :mod:`hetvc.report.write`).  ``blups``, ``blues``
     and ``fitted`` are left out when several models were fitted and none converged.  With random
     terms beyond the genetic one: ``variance_partition`` (every model, when some model has
-    random terms) and ``random_effects`` (the selected model, when it has them)."""
+    random terms) and ``random_effects`` (the selected model, when it has them).  With a
+    factor-analytic selected model: ``loadings`` (:func:`loadings_table`)."""
     fits = _named(fits)
     selected = select(fits) if selected is None else selected
     primary = _primary(fits, selected)
@@ -76,4 +97,6 @@ def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
         if has_random(best):
             re_ = best.random_effects()
             out["random_effects"] = re_.assign(model=primary)[["model"] + list(re_.columns)]
+        if factor_analytic(best):
+            out["loadings"] = loadings_table(best, primary)
     return out

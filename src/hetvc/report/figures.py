@@ -16,7 +16,11 @@ They read only what a fit stores, so they work as well on a fit reloaded with
 * :func:`genetic_correlations` — the estimated genetic correlation matrix between traits in
   each environment (colour), with the genetic covariances written in the cells;
 * :func:`environment_correlations` — genetic correlations between environments, one heat map
-  per trait (``unstructured`` fits);
+  per trait (``unstructured`` and factor-analytic fits), the environments ordered by a
+  hierarchical clustering (:func:`environment_order`);
+* :func:`latent_regression` — a factor-analytic fit's latent regression: genotypes' BLUPs
+  against the environments' rotated factor-1 loadings, with each genotype's line through the
+  origin whose slope is its factor-1 score (:func:`latent_scores`);
 * :func:`heritability` — h² per environment with ±1 SE error bars (and the pooled h²), one
   panel per trait, one series per model: a fit on the boundary with hollow markers and
   "(boundary)" in the legend, a fit that did not converge only in the legend, "(not
@@ -37,13 +41,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
+from scipy.spatial.distance import squareform  # noqa: E402
 
 from ..io_utils import atomic_path  # noqa: E402
-from .selection import _named, model_name  # noqa: E402
+from .selection import (_named, environment_model, factor_analytic,  # noqa: E402
+                        factor_analytic_model, model_name)
 
 __all__ = [
     "phenotypic_correlations", "genetic_correlations", "environment_correlations",
     "heritability", "heritability_figure", "fit_label", "observed_fitted", "write_figures",
+    "environment_order", "latent_regression", "latent_scores",
 ]
 
 DPI = 110
@@ -190,21 +198,126 @@ def genetic_correlations(fit, path) -> Path:
     return _save(fig, path)
 
 
+def environment_order(R) -> np.ndarray:
+    """The order of the environments in :func:`environment_correlations`: the leaves
+    (``scipy.cluster.hierarchy.leaves_list``) of an average-linkage clustering on the distance
+    1 − r, averaged over traits (an r that is NaN counts as distance 1).
+
+    ``R``: an L × L correlation matrix, or one per trait (m × L × L).  Returns a permutation
+    of 0 … L−1 (the identity for L ≤ 2)."""
+    R = np.asarray(R, dtype=float)
+    if R.ndim == 2:
+        R = R[None]
+    L = R.shape[-1]
+    if L <= 2:
+        return np.arange(L)
+    D = np.where(np.isfinite(R), 1.0 - R, 1.0).mean(axis=0)
+    D = np.clip((D + D.T) / 2, 0.0, None)
+    np.fill_diagonal(D, 0.0)
+    return leaves_list(linkage(squareform(D, checks=False), method="average"))
+
+
 def environment_correlations(fit, path) -> Path:
-    """Genetic correlations between environments, one heat map per trait."""
+    """Genetic correlations between environments, one heat map per trait, the environments
+    ordered by a hierarchical clustering (:func:`environment_order`, the same order in every
+    panel) so that environments that rank genotypes alike sit together."""
     G, R = _genetic_matrix(fit)
     envs, traits = list(fit.envs), list(fit.traits)
     m, L = len(traits), len(envs)
+    blocks = [R[np.ix_(idx, idx)] for idx in (fit.layout.trait_rows(i) for i in range(m))]
+    order = environment_order(np.stack(blocks))
+    labels = [envs[k] for k in order]
     ncols, nrows = _grid(m, 3)
     side = max(3.4, 0.35 * L + 2.0)
     fig, axes = _figure(ncols, nrows, side, side * 0.9)
     im = None
     for i, t in enumerate(traits):
-        idx = fit.layout.trait_rows(i)
-        im = _corr_heatmap(axes[i], R[np.ix_(idx, idx)], envs, f"{t}", fontsize=8 if L > 6 else 9)
+        im = _corr_heatmap(axes[i], blocks[i][np.ix_(order, order)], labels, f"{t}",
+                           fontsize=8 if L > 6 else 9)
     _hide_unused(axes, m)
     fig.colorbar(im, ax=list(axes[:m]), shrink=0.8, label="genetic r between environments")
-    fig.suptitle(f"Genetic correlation between environments ({model_name(fit)})", fontsize=10)
+    fig.suptitle(f"Genetic correlation between environments ({model_name(fit)})\n"
+                 "environments ordered by clustering (average linkage on 1 − r)", fontsize=10)
+    return _save(fig, path)
+
+
+def latent_scores(fit, trait) -> pd.DataFrame:
+    """Each phenotyped genotype's factor scores for one trait of a factor-analytic fit: the
+    least-squares f̂_j = (Λ'Λ)⁻¹Λ'û_j of its BLUPs û_j in the environments on the rotated
+    loadings Λ (:meth:`~hetvc.results.FitResult.loadings`, that trait's rows; a minimum-norm
+    solution when Λ has fewer rows than columns).  Columns: id, f1 … fk, sorted by f1 (highest
+    first)."""
+    k = factor_analytic(fit)
+    cols = [f"f{j + 1}" for j in range(k)]
+    envs = [str(e) for e in fit.envs]
+    lo = fit.loadings()
+    lo = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env")
+    lam = lo.loc[envs, cols].to_numpy(dtype=float)
+    bl = fit.blups()
+    bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str),
+                                         env=lambda d: d["env"].astype(str))
+    U = bl.pivot(index="id", columns="env", values="blup")[envs]
+    obs_trait = np.asarray(fit.observed["trait"]).astype(str) == str(trait)
+    phenotyped = set(np.asarray(fit.observed["id"]).astype(str)[obs_trait])
+    U = U[U.index.isin(phenotyped)]
+    scores = np.linalg.lstsq(lam, U.to_numpy(dtype=float).T, rcond=None)[0].T
+    out = pd.DataFrame(scores, columns=cols)
+    out.insert(0, "id", U.index.to_numpy())
+    return out.sort_values("f1", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def latent_regression(fit, path, n: int = 3) -> Path:
+    """The latent regression of a factor-analytic fit, one panel per trait: x the environments'
+    rotated loading on factor 1 (:meth:`~hetvc.results.FitResult.loadings`), y the BLUPs of
+    the ``n`` phenotyped genotypes with the highest and the ``n`` with the lowest factor-1 score
+    (:func:`latent_scores`) in those environments, each with the line through the origin of
+    slope its score (û_jl ≈ λ*_l1 f_j1 + … + λ*_lk f_jk, the first term drawn)."""
+    if not factor_analytic(fit):
+        raise ValueError(f"{model_name(fit)} is not factor-analytic: it has no latent regression")
+    envs, traits = [str(e) for e in fit.envs], list(fit.traits)
+    lo = fit.loadings().assign(env=lambda d: d["env"].astype(str))
+    bl = fit.blups().assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
+    ncols, nrows = _grid(len(traits), 2)
+    fig, axes = _figure(ncols, nrows, 4.6, 3.8)
+    for i, t in enumerate(traits):
+        ax = axes[i]
+        lam1 = lo[lo["trait"] == t].set_index("env").loc[envs, "f1"].to_numpy(dtype=float)
+        sc = latent_scores(fit, t)
+        chosen = sc if len(sc) <= 2 * n else pd.concat([sc.head(n), sc.tail(n)])
+        U = bl[bl["trait"] == t].pivot(index="id", columns="env", values="blup")[envs]
+        lo_x, hi_x = min(0.0, lam1.min()), max(0.0, lam1.max())
+        pad = 0.05 * (hi_x - lo_x or 1.0)
+        xs = np.array([lo_x - pad, hi_x + pad])
+        for k, (_, row) in enumerate(chosen.iterrows()):
+            c = _COLORS[k % len(_COLORS)]
+            ax.scatter(lam1, U.loc[row["id"]].to_numpy(dtype=float), s=16, color=c,
+                       marker=MARKERS[k % len(MARKERS)], edgecolor="none", alpha=0.85,
+                       label=f"{row['id']} (f̂₁ = {row['f1']:.2f})")
+            ax.plot(xs, row["f1"] * xs, color=c, lw=1)
+        # each genotype's name at the end of its line, pushed apart where lines end close together
+        ends = chosen["f1"].to_numpy(dtype=float) * xs[1]
+        lo_y, hi_y = ax.get_ylim()
+        gap, at = 0.045 * (hi_y - lo_y), ends.copy()
+        for a, b in zip(np.argsort(ends)[:-1], np.argsort(ends)[1:]):
+            at[b] = max(at[b], at[a] + gap)
+        for k, (_, row) in enumerate(chosen.iterrows()):
+            ax.annotate(str(row["id"]), (xs[1], ends[k]), xytext=(xs[1], at[k]),
+                        textcoords="data", fontsize=7, color=_COLORS[k % len(_COLORS)],
+                        va="center")
+        ax.axhline(0, color="grey", lw=0.5, ls=":")
+        ax.axvline(0, color="grey", lw=0.5, ls=":")
+        ax.set_xlim(xs[0], xs[1] + 0.18 * (xs[1] - xs[0]))
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(lam1, envs, rotation=90, fontsize=6)
+        ax.set_xlabel("environment's loading on factor 1 (λ*₁)")
+        ax.set_ylabel(f"BLUP of {t}")
+        ax.set_title(t, fontsize=10)
+        ax.legend(fontsize=6, frameon=False, loc="best")
+    _hide_unused(axes, len(traits))
+    fig.suptitle(f"Latent regression on factor 1 ({model_name(fit)}): the {n} genotypes with the "
+                 f"highest and the {n} with the lowest factor-1 score\nthe slope is a genotype's "
+                 "score, its response to the environments' factor 1 (steep: responsive; flat: "
+                 "stable)", fontsize=9)
     return _save(fig, path)
 
 
@@ -302,11 +415,14 @@ def observed_fitted(fit, path) -> Path:
 
 def write_figures(fits: dict, selected: str | None, folder) -> list[Path]:
     """Every figure for a set of fits into ``folder``: phenotypic correlations, the selected
-    model's genetic correlations (and between-environment correlations of a converged
-    ``unstructured`` fit), h² of all models (those that did not converge only in the legend),
-    observed vs fitted of the selected model.  With nothing selected (no fit converged) only
-    the figure of the data is drawn."""
+    model's genetic correlations, h² of all models (those that did not converge only in the
+    legend), observed vs fitted of the selected model, the between-environment correlations of
+    the selected model when its ΣG has them (``unstructured``, ``faK``; else of the first
+    converged model that has them) and the latent regression of the selected model when it is
+    factor-analytic (else of the converged factor-analytic fit with the lowest AICc).  With
+    nothing selected (no fit converged) only the figure of the data is drawn."""
     folder = Path(folder)
+    fits = _named(fits)
     first = next(iter(fits.values()))
     best = fits[selected] if selected is not None else None
     out = [phenotypic_correlations(best or first, folder / "phenotypic_correlations.png")]
@@ -317,8 +433,10 @@ def write_figures(fits: dict, selected: str | None, folder) -> list[Path]:
         heritability(fits, folder / "heritability.png"),
         observed_fitted(best, folder / "observed_fitted.png"),
     ]
-    between = [n for n, f in fits.items() if f.genetic_structure.environment_correlations and f.converged]
-    if between:
-        name = selected if best.genetic_structure.environment_correlations else between[0]
+    name = environment_model(fits, selected)
+    if name is not None:
         out.append(environment_correlations(fits[name], folder / "environment_correlations.png"))
+    name = factor_analytic_model(fits, selected)
+    if name is not None:
+        out.append(latent_regression(fits[name], folder / "latent_regression.png"))
     return out

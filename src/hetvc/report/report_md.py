@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 
 from .csv_tables import has_random
-from .selection import _aicc, _named, _primary, _status, comparison, select, selection_lines
-from .text import _finite, _note, _num, _se_cells, format_p, seconds_text, shared_notes
+from .selection import (_aicc, _named, _primary, _status, comparison, environment_model,
+                        factor_analytic, factor_analytic_model, select, selection_lines)
+from .text import (_finite, _note, _num, _se_cells, format_p, format_se, seconds_text,
+                   shared_notes)
 
 __all__ = ["markdown"]
 
@@ -149,6 +151,69 @@ def _env_rg_matrix(f, trait) -> pd.DataFrame:
     return M.reset_index(names="")
 
 
+# report.md's captions of the figures of a factor-analytic fit, shown in its section
+_FA_CAPTIONS = {
+    "latent_regression.png": "Latent regression on factor 1: each genotype's BLUPs in the "
+                             "environments against the environments' rotated factor-1 loadings, "
+                             "for the genotypes with the highest and the lowest factor-1 scores; "
+                             "the line through the origin has the genotype's score as its slope, "
+                             "so breeders read a genotype's stability from its slope (steep: "
+                             "responsive to what factor 1 measures; flat: stable) and what the "
+                             "other factors and ψ add from the scatter about the line.",
+    "environment_correlations.png": "Genetic correlations between environments implied by "
+                                    "ΣG = ΛΛ' + Ψ, one panel per trait; environments ordered by "
+                                    "clustering (average linkage on 1 − r averaged over traits).",
+}
+
+
+def _heywood(note) -> bool:
+    return _note(note).startswith("fixed at 0")
+
+
+def _fa_md(f, figures=()) -> list[str]:
+    """The section of a factor-analytic ΣG: the rotation, a table of the rotated loadings, the
+    shares explained and ψ (Heywood cases marked) per environment × trait, and its figures."""
+    k = factor_analytic(f)
+    cols = [f"f{j + 1}" for j in range(k)]
+    lo, sh, psi = f.loadings(), f.factor_shares(), f.specific_variances()
+    mean_share = sh[["explained"] + cols].mean(skipna=True)
+    heywood = [_heywood(n) for n in psi["se_note"]]
+    table = pd.DataFrame({"environment": lo["env"].astype(str), "trait": lo["trait"].astype(str)})
+    for j, c in enumerate(cols):
+        table[f"λ*{j + 1}"] = [_num(v) for v in lo[c]]
+    table["explained"] = [f"{v:.2f}" if _finite(v) else "–" for v in sh["explained"]]
+    if k > 1:
+        for j, c in enumerate(cols):
+            table[f"by f{j + 1}"] = [f"{v:.2f}" if _finite(v) else "–" for v in sh[c]]
+    table["ψ (SE)"] = ["0 † (NA)" if h else f"{_num(v)} ({format_se(se, None)})"
+                       for v, se, h in zip(psi["psi"], psi["se"], heywood)]
+    shares = (f"{100 * mean_share['explained']:.0f}%"
+              + (" (" + ", ".join(f"factor {j + 1} {100 * mean_share[c]:.0f}%"
+                                  for j, c in enumerate(cols)) + ")" if k > 1 else ""))
+    d = len(lo)
+    lines = ["### Factor-analytic ΣG", "",
+             f"ΣG = ΛΛ' + Ψ with {k} factor{'s' if k > 1 else ''} over the {d} environment × trait "
+             "rows (Λ: loadings, Ψ = diag(ψ): specific variances). hetvc estimates Λ lower "
+             "triangular (λ_aj = 0 for a < j, which fixes the rotation) and rotates it for "
+             "reporting to principal axes: Λ* = ΛV with Λ'Λ = VDV' (ΛΛ' unchanged), the columns "
+             "ordered by the variance they explain, each column's sign chosen so that its mean "
+             "loading is positive. Averaged over the environment × trait rows, "
+             f"{'the factors explain' if k > 1 else 'the factor explains'} {shares} of the "
+             "genetic variance, Ψ the rest.", "",
+             _md_table(table, {c: str for c in table.columns}), "",
+             "λ*: rotated loadings; explained: the share of the environment × trait's genetic "
+             "variance explained by the factors together"
+             + (" (by f1 …: by each rotated factor)" if k > 1 else "")
+             + "; ψ: specific variance"
+             + ("; † a Heywood case: ψ at 0, fixed on the boundary (no SE)" if any(heywood) else "")
+             + ". In `loadings.csv`.", ""]
+    for p in figures:
+        name = Path(p).name
+        if name in _FA_CAPTIONS:
+            lines += [f"![{name}]({name})", "", f"*{_FA_CAPTIONS[name]}*", ""]
+    return lines
+
+
 def _comparison_md(comp: pd.DataFrame, fits: dict) -> str:
     two = lambda v: f"{v:.2f}" if _finite(v) else "–"
     cols = {
@@ -176,7 +241,8 @@ def _comparison_md(comp: pd.DataFrame, fits: dict) -> str:
 def markdown(fits, selected: str | None = None, data: dict | None = None, figures=()) -> str:
     """report.md: data, the comparison in the layout of the paper's Table 2 and the selection
     (models that did not converge are excluded, and said so), the selected model's
-    heritabilities, genetic correlations, variance components and (with random terms beyond the
+    heritabilities, genetic correlations, (for a factor-analytic ΣG) rotated loadings, shares
+    explained and specific variances, variance components and (with random terms beyond the
     genetic one) variance partition, h² across models, convergence, figures and files."""
     fits = _named(fits)
     selected = select(fits) if selected is None else selected
@@ -227,6 +293,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         lines += ["", f"Not fitted ({data.get('stopped') or 'interrupted'}): "
                   + ", ".join(f"**{n}**" for n in data["not_fitted"]) + "."]
 
+    fa_figures = []  # figures shown in the section of a factor-analytic ΣG
     if primary is not None:
         rec = best.record
         if primary == selected:
@@ -263,6 +330,9 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
             else:
                 lines += ["See `genetic_correlations.csv` (rows `between = environments`) and "
                           "`environment_correlations.png`.", ""]
+        if factor_analytic(best):
+            fa_figures = [p for p in figures if Path(p).name in _FA_CAPTIONS]
+            lines += _fa_md(best, fa_figures)
         vc = best.variance_components()
         shown = pd.DataFrame({"name": vc["name"], "estimate": vc["estimate"],
                               "se": _se_cells(vc)})
@@ -304,7 +374,15 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         captions = {
             "phenotypic_correlations.png": "Phenotypic correlation between traits in each environment (cf. the paper's Figure 2).",
             "genetic_correlations.png": f"Estimated genetic correlations (colour) and covariances (cells), {selected}.",
-            "environment_correlations.png": "Genetic correlations between environments (unstructured ΣG).",
+            "environment_correlations.png": "Genetic correlations between environments "
+                                            f"({environment_model(fits, selected)}); environments "
+                                            "ordered by clustering (average linkage on 1 − r "
+                                            "averaged over traits).",
+            "latent_regression.png": f"Latent regression on factor 1 "
+                                     f"({factor_analytic_model(fits, selected)}): BLUPs against "
+                                     "the environments' factor-1 loadings, each line's slope a "
+                                     "genotype's score; breeders read a genotype's stability from "
+                                     "its slope.",
             "heritability.png": "h² per environment (±1 SE) and pooled, every converged model "
                                 "(hollow markers: a fit on the boundary; fits that did not converge are "
                                 "listed in the legend but not drawn).",
@@ -312,6 +390,8 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
         }
         for p in figures:
             name = Path(p).name
+            if p in fa_figures:  # shown in the section of the factor-analytic ΣG
+                continue
             lines += [f"![{name}]({name})", "", f"*{captions.get(name, name)}*", ""]
 
     files = []
@@ -327,6 +407,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
     if primary is not None:
         files.append("`blups.csv`, `blues.csv`, `fitted.csv`"
                      + (", `random_effects.csv`" if has_random(best) else "")
+                     + (", `loadings.csv`" if factor_analytic(best) else "")
                      + f" ({'selected model' if primary == selected else 'this model'})")
     files.append("`summary.json`.")
     lines += ["## Files", "", ", ".join(files), ""]

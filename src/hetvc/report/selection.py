@@ -22,7 +22,8 @@ import pandas as pd
 
 from ..comparison import compare
 
-__all__ = ["model_name", "comparison", "select", "excluded", "preferences", "selection_lines"]
+__all__ = ["model_name", "comparison", "select", "excluded", "preferences", "selection_lines",
+           "factor_analytic", "factor_analytic_model", "environment_model"]
 
 
 def model_name(fit) -> str:
@@ -158,3 +159,35 @@ def _primary(fits: dict, selected: str | None) -> str | None:
     if selected is not None:
         return selected
     return next(iter(fits)) if len(fits) == 1 else None
+
+
+def factor_analytic(fit) -> int:
+    """The number of factors k of a factor-analytic genetic structure (``faK``); 0 for any
+    other structure."""
+    return int(getattr(fit.genetic_structure, "factors", 0) or 0)
+
+
+def factor_analytic_model(fits, selected: str | None) -> str | None:
+    """The factor-analytic model whose latent regression is drawn: the selected model when it
+    is factor-analytic, else the converged factor-analytic fit with the lowest AICc; ``None``
+    when nothing is selected or no factor-analytic fit converged."""
+    fits = _named(fits)
+    if selected is None:
+        return None
+    if factor_analytic(fits[selected]):
+        return selected
+    pool = {n: f for n, f in fits.items() if factor_analytic(f) and f.converged}
+    return min(pool, key=lambda n: _criterion(pool[n])) if pool else None
+
+
+def environment_model(fits, selected: str | None) -> str | None:
+    """The model whose genetic correlations between environments are drawn: the selected model
+    when its ΣG has them (``unstructured``, ``faK``), else the first converged model that has
+    them; ``None`` when nothing is selected or none has them."""
+    fits = _named(fits)
+    if selected is None:
+        return None
+    if fits[selected].genetic_structure.environment_correlations:
+        return selected
+    return next((n for n, f in fits.items()
+                 if f.genetic_structure.environment_correlations and f.converged), None)

@@ -24,8 +24,12 @@ genetic/residual) it writes into DIR:
 ``fitted.csv``                  selected model: observed, fitted and residual values
 ``random_effects.csv``          selected model, when it has random terms: BLUP (and PEV) of
                                 every level of every random term × environment × trait
+``loadings.csv``                selected model, when its ΣG is factor-analytic (``faK``):
+                                rotated loadings f1 … fk, share explained by the factors,
+                                specific variance ψ and its SE per environment × trait
 ``report.md``                   the readable report (tables and figures)
-``*.png``                       figures (:mod:`hetvc.report.figures`)
+``*.png``                       figures (:mod:`hetvc.report.figures`; ``latent_regression.png``
+                                when a factor-analytic model is selected or converged)
 ``summary.json``                the machine-readable summary
                                 (:func:`~hetvc.report.summary_json.summary`, also what ``--json``
                                 prints)
@@ -34,11 +38,13 @@ genetic/residual) it writes into DIR:
 The selected model is the one :func:`~hetvc.report.selection.select` chooses (the lowest AICc
 among the fits that converged).  When nothing is selected: ``summary.json`` has
 ``"selected": null``; with several models ``fit.json``, ``blups.csv``, ``blues.csv``,
-``fitted.csv``, ``random_effects.csv`` and the selected model's figures are not written (every
-model is in ``fits/``, and the tables of every model are), with a single model ``fit.json`` and
-its tables are still written, marked as not converged.  ``variance_partition.csv`` and
-``random_effects.csv`` are removed from DIR when this run does not write them (no random terms,
-or nothing selected), so that an earlier run's are not left beside this run's report.
+``fitted.csv``, ``random_effects.csv``, ``loadings.csv`` and the selected model's figures are not
+written (every model is in ``fits/``, and the tables of every model are), with a single model
+``fit.json`` and its tables are still written, marked as not converged.  ``variance_partition.csv``,
+``random_effects.csv`` and ``loadings.csv`` are removed from DIR when this run does not write them
+(no random terms, no factor-analytic selected model, or nothing selected), and so are
+``environment_correlations.png`` and ``latent_regression.png`` when this run draws figures but
+not these, so that an earlier run's are not left beside this run's report.
 ``summary.json`` says
 ``"complete": false`` and lists ``"not_fitted"`` models when a run was interrupted
 (``"converged"`` is then false too).  Every file is written atomically (:mod:`hetvc.io_utils`).
@@ -55,15 +61,17 @@ from ..io_utils import atomic_write
 from .report_md import markdown
 from .selection import _named, _primary, select
 from .summary_json import summary
-from .csv_tables import RANDOM_TABLES, tables
+from .csv_tables import FA_TABLES, RANDOM_TABLES, tables
 
 __all__ = ["write_report"]
 
 # files of the selected model: removed from a folder where this run selects nothing, so that an
 # earlier run's selection is not left beside this run's report
 _SELECTED_FILES = ("fit.json", "blups.csv", "blues.csv", "fitted.csv", "random_effects.csv",
-                   "genetic_correlations.png", "observed_fitted.png", "environment_correlations.png",
-                   "heritability.png")
+                   "loadings.csv", "genetic_correlations.png", "observed_fitted.png",
+                   "environment_correlations.png", "heritability.png", "latent_regression.png")
+# figures drawn only for some sets of models: removed when this run draws figures but not these
+_CONDITIONAL_FIGURES = ("environment_correlations.png", "latent_regression.png")
 
 
 def _slug(name: str) -> str:
@@ -108,7 +116,7 @@ def write_report(out, fits, selected: str | None = None, data: dict | None = Non
     csvs = tables(fits, selected)
     for stem, df in csvs.items():
         written.append(_write_csv(df, out / f"{stem}.csv"))
-    for stem in RANDOM_TABLES:  # an earlier run's, with random terms this run does not have
+    for stem in RANDOM_TABLES + FA_TABLES:  # an earlier run's, of terms this run does not have
         if stem not in csvs:
             (out / f"{stem}.csv").unlink(missing_ok=True)
     figs = []
@@ -117,6 +125,10 @@ def write_report(out, fits, selected: str | None = None, data: dict | None = Non
 
         figs = write_figures(fits, selected, out)
         written += figs
+        drawn = {p.name for p in figs}
+        for name in _CONDITIONAL_FIGURES:
+            if name not in drawn:
+                (out / name).unlink(missing_ok=True)
     with atomic_write(out / "report.md") as fh:
         fh.write(markdown(fits, selected, data, figures=figs))
     written.append(out / "report.md")

@@ -1,6 +1,7 @@
-"""Factor-analytic genetic structures ΣG = ΛΛ' + Ψ (fa1, fa2, …): ℓ, score and AI at a given θ
-against the brute-force reference, the optimum against a scipy maximisation over (Λ, log ψ),
-nesting, Heywood cases and rotation invariance."""
+"""Nonlinear genetic structures — factor-analytic ΣG = ΛΛ' + Ψ (fa1, fa2, …), compound symmetry
+with heterogeneous variances ⊗ Σ_trait (csh) and Σ_env ⊗ Σ_trait (separable): ℓ, score and AI
+at a given θ against the brute-force reference, the optimum against a scipy maximisation from
+several starts, nesting, Heywood cases and rotation invariance."""
 
 import numpy as np
 import pytest
@@ -21,11 +22,13 @@ def problem():
 
 
 def _theta(model, rng):
-    """A θ with ψ > 0 and loadings of either sign."""
+    """A feasible θ away from the start: the structure's θ of a random positive definite ΣG,
+    its free parameters then moved."""
     theta = model.start()
-    k = model.genetic.n_params
-    theta[:k] = rng.normal(scale=0.6, size=k)
-    theta[model.genetic.variance_params()] = rng.uniform(0.2, 1.0, size=model.genetic.dim)
+    s = model.genetic
+    B = rng.normal(size=(s.dim, s.dim))
+    theta[:s.n_params] = s.theta(B @ B.T / s.dim + 0.3 * np.eye(s.dim))
+    theta[s.free_params()] += rng.normal(scale=0.2, size=len(s.free_params()))
     return theta
 
 
@@ -34,7 +37,7 @@ def _reference_at(data, K, model, theta):
     return reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous", G, E)
 
 
-@pytest.mark.parametrize("name", ["fa1", "fa2"])
+@pytest.mark.parametrize("name", ["fa1", "fa2", "csh", "separable"])
 def test_loglik_score_and_ai_at_a_given_theta_equal_the_reference(problem, name):
     data, K, _, _ = problem
     model, eng = dense_model(data, K, TRAITS, name, "homogeneous")
@@ -153,3 +156,64 @@ def test_spectral_and_dense_agree_for_fa():
     assert spectral.loglik == pytest.approx(dense.loglik, abs=1e-7)
     np.testing.assert_allclose(spectral.genetic_covariance().to_numpy(), dense.genetic_covariance().to_numpy(),
                                rtol=1e-4, atol=1e-6)
+
+
+def _scipy_optimum_kronecker(data, K, name, starts=3, seed=1):
+    """max ℓ of csh / separable by BFGS over unconstrained coordinates: environment variances
+    by their logs (csh) or Σ_env by its Cholesky factor (separable), the rest as in θ."""
+    s = make_structure("G", name, ["E1", "E2"], TRAITS)
+    n_env = 2
+
+    def unpack(x):
+        # the trait part (2 traits): b free, the Schur complement S = e^x ≥ 0
+        trait = [x[s.n_params - 2], np.exp(x[s.n_params - 1])]
+        if name == "csh":
+            theta = np.concatenate([np.exp(x[:n_env]), [x[n_env]], trait])
+        else:
+            low = np.array([[x[0], 0.0], [x[1], x[2]]])
+            A = low @ low.T
+            theta = np.concatenate([[A[0, 0], A[1, 0], A[1, 1]], trait])
+        e = x[s.n_params:]
+        lowe = np.array([[np.exp(e[0]), 0.0], [e[1], np.exp(e[2])]])
+        return s.matrix(theta), lowe @ lowe.T
+
+    def objective(x):
+        G, E = unpack(x)
+        return -reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous", G, E)
+
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(starts):
+        x0 = np.concatenate([rng.normal(scale=0.5, size=s.n_params), [0.0, 0.0, 0.0]])
+        if name == "separable":
+            x0[[0, 2]] = np.abs(x0[[0, 2]]) + 0.5
+        res = optimize.minimize(objective, x0, method="BFGS", options={"gtol": 1e-7, "maxiter": 3000})
+        if best is None or res.fun < best.fun:
+            best = res
+    return -best.fun
+
+
+@pytest.mark.parametrize("name", ["csh", "separable"])
+def test_csh_and_separable_optima_equal_a_scipy_maximisation(problem, name):
+    data, K, _, _ = problem
+    fit = hetvc.fit(data, K, TRAITS, env="env", genetic=name, tol=1e-10)
+    assert fit.converged
+    assert fit.loglik == pytest.approx(_scipy_optimum_kronecker(data, K, name), abs=1e-5)
+
+
+def test_csh_nests_in_separable_nests_in_unstructured_and_reports_one_correlation(problem):
+    data, K, _, _ = problem
+    fits = {g: hetvc.fit(data, K, TRAITS, env="env", genetic=g, tol=1e-10) for g in ("csh", "separable", "unstructured")}
+    # with two environments, one correlation and two variances are any Σ_env: csh is separable
+    assert fits["csh"].loglik == pytest.approx(fits["separable"].loglik, abs=1e-5)
+    assert fits["separable"].loglik <= fits["unstructured"].loglik + 1e-6
+    comp = hetvc.compare(*fits.values()).set_index("model")
+    assert comp.loc["unstructured/homogeneous", "lrt_vs"] in ("csh/homogeneous", "separable/homogeneous")
+    assert hetvc.comparison.nested(fits["csh"], fits["unstructured"])
+    rg = fits["csh"].genetic_correlations()
+    between = rg[rg["between"] == "environments"]
+    # one ρ for every pair of environments and every trait, with its SE
+    assert np.allclose(between["r"], between["r"].iloc[0]) and (between["se"] > 0).all()
+    G = fits["separable"].genetic_covariance().to_numpy()
+    A, B = G[::2, ::2], G[:2, :2] / G[0, 0]
+    np.testing.assert_allclose(G, np.kron(A, B), rtol=1e-10, atol=1e-12)

@@ -44,7 +44,7 @@ def test_diagonal_structure():
     assert cls.nests_in("G", "heterogeneous") and cls.nests_in("G", "unstructured")
     assert not cls.nests_in("G", "homogeneous")
     assert set(GENETIC_STRUCTURES) == {"homogeneous", "heterogeneous", "diagonal", "unstructured",
-                                       "fa1", "fa2", "fa3"}
+                                       "fa1", "fa2", "fa3", "csh", "separable"}
     with pytest.raises(hetvc.InputError, match="unknown genetic structure 'fa0'; choose one of"):
         make_structure("G", "fa0", ENVS, TRAITS)
     with pytest.raises(hetvc.InputError, match="two environments"):

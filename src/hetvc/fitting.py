@@ -155,7 +155,7 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
         tried.append((record.converged, ev.loglik, label, theta, ev, record))
     if len(tried) > 1:
         tried.sort(key=lambda t: (t[0], t[1]), reverse=True)
-        notes.append("factor-analytic starts: " + "; ".join(
+        notes.append(f"starts of genetic={model.genetic.name!r}: " + "; ".join(
             f"{label}: ℓ = {ll:.4f}{'' if ok else ' (not converged)'}" for ok, ll, label, *_ in tried)
             + f"; kept the {tried[0][2]} start")
     _, _, _, theta, ev, record = tried[0]
@@ -168,9 +168,10 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
 
 
 def _starts(model: Model, options: FitOptions, eigen) -> list[tuple[str, np.ndarray]]:
-    """The starts of a fit: the default; for a factor-analytic genetic term also the k-factor
-    approximations of two cheaper fits' ΣG, since ℓ of an FA model has local maxima (a start is
-    known to end on a worse one where a column of Λ starts near the saddle Λ_j = 0):
+    """The starts of a fit: the default; for a nonlinear genetic structure (factor-analytic,
+    csh, separable) also its approximations (``CovStructure.theta``) of two cheaper fits' ΣG,
+    since ℓ of such a model has local maxima (an FA start is known to end on a worse one where
+    a column of Λ starts near the saddle Λ_j = 0):
 
     * ``unstructured-fit``: the unstructured ΣG;
     * ``heterogeneous-fit``: ΣG_l per environment, with correlations between environments

@@ -259,8 +259,9 @@ class Model:
     def _blocks(self) -> list[Block]:
         out, offset = [], 0
         for s, scale in zip(self.structures, self.scales()):
-            for local, ia, ib, rows, name in s.constraints():
-                out.append(Block(theta_index=offset + local, ia=ia, ib=ib, sd=np.sqrt(scale[rows]), name=name))
+            for local, ia, ib, rows, name, *per in s.constraints():
+                unit = scale[rows] / (scale[per[0]] if per else 1.0)
+                out.append(Block(theta_index=offset + local, ia=ia, ib=ib, sd=np.sqrt(unit), name=name))
             offset += s.n_params
         return out
 

@@ -197,7 +197,7 @@ class FitResult:
         out = []
         for s in self._structures:
             names = [""] * s.n_params  # a free parameter (a loading) belongs to no block
-            for local, *_, name in s.constraints():
+            for local, _, _, _, name, *_ in s.constraints():
                 for k in local:
                     names[k] = name
             out += names
@@ -209,7 +209,7 @@ class FitResult:
         out = []
         for s in self._structures:
             fixed = np.zeros(s.n_params, dtype=bool)
-            for local, _, _, rows, name in s.constraints():
+            for local, _, _, rows, name, *_ in s.constraints():
                 fixed[local] = len(rows) == 1 and name in self.boundary
             out.append(fixed)
         return np.concatenate(out)

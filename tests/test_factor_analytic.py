@@ -217,3 +217,22 @@ def test_csh_nests_in_separable_nests_in_unstructured_and_reports_one_correlatio
     G = fits["separable"].genetic_covariance().to_numpy()
     A, B = G[::2, ::2], G[:2, :2] / G[0, 0]
     np.testing.assert_allclose(G, np.kron(A, B), rtol=1e-10, atol=1e-12)
+
+
+def test_cheaper_fits_of_a_comparison_serve_as_starts(problem, monkeypatch):
+    """fit_model(cheaper=[...]) takes the unstructured and heterogeneous starts from given fits
+    (no refit) and reaches the same optimum."""
+    import hetvc.fitting as fitting
+
+    data, K, _, _ = problem
+    cheaper = [hetvc.fit(data, K, TRAITS, env="env", genetic=g) for g in ("unstructured", "heterogeneous")]
+    model = hetvc.build_model(data, K, TRAITS, env="env", genetic="fa1")
+    alone = hetvc.fit_model(model)
+    calls = []
+    real = fitting.fit_model
+    monkeypatch.setattr(fitting, "fit_model", lambda *a, **k: calls.append(a[0].genetic.name) or real(*a, **k))
+    reused = real(model, cheaper=cheaper)
+    assert calls == []  # no cheaper model was fitted again
+    assert reused.loglik == pytest.approx(alone.loglik, abs=1e-8)
+    starts = next(n for n in reused.notes if n.startswith("starts of genetic='fa1'"))
+    assert "unstructured-fit" in starts and "heterogeneous-fit" in starts and "default" in starts

@@ -142,12 +142,15 @@ def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str =
 
 
 def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eigen=None,
-              progress=None) -> FitResult:
+              progress=None, cheaper=()) -> FitResult:
     """Fit a model from :func:`build_model` under ``options`` (``start``, ``eigen`` and
-    ``progress`` as in :func:`fit`)."""
+    ``progress`` as in :func:`fit`).  ``cheaper``: fits of the same data (e.g. the
+    ``unstructured`` and ``heterogeneous`` ones of a comparison) that a nonlinear genetic
+    structure takes its extra starts from instead of fitting them again."""
     notes = design_notes(model)
     eng, reason = choose_engine(model, options.engine, eigen=eigen)
-    starts = [("given", _start_theta(model, start))] if start is not None else _starts(model, options, eigen)
+    starts = ([("given", _start_theta(model, start))] if start is not None
+              else _starts(model, options, eigen, cheaper))
     tried = []
     for label, theta0 in starts:
         theta, ev, record = maximize(eng, model, theta0, tol=options.tol, max_iter=options.max_iter,
@@ -167,7 +170,7 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
 
 
-def _starts(model: Model, options: FitOptions, eigen) -> list[tuple[str, np.ndarray]]:
+def _starts(model: Model, options: FitOptions, eigen, cheaper=()) -> list[tuple[str, np.ndarray]]:
     """The starts of a fit: the default; for a nonlinear genetic structure (factor-analytic,
     csh, separable) also its approximations (``CovStructure.theta``) of two cheaper fits' ΣG,
     since ℓ of such a model has local maxima (an FA start is known to end on a worse one where
@@ -177,17 +180,20 @@ def _starts(model: Model, options: FitOptions, eigen) -> list[tuple[str, np.ndar
     * ``heterogeneous-fit``: ΣG_l per environment, with correlations between environments
       from the heterogeneous fit's BLUPs of the phenotyped genotypes (a two-step estimate).
 
-    Each cheaper fit is skipped where the design cannot carry it."""
+    A fit of the same model but its genetic structure among ``cheaper`` is used as it is;
+    otherwise it is fitted here, and skipped where the design cannot carry it."""
     starts = [("default", model.start())]
     if model.genetic.linear or len(model.design.envs) < 2:
         return starts
     quick = FitOptions(engine=options.engine, tol=1e-6, max_iter=options.max_iter, pev=False)
     for name in ("unstructured", "heterogeneous"):
+        fit = next((f for f in cheaper if _same_model_but_genetic(f, model, name)), None)
         try:
-            cheap = Model(model.design, make_structure("G", name, model.design.envs, model.design.traits),
-                          model.residual, model.method, model.random)
-            check_design(cheap)
-            fit = fit_model(cheap, quick, start=cheap.start(), eigen=eigen)
+            if fit is None:
+                cheap = Model(model.design, make_structure("G", name, model.design.envs, model.design.traits),
+                              model.residual, model.method, model.random)
+                check_design(cheap)
+                fit = fit_model(cheap, quick, start=cheap.start(), eigen=eigen)
         except InputError:
             continue
         G, _ = fit.full_covariances()
@@ -201,6 +207,16 @@ def _starts(model: Model, options: FitOptions, eigen) -> list[tuple[str, np.ndar
         theta[:model.genetic.n_params] = model.genetic.theta(G)
         starts.append((f"{name}-fit", theta))
     return starts
+
+
+def _same_model_but_genetic(fit: FitResult, model: Model, genetic: str) -> bool:
+    """``fit`` is of ``model``'s data and terms, with genetic structure ``genetic``."""
+    d = model.design
+    return (fit.genetic == genetic and fit.residual == model.residual.name and fit.method == model.method
+            and fit.converged and fit.n_obs == d.n_obs and list(fit.x_names) == list(d.x_names)
+            and fit.random_terms == [f.name for f, _ in model.random]
+            and list(fit.envs) == list(d.envs) and list(fit.traits) == list(d.traits)
+            and np.array_equal(np.asarray(fit.observed["y"], dtype=float), d.y))
 
 
 def _fixed_at_zero(model: Model, theta: np.ndarray) -> np.ndarray:

@@ -554,7 +554,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
                 t0 = time.perf_counter()
                 model = hetvc.build_model(data, K, traits, env=env, id=id, genetic=g, residual=r,
                                           fixed=formula, random=random, method=method)
-                fit = hetvc.fit_model(model, options, progress=progress)
+                fit = hetvc.fit_model(model, options, progress=progress, cheaper=list(fits.values()))
                 fit.record["seconds_in_all"] = time.perf_counter() - t0  # optimisation and the rest
                 if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
                     fit.fixed = fixed
@@ -814,7 +814,7 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     Fits every genetic structure (homogeneous, heterogeneous, diagonal, unstructured, and the
     factor-analytic fa1 and fa2, which have fewer parameters than unstructured on 3 locations ×
     2 traits), each with homogeneous and heterogeneous residuals, and writes report.md, tables
-    and figures into OUT (about 40 s on one core).
+    and figures into OUT (about a minute on one core).
     """
 
     folder = example_path("soynam")

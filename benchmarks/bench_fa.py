@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 import hetvc
 
-from _report import Report, add_markdown_option, row, table
+from _drops import drops
+from _report import Report, add_markdown_option, table
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "drops_maize"
 STRUCTURES = "homogeneous,heterogeneous,diagonal,fa1,fa2,fa3,unstructured"
 HEADERS = ["ΣG", "k", "logLik", "AIC", "BIC", "AI iterations", "evaluations", "status", "boundary blocks",
            "seconds", "ratio"]
@@ -37,9 +33,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     report = Report.from_args(args, __file__, threads=args.threads)
-    data = pd.read_csv(DATA / "pheno_long.csv", dtype={"genotype": str})
-    K = hetvc.read_kinship(DATA / "grm_vanraden.csv")
-    K = K / float(np.mean(np.diag(K.to_numpy())))
+    data, K = drops()
     results = {}
     for g in args.structures.split(","):
         t0 = time.perf_counter()

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
 import hetvc
 
+from _drops import drops
 from _report import Report, add_markdown_option, row, table
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "drops_maize"
 TRAITS3 = ["grain_yield", "plant_height", "anthesis"]
 ROWS = {
     "d3ho": (TRAITS3, "unstructured", "homogeneous"),
@@ -47,9 +44,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     report = Report.from_args(args, __file__, threads=args.threads)
-    data = pd.read_csv(DATA / "pheno_long.csv", dtype={"genotype": str})
-    K = hetvc.read_kinship(DATA / "grm_vanraden.csv")
-    K = K / float(np.mean(np.diag(K.to_numpy())))
+    data, K = drops()
     print(table(HEADERS, [], ALIGN))
     rows = []
     for name in args.rows.split(","):

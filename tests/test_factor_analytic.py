@@ -81,14 +81,16 @@ def _scipy_optimum(data, K, k, starts=4, seed=0):
         return -reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous", G, E)
 
     rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(starts):
-        x0 = np.concatenate([rng.normal(scale=0.7, size=n_load), np.log(rng.uniform(0.1, 1.0, size=s.dim)),
-                             [0.0, 0.0, 0.0]])
-        res = optimize.minimize(objective, x0, method="BFGS", options={"gtol": 1e-7, "maxiter": 2000})
-        if best is None or res.fun < best.fun:
-            best = res
-    return -best.fun
+    return _best_of(objective, [np.concatenate([rng.normal(scale=0.7, size=n_load),
+                                                np.log(rng.uniform(0.1, 1.0, size=s.dim)), [0.0, 0.0, 0.0]])
+                                for _ in range(starts)])
+
+
+def _best_of(objective, starts) -> float:
+    """max ℓ = −min objective by BFGS over several starts."""
+    results = [optimize.minimize(objective, x0, method="BFGS", options={"gtol": 1e-7, "maxiter": 3000})
+               for x0 in starts]
+    return -min(r.fun for r in results)
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -182,15 +184,13 @@ def _scipy_optimum_kronecker(data, K, name, starts=3, seed=1):
         return -reference_loglik(data, K, TRAITS, "env", "id", "unstructured", "homogeneous", G, E)
 
     rng = np.random.default_rng(seed)
-    best = None
+    starts_x = []
     for _ in range(starts):
         x0 = np.concatenate([rng.normal(scale=0.5, size=s.n_params), [0.0, 0.0, 0.0]])
         if name == "separable":
             x0[[0, 2]] = np.abs(x0[[0, 2]]) + 0.5
-        res = optimize.minimize(objective, x0, method="BFGS", options={"gtol": 1e-7, "maxiter": 3000})
-        if best is None or res.fun < best.fun:
-            best = res
-    return -best.fun
+        starts_x.append(x0)
+    return _best_of(objective, starts_x)
 
 
 @pytest.mark.parametrize("name", ["csh", "separable"])

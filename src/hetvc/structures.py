@@ -280,7 +280,27 @@ class Unstructured(CovStructure):
         return [list(range(n_envs * m))]
 
 
-class FactorAnalytic(CovStructure):
+class _WholeMatrix(CovStructure):
+    """A nonlinear structure whose Σ(θ) may fill the whole (L·m) × (L·m) matrix: its elements
+    are those of ``unstructured``, and it links and correlates environments."""
+
+    links_environments = True
+    environment_correlations = True
+    linear_structure = False
+
+    @classmethod
+    def groups(cls, n_envs, m):
+        return [list(range(n_envs * m))]
+
+    def elements(self, theta: np.ndarray) -> np.ndarray:
+        a, b = np.array(self.pairs).T
+        return self.matrix(theta)[a, b]
+
+    def block_name(self, blk) -> str:
+        return self.prefix
+
+
+class FactorAnalytic(_WholeMatrix):
     """ΣG = ΛΛ' + Ψ on the (environment, trait) rows: Λ (L·m × k) loadings, Ψ = diag(ψ) specific
     variances (ASReml's ``fa(Env, k)``; Smith, Cullis & Thompson 2001).
 
@@ -291,13 +311,6 @@ class FactorAnalytic(CovStructure):
     ``unstructured``), and σ_ab = Σ_j λ_aj λ_bj + [a = b] ψ_a."""
 
     factors: ClassVar[int] = 1
-    links_environments = True
-    environment_correlations = True
-    linear_structure = False
-
-    @classmethod
-    def groups(cls, n_envs, m):
-        return [list(range(n_envs * m))]
 
     @classmethod
     def nests_in(cls, kind: str, other: str) -> bool:
@@ -331,10 +344,6 @@ class FactorAnalytic(CovStructure):
     def matrix(self, theta: np.ndarray) -> np.ndarray:
         lam = self.loadings(theta)
         return lam @ lam.T + np.diag(self.specific(theta))
-
-    def elements(self, theta: np.ndarray) -> np.ndarray:
-        a, b = np.array(self.pairs).T
-        return self.matrix(theta)[a, b]
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
         """∂σ_ab/∂λ_cj = [a = c] λ_bj + [b = c] λ_aj;  ∂σ_aa/∂ψ_a = 1."""
@@ -400,28 +409,17 @@ class FactorAnalytic(CovStructure):
         return ([f"{self._row_name(a)}.f{j + 1}" for a, j in self.loading_rows]
                 + [self._psi_name(a) for a in range(self.dim)])
 
-    def block_name(self, blk) -> str:
-        return self.prefix
-
     def describe_block(self, name: str) -> str:
         return f"the specific variance {name} (a Heywood case)" if name.endswith(".psi") else name
 
 
-class _EnvironmentByTrait(CovStructure):
+class _EnvironmentByTrait(_WholeMatrix):
     """A nonlinear Σ = A ⊗ B over the (environment, trait) rows (row l·m + i): A (L × L) between
     environments, B (m × m) between traits with B[0,0] = 1 (the scale lives in A), written
     B = [[1, b'], [b, S + bb']] with b free and S (the Schur complement, m − 1 × m − 1) a
     positive semi-definite block in units of the first trait: B is singular exactly when S
     is, which is then on the boundary like any block.  The Jacobian ∂σ/∂θ is taken by complex
     step (exact to rounding: σ is a polynomial in θ)."""
-
-    links_environments = True
-    environment_correlations = True
-    linear_structure = False
-
-    @classmethod
-    def groups(cls, n_envs, m):
-        return [list(range(n_envs * m))]
 
     @property
     def n_envs(self) -> int:
@@ -456,10 +454,6 @@ class _EnvironmentByTrait(CovStructure):
 
     def matrix(self, theta: np.ndarray) -> np.ndarray:
         return np.kron(self.env_matrix(theta), self.trait_matrix(theta))
-
-    def elements(self, theta: np.ndarray) -> np.ndarray:
-        a, b = np.array(self.pairs).T
-        return self.matrix(theta)[a, b]
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
         jac = np.empty((len(self.pairs), self.n_params))
@@ -516,9 +510,6 @@ class _EnvironmentByTrait(CovStructure):
         traits = [t for _, t in self.labels[:self.n_traits]]
         return (self._env_names() + [f"{self.prefix}.trait_b[{traits[i]}]" for i in range(1, self.n_traits)]
                 + [f"{self.prefix}.trait_S[{traits[j]},{traits[i]}]" for i, j in self._schur_pairs])
-
-    def block_name(self, blk) -> str:
-        return self.prefix
 
 
 class Separable(_EnvironmentByTrait):

@@ -7,6 +7,21 @@
   ``max_restarts`` times).  ``workers=0`` runs the tasks in the coordinating process
   itself (no pool).  Ctrl-C cancels what has not started, keeps what has finished,
   and leaves a folder that the next ``run`` resumes.
+
+  No process is left behind when the coordinating process dies, even by ``kill -9``: every
+  worker inherits the read end of a *lifeline* pipe whose only write end the coordinator
+  holds, and a daemon thread in the worker blocks on it; the kernel closes the write end
+  when the coordinator dies (also while it is an unreaped zombie), the read returns EOF
+  and the worker calls ``os._exit``.  Blocking on a pipe rather than polling the
+  coordinator's pid (``os.kill(pid, 0)``, ``getppid``) reacts at once, has no trouble with
+  zombies or reused pids, and works on Linux and macOS alike.  ``PR_SET_PDEATHSIG`` would
+  not do: with ``forkserver`` the workers' parent is the forkserver, not the coordinator.
+  The forkserver and the resource tracker need nothing of their own: they exit when the
+  last copy of their pipe closes, and every worker holds such a copy (that was the cycle
+  that kept them all alive: the forkserver waits for its pipe, held open by the workers,
+  which wait on queues that nobody will write).  The start method stays ``forkserver`` (it
+  is not the cause; the preload keeps the workers' start cheap).  A worker stuck in a C
+  call that holds the GIL exits when that call returns.
 * ``scheduler="tcp://host:port"`` or a ``dask.distributed.Client``: the tasks go to that
   cluster (``client.submit``, two retries on a lost worker; Dask itself reschedules the
   tasks of a worker that disappears).  Dask is optional (``pip install 'hetvc[cluster]'``)
@@ -21,7 +36,9 @@ Every backend has the same face: ``name``, ``slots`` (tasks it runs at once),
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
@@ -41,8 +58,19 @@ def open_backend(scheduler=None, workers: int | None = None):
     return _LocalBackend(int(workers or usable_cores()))
 
 
-def _init_worker(threads: int) -> None:
+def _watch_lifeline(lifeline) -> None:
+    """Block until the coordinator's end of the lifeline closes (it died), then exit at once."""
+    try:
+        while True:
+            lifeline.recv_bytes()  # nothing is ever sent: this returns only by EOF
+    except (EOFError, OSError):  # the coordinator is gone
+        os._exit(1)
+
+
+def _init_worker(threads: int, lifeline=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    if lifeline is not None:  # exit when the coordinator dies, even by SIGKILL (module doc)
+        threading.Thread(target=_watch_lifeline, args=(lifeline,), name="hetvc-lifeline", daemon=True).start()
     try:
         from threadpoolctl import threadpool_limits
 
@@ -61,6 +89,9 @@ class _LocalBackend:
         self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if self.ctx.get_start_method() == "forkserver":
             self.ctx.set_forkserver_preload(["hetvc.study", "hetvc.fitting", "hetvc.simulate"])
+        # the workers get the read end (duplicated into each at its start); only this process
+        # holds the write end, and never writes: its closing, by death or close(), is the signal
+        self.lifeline, self._lifeline_w = self.ctx.Pipe(duplex=False)
         self.pool = None
         self.start()
 
@@ -73,7 +104,7 @@ class _LocalBackend:
 
     def start(self):
         self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_init_worker,
-                                        initargs=(self.threads,))
+                                        initargs=(self.threads, self.lifeline))
 
     def restart(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -95,6 +126,8 @@ class _LocalBackend:
     def close(self):
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        self.lifeline.close()
+        self._lifeline_w.close()
 
 
 class _InlineBackend:

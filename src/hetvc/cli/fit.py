@@ -493,11 +493,12 @@ def _result_line(k, n, name, fit, reused: Path | None = None) -> str:
 
 
 def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: FitOptions,
-                 out, as_json, figures, facts, notes, quiet=False, threads=None, random=()):
+                 out, as_json, figures, facts, notes, quiet=False, random=()):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
-    not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.  The
-    fits run with at most ``threads`` BLAS threads (``None``: as the process has them), each
-    under ``options`` (:class:`hetvc.FitOptions`).
+    not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.  Each
+    fit runs under ``options`` (:class:`hetvc.FitOptions`), with its ``threads`` BLAS threads
+    (``None``: as the process has them), and so does the building of each model (its checks
+    of K factorise it).
 
     With ``--out`` and several models each fit is written to ``out/fits/`` as soon as it
     finishes, with a fingerprint of its inputs; a fit file with the same inputs is reused."""
@@ -534,7 +535,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
     except (ValueError, OSError):  # not the main thread
         previous = None
     try:
-        with progress, threadpool_limits(threads):
+        with progress, threadpool_limits(options.threads):
             for k, (g, r) in enumerate(models, 1):
                 name = f"{g}/{r}"
                 path = Path(out) / "fits" / f"{g}-{r}.json" if keep else None
@@ -775,7 +776,8 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
     if not trait_list:
         raise InputError("--traits is empty; name the trait columns, e.g. --traits yield,oil")
-    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
+    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev,
+                         threads=threads)
     random = parse_random(random_, random_kinship)
     default_scale = "none" if pedigree else "mean-diag"  # a pedigree's A is on its base population's scale
     kinship_scale = kinship_scale or default_scale
@@ -795,7 +797,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
                  options=options, out=out, as_json=as_json, figures=not no_figures, facts=facts,
-                 notes=read_notes + knotes + dnotes, quiet=quiet, threads=threads, random=random)
+                 notes=read_notes + knotes + dnotes, quiet=quiet, random=random)
 
 
 @click.command("example")
@@ -821,7 +823,8 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
     spec = EXAMPLES["soynam"]
     roles = spec["roles"]
     trait_list = [t.strip() for t in traits.split(",") if t.strip()]
-    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev)
+    options = FitOptions(engine=engine, tol=tol, max_iter=max_iter, time_limit=time_limit, pev=not no_pev,
+                         threads=threads)
     pheno = folder / spec["pheno"]
     data, read_notes = read_phenotypes(pheno, text_columns=spec["string_columns"], numeric_columns=trait_list)
     models = parse_models(compare, genetic, residual, dim=_data_rows(data, trait_list, roles["env"]))
@@ -834,7 +837,7 @@ def example_command(out, compare, traits, genetic, residual, method, engine, tol
                                                            time_limit=time_limit))
     run_analysis(data, K, traits=trait_list, env=roles["env"], id=roles["id"], models=models, fixed=None,
                  method=method, options=options, out=out, as_json=as_json, figures=not no_figures,
-                 facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet, threads=threads)
+                 facts=facts, notes=read_notes + knotes + dnotes, quiet=quiet)
 
 
 COMMANDS = [fit_command, example_command]

@@ -2,7 +2,9 @@
 
 :func:`run_task` simulates the data set with :func:`hetvc.simulate.simulate` and fits the
 task's models to it sharing one :class:`~hetvc.engines.EigenCache`; it returns one row of
-``results.csv`` per model (a fit that fails is an error row, the study goes on).
+``results.csv`` per model (a fit that fails is an error row, the study goes on).  Each fit runs
+with one BLAS thread (``FitOptions.threads``, 1 by default): the workers fill the cores, and
+more threads per fit would oversubscribe them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Task:
     seed: int
     models: tuple = MODELS
     residual: str = "homogeneous"
-    options: FitOptions = FitOptions(pev=False)  # the study needs no PEVs
+    options: FitOptions = FitOptions(pev=False, threads=1)  # no PEVs; the workers fill the cores
 
     @property
     def key(self) -> str:
@@ -41,7 +43,7 @@ class Task:
 
 def tasks(scenarios: Sequence[Scenario], replicates: int, base_seed: int = DEFAULT_SEED,
           models: Sequence[str] = MODELS, done: set | None = None, residual: str = "homogeneous",
-          options: FitOptions = FitOptions(pev=False)) -> list[Task]:
+          options: FitOptions = FitOptions(pev=False, threads=1)) -> list[Task]:
     """Tasks of the study, replicate-major (replicate 0 of every scenario first, so a partial
     study is balanced), without the fits in ``done`` (a set of (scenario key, replicate, model))."""
     done = done or set()

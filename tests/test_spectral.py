@@ -167,7 +167,7 @@ def test_fit_matches_dense(label, kw, genetic, residual, method):
     d = hetvc.fit(engine="dense", **args)
     s = hetvc.fit(**args)
     assert s.engine == "spectral" and d.engine == "dense"
-    assert s.engine_reason.startswith("spectral:") and d.engine_reason == "dense: forced by engine='dense'"
+    assert s.engine_reason.startswith("spectral:") and d.engine_reason.startswith("dense: forced by engine='dense' [")
     assert s.converged and d.converged
     assert abs(s.loglik - d.loglik) < 1e-8
     assert _rel(d.theta, s.theta) < 1e-6

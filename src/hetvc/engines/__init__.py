@@ -39,17 +39,23 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None) 
         raise InputError(
             f"eigen must be a hetvc.engines.EigenCache (or None), not {type(eigen).__name__}")
     if engine == "dense":
-        return EngineChoice(DenseEngine(model), "dense: forced by engine='dense'")
+        return _dense(model, "forced by engine='dense'")
     spectral_plan = plan(model)
     if isinstance(spectral_plan, NotApplicable):
         if engine == "spectral":
             raise InputError(f"engine='spectral' does not apply to these data: {spectral_plan.reason}")
-        return EngineChoice(DenseEngine(model), f"dense: {spectral_plan.reason}")
+        return _dense(model, spectral_plan.reason)
     try:
         eng = SpectralEngine(model, spectral_plan, eigen=eigen)
     except SpectralNotApplicable as err:
         if engine == "spectral":
             raise
-        return EngineChoice(DenseEngine(model), f"dense: {err.reason}")
+        return _dense(model, err.reason)
     prefix = "forced by engine='spectral'; " if engine == "spectral" else ""
     return EngineChoice(eng, f"{prefix}{spectral_plan.description} [{eng.summary()}]")
+
+
+def _dense(model, why: str) -> EngineChoice:
+    """The dense engine, with why and how V splits: "dense: <why> [3 independent blocks of …]"."""
+    eng = DenseEngine(model)
+    return EngineChoice(eng, f"dense: {why} [{eng.summary()}]")

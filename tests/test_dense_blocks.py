@@ -79,3 +79,17 @@ def test_engine_reason_says_how_v_splits(problem):
     data, K, *_ = problem
     fit = hetvc.fit(data, K, TRAITS, env="env", genetic="heterogeneous", random=["env:block"], pev=False)
     assert fit.engine == "dense" and "3 independent blocks of" in fit.engine_reason
+
+
+def test_a_model_the_machine_cannot_hold_is_refused_in_one_line(problem, monkeypatch):
+    import hetvc.engines.dense as dense
+
+    data, K, *_ = problem
+    model = _model(data, K, "homogeneous")
+    need = dense.memory_bytes(DenseEngine(model))
+    assert need > 8 * model.design.n_obs ** 2  # at least V itself (one block: homogeneous)
+    monkeypatch.setattr(dense, "available_memory", lambda: need // 2)
+    with pytest.raises(hetvc.InputError, match=r"the dense engine needs about .* GB for \d+ observed values"):
+        hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", engine="dense")
+    monkeypatch.setattr(dense, "available_memory", lambda: None)  # unknown: no refusal
+    assert hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", engine="dense", pev=False).converged

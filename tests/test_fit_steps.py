@@ -40,7 +40,8 @@ def test_options_are_checked_when_made():
     with pytest.raises(hetvc.InputError, match="tol must be a positive number"):
         FitOptions(tol=0.0)
     assert FitOptions(max_iter=np.int64(5)).max_iter == 5
-    assert FitOptions().to_dict() == dict(engine="auto", tol=1e-8, max_iter=200, time_limit=None, pev=True)
+    assert FitOptions().to_dict() == dict(engine="auto", tol=1e-8, max_iter=200, time_limit=None, pev=True,
+                                          threads=1)
 
 
 def test_build_model_refuses_the_data_before_any_fit(problem):

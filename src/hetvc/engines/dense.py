@@ -22,6 +22,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from ..errors import InputError
 from ..model import Model, RandomTerm
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
 
@@ -124,15 +125,57 @@ class _Factor:
             out[rows] = sla.cho_solve((chol, True), values[rows], check_finite=False)
         return out
 
-    def full_p(self, reml: bool) -> np.ndarray:
-        """P (or V⁻¹ for ML) as one N × N matrix (for the PEVs)."""
-        n = len(self.py)
-        out = np.zeros((n, n))
-        for rows, inv in zip(self.rows, self.v_inv):
-            out[np.ix_(rows, rows)] = inv
-        if reml:
-            out -= self.vinv_x @ self.xvx_inv @ self.vinv_x.T
-        return out
+
+
+def memory_bytes(engine: "DenseEngine", pev: bool = False) -> int:
+    """About the peak memory of a dense evaluation: per block the kernels of the T terms, V_c,
+    its factor and inverse and two work arrays ((T + 5)·N_c² doubles, the kernels and inverses
+    kept for every block), F (N × elements), and with PEVs two units × units sums."""
+    sq = [len(b) ** 2 for b in engine.blocks]
+    n_terms, n = len(engine.terms), len(engine.y)
+    units = max(t.n_units for t in engine.terms[:-1]) if len(engine.terms) > 1 else 0
+    doubles = (n_terms + 2) * sum(sq) + 3 * max(sq) + n * len(engine.params) + (2 * units ** 2 if pev else 0)
+    return 8 * doubles
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the smaller of the system's available memory
+    (Linux ``MemAvailable``) and the address-space limit (``ulimit -v``) less what it uses;
+    None when neither is known."""
+    import resource
+
+    limits = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft not in (resource.RLIM_INFINITY, -1):
+        try:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * resource.getpagesize()
+        except OSError:
+            used = 0
+        limits.append(soft - used)
+    return min(limits) if limits else None
+
+
+def _check_memory(engine: "DenseEngine") -> None:
+    """Refuse, in one line with the numbers and the way out, a model the machine cannot hold."""
+    need, have = memory_bytes(engine), available_memory()
+    if have is None or need <= 0.8 * have:
+        return
+    sizes = [len(b) for b in engine.blocks]
+    flops = sum(n ** 3 for n in sizes) / 3
+    raise InputError(
+        f"the dense engine needs about {need / 2**30:.1f} GB for {len(engine.y)} observed values "
+        f"({len(sizes)} block{'s' * (len(sizes) > 1)}, the largest {max(sizes)} values; ~{flops:.1e} flops "
+        f"per iteration) and about {have / 2**30:.1f} GB is available; fit fewer traits or environments at "
+        "once, use a structure that does not link environments (heterogeneous, diagonal), or a two-stage "
+        "analysis of genotype means per environment")
 
 
 class DenseEngine(Engine):
@@ -148,9 +191,10 @@ class DenseEngine(Engine):
         self.y, self.X = d.y, d.X
         self.terms = model.terms()
         self.blocks = independent_blocks(self.terms, len(d.y)) if split else [np.arange(len(d.y))]
-        self.kobs = [[_observed_kernel(t, rows) for t in self.terms] for rows in self.blocks]
         self.params = model.elements()
         self.const = restricted_constant(len(d.y), d.X.shape[1], model.method)
+        _check_memory(self)
+        self.kobs = [[_observed_kernel(t, rows) for t in self.terms] for rows in self.blocks]
 
     def summary(self) -> str:
         sizes = [len(b) for b in self.blocks]
@@ -228,7 +272,6 @@ class DenseEngine(Engine):
         """BLUEs b̂ = (X'V⁻¹X)⁻¹X'V⁻¹y and, for the genetic and every random term t, BLUPs
         û_t = (Σ_t ⊗ 𝒦_t) Z_t'Py for every level of its kernel (every genotype in K)."""
         f = self._factor(theta, need_p=pev)
-        P = f.full_p(reml=True) if pev else None  # the PEVs account for b̂ (REML or ML)
         fitted = self.X @ f.beta
         predictions = []
         for term, S in zip(self.terms[:-1], self.model.matrices(theta)[:-1]):
@@ -236,22 +279,29 @@ class DenseEngine(Engine):
             agg = _aggregate(term, f.py) @ S
             blup = agg if cross is None else cross @ agg
             fitted = fitted + blup[term.factor.observed[term.unit], term.index]
-            predictions.append((blup, self._pev(P, S, term, cross) if pev else None))
+            predictions.append((blup, self._pev(f, S, term, cross) if pev else None))  # b̂ accounted for
         (blup, gpev), random = predictions[0], predictions[1:]
         out = Solution(f.beta, f.xvx_inv, blup, fitted, gpev)
         out.random = {t.factor.name: p for t, p in zip(self.terms[1:-1], random)}
         return out
 
-    def _pev(self, P, S, term, cross) -> np.ndarray:
-        """Var(u_ja − û_ja) = Σ[a,a]·𝒦[j,j] − c'Pc with c_o = Σ[a, a(o)]·𝒦[j, u(o)]."""
+    def _pev(self, f: _Factor, S, term, cross) -> np.ndarray:
+        """Var(u_ja − û_ja) = Σ[a,a]·𝒦[j,j] − c'Pc with c_o = Σ[a, a(o)]·𝒦[j, u(o)], with
+        Z P_a Z' (P_a = P ∘ d d', d_o = Σ[a, a(o)]) summed block by block:
+        Σ_c Z_c (V_c⁻¹ ∘ d_c d_c') Z_c' − W C W', W = Z (V⁻¹X ∘ d), C = (X'V⁻¹X)⁻¹."""
         n = len(self.y)
         Z = sp.csr_matrix((np.ones(n), (term.unit, np.arange(n))), shape=(term.n_units, n))
         kdiag = np.ones(term.n_units) if cross is None else np.diag(term.factor.kernel)
         out = np.empty((len(kdiag), S.shape[0]))
         for a in range(S.shape[0]):
             dvec = S[a, term.index]
-            pa = P * np.outer(dvec, dvec)
-            agg = (Z @ (Z @ pa).T).T  # Z Pa Z'  (units × units)
+            agg = np.zeros((term.n_units, term.n_units))
+            for rows, inv in zip(f.rows, f.v_inv):
+                Zc = Z[:, rows]
+                pa = inv * np.outer(dvec[rows], dvec[rows])
+                agg += (Zc @ (Zc @ pa).T).T  # Z_c (V_c⁻¹ ∘ dd') Z_c'  (units × units)
+            W = Z @ (f.vinv_x * dvec[:, None])
+            agg -= W @ f.xvx_inv @ W.T
             explained = np.diag(agg) if cross is None else np.einsum("ju,ju->j", cross @ agg, cross)
             out[:, a] = S[a, a] * kdiag - explained
         return out

@@ -93,3 +93,17 @@ def test_a_model_the_machine_cannot_hold_is_refused_in_one_line(problem, monkeyp
         hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", engine="dense")
     monkeypatch.setattr(dense, "available_memory", lambda: None)  # unknown: no refusal
     assert hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", engine="dense", pev=False).converged
+
+
+def test_a_memory_error_during_a_fit_is_reported_in_one_line(problem, monkeypatch):
+    import hetvc.fitting as fitting
+
+    data, K, *_ = problem
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.5 GiB for an array with shape (31000, 31000)")
+
+    monkeypatch.setattr(fitting, "maximize", no_memory)
+    with pytest.raises(hetvc.InputError, match=r"out of memory while fitting \d+ covariance parameters to "
+                                               r"\d+ observed values \(Unable to allocate 7.5 GiB"):
+        hetvc.fit(data, K, TRAITS, env="env", genetic="heterogeneous")

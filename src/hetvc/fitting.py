@@ -157,7 +157,13 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
     structure takes its extra starts from instead of fitting them again.  Everything runs with
     ``options.threads`` BLAS threads (``None``: as the process has them)."""
     with threadpool_limits(options.threads):  # None: no change
-        return _fit_model(model, options, start, eigen, progress, cheaper)
+        try:
+            return _fit_model(model, options, start, eigen, progress, cheaper)
+        except MemoryError as err:  # numpy's ArrayMemoryError says how much it wanted
+            raise InputError(f"out of memory while fitting {model.n_params} covariance parameters to "
+                             f"{model.design.n_obs} observed values ({err}); fit fewer traits or "
+                             "environments at once, a structure that does not link environments, or a "
+                             "two-stage analysis") from None
 
 
 def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheaper) -> FitResult:

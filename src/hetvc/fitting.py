@@ -87,7 +87,9 @@ def fit(
     Parameters
     ----------
     data : one row per record (plot, animal): ``id``, ``env`` and the trait columns.
-    K : labelled relationship matrix (DataFrame) or a path to one.
+    K : labelled relationship matrix (DataFrame) or a path to one; ``None`` for an iid genetic
+        effect (K = identity over the ids in the data, :func:`identity_kinship`: trials
+        without markers or pedigree; h² is then broad-sense, at the level of a single record).
     traits : trait column names (a single name is allowed).
     env : environment column; ``None`` for a single environment.
     genetic : ``"homogeneous"`` (one Σg everywhere), ``"heterogeneous"`` (Σg_l per
@@ -125,6 +127,44 @@ def fit(
         return fit_model(model, options, start=start, eigen=eigen, progress=progress)
 
 
+IDENTITY_NOTE = ("no relationship matrix (K = identity over the ids in the data): the genetic effects "
+                 "are independent, so ΣG is the variance among genotypes and h² is broad-sense, at the "
+                 "level of a single record (plot), not narrow-sense nor of a genotype mean")
+
+
+def identity_kinship(data: pd.DataFrame, id: str = "id", traits=None) -> pd.DataFrame:
+    """K = I over the ids of ``data`` (labelled by id, in order of first appearance): an iid
+    genetic effect, for trials without markers or pedigree.  With ``traits``, only the ids of
+    records with a trait value count (a record without any plays no part in a fit)."""
+    if not isinstance(data, pd.DataFrame):
+        raise InputError("data must be a pandas DataFrame (read your file with pandas first)")
+    if id not in data.columns:
+        raise InputError(f"column {id!r} not in the data; available: {', '.join(map(str, data.columns[:12]))}")
+    rows = data
+    if traits is not None:
+        present = [t for t in ([traits] if isinstance(traits, str) else list(traits)) if t in data.columns]
+        if present:
+            rows = data[data[present].notna().any(axis=1)]
+    col = rows[id]
+    col = col[col.notna() & (col.astype(str).str.strip() != "")]
+    ids = [str(i) for i in pd.unique(col.astype(str))]
+    if not ids:
+        raise InputError(f"id column {id!r} holds no ids")
+    return pd.DataFrame(np.eye(len(ids)), index=ids, columns=ids)
+
+
+def single_record_note(design) -> list[str]:
+    """With K = identity and a single record per genotype (and trait) the genetic and residual
+    effects are the same thing: a note that their split is not identified by the data."""
+    pairs = pd.Series(list(zip(design.geno.tolist(), design.trait.tolist())))
+    if pairs.duplicated().any():
+        return []
+    return ["every genotype has a single record per trait: with K = identity its genetic value and "
+            "the residual are not separable, so the split of the variance between ΣG and ΣE (and "
+            "h²) is not identified; replicate genotypes, model the residual spatially, or use a "
+            "relationship matrix"]
+
+
 def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str = "id",
                 genetic: str = "heterogeneous", residual: str = "homogeneous", fixed: str | None = None,
                 random=None, method: str = "reml", jitter: float | None = None) -> Model:
@@ -135,8 +175,13 @@ def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str =
     if env is None:  # one environment: a structure that reduces to another there is that one
         genetic = structure_class("G", genetic).one_environment or genetic
         residual = structure_class("E", residual).one_environment or residual
+    identity = K is None
+    if identity:
+        K = identity_kinship(data, id, traits)
     Kmat, ids = kinship_matrix(K, jitter)
     design = build_design(data, Kmat, ids, traits, env, id, fixed)
+    if identity:
+        design.notes[:0] = [IDENTITY_NOTE] + single_record_note(design)
     terms, notes = resolve_random(data, design, random, jitter)
     design.notes += notes
     model = Model.build(design, genetic, residual, method, random=terms)

@@ -42,6 +42,7 @@ import pandas as pd
 from ..design_notes import describe_data
 from ..errors import ConvergenceError, InputError
 from ..examples import EXAMPLES, example_path
+from ..fitting import IDENTITY_NOTE, identity_kinship, single_record_note
 from ..fixed_effects import resolve_fixed
 from ..io_utils import atomic_write
 from ..kinship import (check_kinship, grm, kinship_fingerprint, kinship_scaling, looks_like_pedigree,
@@ -80,9 +81,10 @@ def _checked(fn, *args, **kwargs):
 
 
 def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str, pedigree=None,
-                 positions: bool = False):
+                 positions: bool = False, data=None, id: str = "id", traits=None):
     """(K DataFrame, facts dict, notes) from a kinship file, from genotypes (a GRM) or from a
-    pedigree (A, :mod:`hetvc.kinship.pedigree`; ``positions``: R-style row numbers), scaled
+    pedigree (A, :mod:`hetvc.kinship.pedigree`; ``positions``: R-style row numbers), or the
+    identity over the ids of ``data`` (``kinship="identity"``: an iid genetic effect), scaled
     under --kinship-scale (:func:`hetvc.kinship.kinship_scaling`), with a note when K is
     singular (:func:`hetvc.kinship.singularity_note`)."""
 
@@ -96,6 +98,12 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
         notes += pedigree_summary(ped, pedigree)
         K, warned = _checked(check_kinship, pedigree_kinship(ped), jitter=jitter, name=f"A of {pedigree}")
         facts["pedigree"] = str(pedigree)
+    elif kinship is not None and str(kinship).lower() == "identity" and not Path(str(kinship)).is_file():
+        if data is None:
+            raise InputError("--kinship identity needs the phenotype table")
+        K, warned = identity_kinship(data, id, traits), []
+        facts["kinship"] = "identity"
+        notes.append(IDENTITY_NOTE)
     elif kinship is not None:
         if str(kinship).lower().endswith((".csv", ".tsv", ".txt")) and looks_like_pedigree(kinship):
             raise InputError(f"{kinship} looks like a pedigree (id, sire, dam), not a relationship matrix; "
@@ -557,6 +565,8 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
                                           fixed=formula, random=random, method=method)
                 fit = hetvc.fit_model(model, options, progress=progress, cheaper=list(fits.values()))
                 fit.record["seconds_in_all"] = time.perf_counter() - t0  # optimisation and the rest
+                if facts.get("kinship") == "identity":  # K = I: is ΣG separable from ΣE?
+                    fit.notes = single_record_note(model.design) + list(fit.notes)
                 if fixed_notes:  # the formula was rewritten: keep the user's and say what changed
                     fit.fixed = fixed
                     fit.notes = list(fit.notes) + fixed_notes
@@ -717,7 +727,9 @@ def _apply(options):
 @click.command("fit")
 @click.argument("pheno", type=click.Path(dir_okay=False))
 @click.option("--kinship", type=click.Path(dir_okay=False), default=None,
-              help="Labelled kinship: .csv (ids in the first column and the header) or .npy (+ .npy.ids).")
+              help="Labelled kinship: .csv (ids in the first column and the header) or .npy (+ .npy.ids); "
+                   "'identity' for trials without markers or pedigree (an iid genetic effect, K = I over "
+                   "the ids in PHENO: h² is broad-sense, at the level of a single record).")
 @click.option("--genotypes", type=click.Path(dir_okay=False), default=None,
               help="Genotypes to build the GRM from: PLINK .bed (or prefix) or a CSV dosage table.")
 @click.option("--grm-method", type=click.Choice(["standardized", "vanraden"]), default="standardized",
@@ -784,7 +796,8 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []) + random_columns(random),
                                        numeric_columns=trait_list, sep=sep)
     K, kfacts, knotes = load_kinship(kinship, genotypes, grm_method, genotype_id, jitter, kinship_scale,
-                                     pedigree=pedigree, positions=pedigree_positions)
+                                     pedigree=pedigree, positions=pedigree_positions, data=data, id=id_,
+                                     traits=trait_list)
     models = parse_models(compare, genetic, residual, dim=_data_rows(data, trait_list, env))
     facts, dnotes = describe_data(data, K, trait_list, env, id_)
     facts.update(kfacts)

@@ -1,0 +1,91 @@
+"""Issue 17: trials without markers or pedigree (K = identity), factors coded as numbers, wide
+tables."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import hetvc
+from hetvc.cli import main
+from hetvc.fitting import IDENTITY_NOTE, identity_kinship
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def replicated_trial(seed=3, n=25, envs=("E1", "E2"), reps=2):
+    """Genotypes in every environment with ``reps`` plots each; two traits; numeric row/col."""
+    rng = np.random.default_rng(seed)
+    ids = [f"g{k:02d}" for k in range(n)]
+    g = dict(zip(ids, rng.normal(size=(n, 2))))
+    rows = []
+    for e, env in enumerate(envs):
+        for r in range(reps):
+            for k, i in enumerate(ids):
+                y = g[i] + rng.normal(scale=0.8, size=2) + [e, 2 * e]
+                rows.append(dict(id=i, env=env, rep=r + 1, row=(k % 5) + 1, col=k // 5 + 1,
+                                 y1=y[0], y2=y[1]))
+    return pd.DataFrame(rows)
+
+
+def same_fit(a, b, tol=1e-10):
+    assert a.loglik == pytest.approx(b.loglik, abs=tol, rel=tol)
+    np.testing.assert_allclose(a.theta, b.theta, atol=tol, rtol=tol)
+
+
+# -- item 2: K = identity ---------------------------------------------------------------------
+def test_identity_kinship_labels_ids_of_records_with_a_trait():
+    data = pd.DataFrame(dict(id=["b", "a", "b", "c"], y=[1.0, 2.0, 3.0, np.nan]))
+    K = identity_kinship(data, "id", ["y"])
+    assert list(K.index) == list(K.columns) == ["b", "a"]
+    np.testing.assert_array_equal(K.to_numpy(), np.eye(2))
+    assert list(identity_kinship(data, "id").index) == ["b", "a", "c"]
+    with pytest.raises(hetvc.InputError, match="'genotype' not in the data"):
+        identity_kinship(data, "genotype")
+
+
+def test_k_none_equals_an_explicit_identity():
+    data = replicated_trial()
+    ids = list(pd.unique(data["id"]))
+    I = pd.DataFrame(np.eye(len(ids)), index=ids, columns=ids)
+    a = hetvc.fit(data, None, ["y1", "y2"], env="env")
+    b = hetvc.fit(data, I, ["y1", "y2"], env="env")
+    same_fit(a, b)
+    assert IDENTITY_NOTE in a.notes and IDENTITY_NOTE not in b.notes
+    assert "h² is broad-sense, at the level of a single record (plot)" in IDENTITY_NOTE
+    assert not any("single record per trait" in n for n in a.notes)  # replicated
+    model = hetvc.build_model(data, None, ["y1", "y2"], env="env")
+    assert model.design.K.shape == (len(ids), len(ids))
+
+
+def test_identity_with_single_records_says_the_split_is_not_identified():
+    data = replicated_trial(reps=1, envs=("E1",))
+    fit = hetvc.fit(data, None, ["y1"], env=None)
+    assert any("single record per trait" in n and "not identified" in n for n in fit.notes)
+
+
+def test_cli_kinship_identity_equals_an_identity_file(tmp_path):
+    data = replicated_trial()
+    data.to_csv(tmp_path / "pheno.csv", index=False)
+    ids = list(pd.unique(data["id"]))
+    pd.DataFrame(np.eye(len(ids)), index=ids, columns=ids).to_csv(tmp_path / "I.csv")
+    fits = {}
+    for name, k in (("identity", "identity"), ("file", tmp_path / "I.csv")):
+        res = run("fit", tmp_path / "pheno.csv", "--kinship", k, "--traits", "y1,y2", "--env", "env",
+                  "--out", tmp_path / name, "--no-figures", "--quiet", "--json")
+        assert res.exit_code == 0, res.output
+        fits[name] = (hetvc.load(tmp_path / name / "fit.json"), json.loads(res.output))
+    (a, ja), (b, jb) = fits["identity"], fits["file"]
+    same_fit(a, b)
+    api = hetvc.fit(data, None, ["y1", "y2"], env="env")
+    same_fit(a, api, tol=1e-8)
+    # the default scaling (mean-diag) leaves the identity as it is: no note, factor 1
+    assert ja["data"]["kinship_scale"] == 1.0 and ja["data"]["kinship_mean_diagonal"] == 1.0
+    assert ja["data"]["kinship"] == "identity"
+    notes = ja["data"]["notes"]
+    assert IDENTITY_NOTE in notes
+    assert not any("divided by its mean diagonal" in n for n in notes)

@@ -485,6 +485,25 @@ class FitResult:
             out["pev"] = self.pev[:, cols].ravel()
         return out
 
+    def entry_mean_heritability(self, kinship=None) -> pd.DataFrame:
+        """Entry-mean (broad-sense) H² of the genotype BLUPs per environment × trait and across
+        environments (env ``"across"``) — not the plot-level h² of :meth:`heritability`: Cullis
+        et al. (2006) H² ≈ 1 − mean PEV/(σ²_g·mean K_jj) over the phenotyped genotypes, PEV
+        covariances ignored; K_jj from ``kinship`` (K as a DataFrame, or its diagonal) or 1.
+        Columns env, trait, H2, n_genotypes, method (see :mod:`hetvc.breeding`)."""
+        from . import breeding
+
+        return breeding.entry_mean_heritability(self, kinship)
+
+    def rankings(self, kinship=None) -> pd.DataFrame:
+        """Genotypes ranked by BLUP per environment × trait and across environments (the mean
+        of the BLUPs over environments): env, trait, rank (1 = highest), id, blup, reliability
+        1 − PEV/(σ²_g·K_jj) (NA without PEVs, or across environments when ΣG has covariances
+        between them), phenotyped (see :mod:`hetvc.breeding`)."""
+        from . import breeding
+
+        return breeding.rankings(self, kinship)
+
     def random_effects(self, term: str | None = None) -> pd.DataFrame:
         """BLUPs (and PEVs when computed) of the levels of every random term beyond the genetic
         one (or of ``term``): columns term, level, env, trait, blup[, pev], n_obs (observed

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .selection import _named, _primary, comparison, factor_analytic, model_name, select
 
-__all__ = ["blups_table", "loadings_table", "tables", "has_random", "RANDOM_TABLES", "FA_TABLES"]
+__all__ = ["blups_table", "loadings_table", "rankings_table", "tables", "has_random", "RANDOM_TABLES", "FA_TABLES"]
 
 # tables written only when there are random terms beyond the genetic one
 RANDOM_TABLES = ("variance_partition", "random_effects")
@@ -58,12 +58,25 @@ def loadings_table(fit, model: str | None = None) -> pd.DataFrame:
     return out
 
 
+def rankings_table(fit, model: str | None = None) -> pd.DataFrame:
+    """Genotype rankings by BLUP (:meth:`~hetvc.results.FitResult.rankings`) per environment ×
+    trait and across environments (``env = across``: the mean of the BLUPs over environments):
+    rank (1 = highest), id, BLUP, reliability 1 − PEV/(σ²_g·K_jj) with K_jj = 1 (a fit does not
+    store K), phenotyped."""
+    out = fit.rankings()
+    out["env"] = out["env"].astype(str)
+    out.insert(0, "model", model or model_name(fit))
+    return out
+
+
 def tables(fits, selected: str | None = None) -> dict[str, pd.DataFrame]:
     """Every CSV table, keyed by file stem (see :mod:`hetvc.report.write`).  ``blups``, ``blues``
     and ``fitted`` are left out when several models were fitted and none converged.  With random
     terms beyond the genetic one: ``variance_partition`` (every model, when some model has
     random terms) and ``random_effects`` (the selected model, when it has them).  With a
-    factor-analytic selected model: ``loadings`` (:func:`loadings_table`)."""
+    factor-analytic selected model: ``loadings`` (:func:`loadings_table`).  ``rankings.csv``
+    (:func:`rankings_table`) is written by :func:`~hetvc.report.write.write_report` beside
+    them, not listed here."""
     fits = _named(fits)
     selected = select(fits) if selected is None else selected
     primary = _primary(fits, selected)

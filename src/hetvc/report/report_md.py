@@ -214,6 +214,50 @@ def _fa_md(f, figures=()) -> list[str]:
     return lines
 
 
+def _top_genotypes_md(f) -> list[str]:
+    """The "Top genotypes" section: the top 10 per trait across environments and, with at most
+    10 environments, the top 5 per environment × trait, with the entry-mean H² beside it."""
+    try:
+        r = f.rankings()
+        h = f.entry_mean_heritability()
+    except Exception as exc:  # a summary must not stop the report
+        return ["### Top genotypes", "", f"Not available: {exc}", ""]
+    has_rel = r["reliability"].notna().any()
+
+    def block(sub, n):
+        top = sub[sub["rank"] <= n]
+        out = pd.DataFrame({"rank": top["rank"].to_numpy(), "id": top["id"].astype(str).to_numpy(),
+                            "BLUP": top["blup"].to_numpy()})
+        if has_rel:
+            out["reliability"] = top["reliability"].to_numpy()
+        out["phenotyped"] = np.where(top["phenotyped"].to_numpy(), "yes", "no")
+        return _md_table(out)
+
+    lines = ["### Entry-mean heritability", "",
+             "H² of the genotype BLUPs (the entry means), not the plot-level h² above: Cullis et al. "
+             "(2006) H² ≈ 1 − mean PEV / (σ²_g · K_jj) over the phenotyped genotypes, PEV covariances "
+             "ignored, K_jj = 1 (a fit does not store K). `across`: of the mean BLUP over "
+             "environments (NA when ΣG has covariances between environments).", ""]
+    wide = h.pivot(index="env", columns="trait", values="H2").reindex(
+        index=[str(e) for e in f.envs] + ["across"], columns=[str(t) for t in f.traits])
+    wide = wide.reset_index().rename(columns={"env": "environment"})
+    lines += [_md_table(wide), ""]
+    lines += ["### Top genotypes", "",
+              "Ranked by BLUP (1 = highest); reliability = 1 − PEV / (σ²_g · K_jj), K_jj = 1; "
+              "across environments: the mean of a genotype's BLUPs over the environments"
+              + (", reliability NA where ΣG has covariances between environments" if has_rel else "")
+              + ". Every genotype in `rankings.csv`.", ""]
+    for t in f.traits:
+        lines += [f"{t}, across environments (top 10):", "",
+                  block(r[(r["env"] == "across") & (r["trait"] == str(t))], 10), ""]
+    if len(f.envs) <= 10:
+        for e in f.envs:
+            for t in f.traits:
+                lines += [f"{t}, {e} (top 5):", "",
+                          block(r[(r["env"] == str(e)) & (r["trait"] == str(t))], 5), ""]
+    return lines
+
+
 def _comparison_md(comp: pd.DataFrame, fits: dict) -> str:
     two = lambda v: f"{v:.2f}" if _finite(v) else "–"
     cols = {
@@ -322,6 +366,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                   _md_table(_h2_wide(best))] + _se_footnote(h, p) + [""]
         lines += ["### Genetic correlations between traits (SE)", "", _md_table(_trait_rg(best))]
         lines += _se_footnote(best.genetic_correlations()) + [""]
+        lines += _top_genotypes_md(best)
         if best.genetic_structure.environment_correlations:
             lines += ["### Genetic correlations between environments", ""]
             if len(best.envs) <= 6:
@@ -405,7 +450,7 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                  + (", `variance_partition.csv`" if any(has_random(f) for f in fits.values()) else "")
                  + " (every model)")
     if primary is not None:
-        files.append("`blups.csv`, `blues.csv`, `fitted.csv`"
+        files.append("`blups.csv`, `blues.csv`, `fitted.csv`, `rankings.csv`"
                      + (", `random_effects.csv`" if has_random(best) else "")
                      + (", `loadings.csv`" if factor_analytic(best) else "")
                      + f" ({'selected model' if primary == selected else 'this model'})")

@@ -22,6 +22,9 @@ genetic/residual) it writes into DIR:
                                 BLUP, prediction error variance, records behind it
 ``blues.csv``                   selected model: fixed effects with SEs
 ``fitted.csv``                  selected model: observed, fitted and residual values
+``rankings.csv``                selected model: genotypes ranked by BLUP per environment ×
+                                trait and across environments (the mean of the BLUPs), with
+                                reliability 1 − PEV/(σ²_g·K_jj) (K_jj = 1) and phenotyped
 ``random_effects.csv``          selected model, when it has random terms: BLUP (and PEV) of
                                 every level of every random term × environment × trait
 ``loadings.csv``                selected model, when its ΣG is factor-analytic (``faK``):
@@ -38,7 +41,7 @@ genetic/residual) it writes into DIR:
 The selected model is the one :func:`~hetvc.report.selection.select` chooses (the lowest AICc
 among the fits that converged).  When nothing is selected: ``summary.json`` has
 ``"selected": null``; with several models ``fit.json``, ``blups.csv``, ``blues.csv``,
-``fitted.csv``, ``random_effects.csv``, ``loadings.csv`` and the selected model's figures are not
+``fitted.csv``, ``rankings.csv``, ``random_effects.csv``, ``loadings.csv`` and the selected model's figures are not
 written (every model is in ``fits/``, and the tables of every model are), with a single model
 ``fit.json`` and its tables are still written, marked as not converged.  ``variance_partition.csv``,
 ``random_effects.csv`` and ``loadings.csv`` are removed from DIR when this run does not write them
@@ -61,13 +64,13 @@ from ..io_utils import atomic_write
 from .report_md import markdown
 from .selection import _named, _primary, select
 from .summary_json import summary
-from .csv_tables import FA_TABLES, RANDOM_TABLES, tables
+from .csv_tables import FA_TABLES, RANDOM_TABLES, rankings_table, tables
 
 __all__ = ["write_report"]
 
 # files of the selected model: removed from a folder where this run selects nothing, so that an
 # earlier run's selection is not left beside this run's report
-_SELECTED_FILES = ("fit.json", "blups.csv", "blues.csv", "fitted.csv", "random_effects.csv",
+_SELECTED_FILES = ("fit.json", "blups.csv", "blues.csv", "fitted.csv", "rankings.csv", "random_effects.csv",
                    "loadings.csv", "genetic_correlations.png", "observed_fitted.png",
                    "environment_correlations.png", "heritability.png", "latent_regression.png")
 # figures drawn only for some sets of models: removed when this run draws figures but not these
@@ -116,6 +119,8 @@ def write_report(out, fits, selected: str | None = None, data: dict | None = Non
     csvs = tables(fits, selected)
     for stem, df in csvs.items():
         written.append(_write_csv(df, out / f"{stem}.csv"))
+    if primary is not None:  # the selected model's genotype rankings (hetvc.breeding)
+        written.append(_write_csv(rankings_table(fits[primary], primary), out / "rankings.csv"))
     for stem in RANDOM_TABLES + FA_TABLES:  # an earlier run's, of terms this run does not have
         if stem not in csvs:
             (out / f"{stem}.csv").unlink(missing_ok=True)

@@ -1,0 +1,147 @@
+"""Entry-mean heritability and genotype rankings (hetvc.breeding; issue 17 items 6 and 7)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hetvc
+from hetvc import breeding
+from hetvc.report import write_report
+
+from reference import make_problem
+
+TRAITS = ["y1", "y2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data, K, G, E = make_problem(3, n_geno=30, n_env=2)
+    return data, K
+
+
+@pytest.fixture(scope="module")
+def fit(problem):
+    data, K = problem
+    return hetvc.fit(data, K, TRAITS, env="env", genetic="heterogeneous", engine="dense")
+
+
+def test_classical_formula_by_hand():
+    # σ²_g = 4, σ²_ge = 2, σ²_e = 6, e = 4, r = 3: 4 / (4 + 2/4 + 6/12) = 4 / 5
+    assert breeding.classical_entry_mean_h2(4.0, 2.0, 6.0, 4, 3) == pytest.approx(0.8)
+    # one environment, one replicate, no G×E: the plot-level h²
+    assert breeding.classical_entry_mean_h2(1.0, 0.0, 3.0, 1, 1) == pytest.approx(0.25)
+    out = breeding.classical_entry_mean_h2(np.array([1.0, 2.0]), 1.0, 2.0, 2, 2)
+    np.testing.assert_allclose(out, [1 / 2, 2 / 3])
+    with pytest.raises(ValueError):
+        breeding.classical_entry_mean_h2(1.0, 1.0, 1.0, 0, 1)
+
+
+def test_cullis_formulas():
+    assert breeding.cullis_h2(1.0, 2.0) == pytest.approx(0.75)
+    assert breeding.cullis_h2_approx([0.5, 1.5], 4.0) == pytest.approx(0.75)
+    assert breeding.cullis_h2_approx([0.5, 1.5], 4.0, [1.0, 3.0]) == pytest.approx(1 - 1.0 / 8.0)
+    assert breeding.cullis_h2_approx([0.0], 0.0) == 0.0
+    assert np.isnan(breeding.cullis_h2_approx([], 1.0))
+
+
+def test_reliability_against_dense_pevs(fit, problem):
+    _, K = problem
+    r = fit.rankings(K)
+    b = fit.blups()
+    kjj = pd.Series(np.diag(K.to_numpy()), index=K.index.astype(str))
+    for env in fit.envs:
+        vg = np.diag(fit.genetic_covariance(env).to_numpy())
+        for i, t in enumerate(TRAITS):
+            cell = b[(b["env"] == env) & (b["trait"] == t)].set_index("id")
+            expected = 1 - cell["pev"] / (vg[i] * kjj.loc[cell.index.astype(str)].to_numpy())
+            got = r[(r["env"] == env) & (r["trait"] == t)].set_index("id")["reliability"]
+            np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-12)
+            assert ((got > 0) & (got < 1)).all()
+    # without K: K_jj = 1
+    r1 = fit.rankings()
+    cell = b[(b["env"] == fit.envs[0]) & (b["trait"] == "y1")].set_index("id")
+    vg = fit.genetic_covariance(fit.envs[0]).iloc[0, 0]
+    got = r1[(r1["env"] == fit.envs[0]) & (r1["trait"] == "y1")].set_index("id")["reliability"]
+    np.testing.assert_allclose(got.loc[cell.index].to_numpy(), 1 - cell["pev"].to_numpy() / vg)
+
+
+def test_ranks_are_a_permutation_ordered_by_blup(fit):
+    r = fit.rankings()
+    assert set(r["env"]) == {*fit.envs, "across"}
+    b = fit.blups()
+    for (env, t), g in r.groupby(["env", "trait"]):
+        assert sorted(g["rank"]) == list(range(1, len(fit.ids) + 1))
+        assert np.all(np.diff(g.sort_values("rank")["blup"].to_numpy()) <= 0)
+        assert g["phenotyped"].all()  # every genotype is tested in every environment
+    across = r[(r["env"] == "across") & (r["trait"] == "y1")].set_index("id")["blup"]
+    mean = b[b["trait"] == "y1"].groupby("id")["blup"].mean()
+    np.testing.assert_allclose(across.loc[mean.index].to_numpy(), mean.to_numpy())
+    # heterogeneous ΣG: no genetic covariance between environments → an across reliability
+    assert r.loc[r["env"] == "across", "reliability"].notna().all()
+
+
+def test_unphenotyped_and_no_pev(problem):
+    data, K = problem
+    data = data[data["id"] != data["id"].iloc[0]]
+    f = hetvc.fit(data, K, TRAITS, env="env", genetic="heterogeneous", engine="dense", pev=False)
+    r = f.rankings()
+    assert r["reliability"].isna().all()
+    assert (~r["phenotyped"]).sum() == len(f.envs) * len(TRAITS) + len(TRAITS)
+    h = f.entry_mean_heritability()
+    assert h["H2"].isna().all() and h["method"].str.contains("without PEVs").all()
+
+
+def test_entry_mean_h2_in_unit_interval_and_grows_with_h2(fit, problem):
+    data, K = problem
+    h = fit.entry_mean_heritability(K)
+    assert set(h["env"]) == {*fit.envs, "across"}
+    assert len(h) == (len(fit.envs) + 1) * len(TRAITS)
+    assert h["H2"].between(0, 1).all()
+    assert h["method"].str.contains("Cullis").all()
+    assert (h["n_genotypes"] == 30).all()
+    # more residual noise: a lower entry-mean H² everywhere
+    noisy = data.copy()
+    rng = np.random.default_rng(11)
+    for t in TRAITS:
+        noisy[t] = noisy[t] + rng.normal(0, 3 * noisy[t].std(), len(noisy))
+    f2 = hetvc.fit(noisy, K, TRAITS, env="env", genetic="heterogeneous", engine="dense")
+    h2 = f2.entry_mean_heritability(K)
+    assert h2["H2"].between(0, 1).all()
+    assert (h2["H2"].to_numpy() < h["H2"].to_numpy()).all()
+
+
+def test_across_shared_and_correlated(problem):
+    data, K = problem
+    hom = hetvc.fit(data, K, TRAITS, env="env", genetic="homogeneous", engine="dense")
+    h = hom.entry_mean_heritability(K)
+    # one genetic value in every environment: every row is the same H²
+    for t in TRAITS:
+        vals = h.loc[h["trait"] == t, "H2"].to_numpy()
+        np.testing.assert_allclose(vals, vals[0])
+    un = hetvc.fit(data, K, TRAITS, env="env", genetic="unstructured", engine="dense")
+    h = un.entry_mean_heritability(K)
+    assert h.loc[h["env"] == "across", "H2"].isna().all()
+    assert h.loc[h["env"] != "across", "H2"].notna().all()
+    r = un.rankings(K)
+    assert r.loc[r["env"] == "across", "reliability"].isna().all()
+
+
+def test_report_files(fit, tmp_path):
+    result = write_report(tmp_path, {"heterogeneous/homogeneous": fit}, figures=False)
+    assert "rankings.csv" in result["files"]
+    df = pd.read_csv(tmp_path / "rankings.csv")
+    assert {"model", "env", "trait", "rank", "id", "blup", "reliability", "phenotyped"} <= set(df.columns)
+    assert len(df) == (len(fit.envs) + 1) * len(TRAITS) * len(fit.ids)
+    md = (tmp_path / "report.md").read_text()
+    assert "### Top genotypes" in md and "### Entry-mean heritability" in md
+    assert "y1, across environments (top 10):" in md and "y2, E2 (top 5):" in md
+    assert "`rankings.csv`" in md

@@ -74,7 +74,7 @@ def simulate(n, traits, locations, snps, h2, w, rho, rho_e, location_scales, loc
 
 
 _PEDIGREE_OPTIONS = ("id_col", "sire", "dam", "positions", "inverse")
-_GENOTYPE_OPTIONS = ("method", "block_size", "id_column")
+_GENOTYPE_OPTIONS = ("method", "block_size", "id_column", "coding", "maf", "min_call_rate")
 
 
 @click.command("kinship")
@@ -88,6 +88,15 @@ _GENOTYPE_OPTIONS = ("method", "block_size", "id_column")
               show_default=True, help="GRM form (see hetvc.kinship).")
 @click.option("--block-size", type=int, default=1024, show_default=True, help="SNPs per block (memory).")
 @click.option("--id-column", default=None, help="Id column of a CSV dosage table [default: 'id' or the first].")
+@click.option("--coding", type=click.Choice(["auto", "dosage", "-101", "letters", "presence"]), default="auto",
+              show_default=True,
+              help="Marker coding of a CSV table: 0/1/2 dosages, -1/0/1, A/C/G/T letters (minor allele "
+                   "counted; IUPAC heterozygotes; >2 alleles dropped) or 0/1 presence/absence (dominant, "
+                   "standardized by their own mean and SD); auto detects it.")
+@click.option("--maf", type=float, default=0.0, show_default=True,
+              help="Drop SNPs with a minor allele frequency below this.")
+@click.option("--min-call-rate", type=float, default=0.0, show_default=True,
+              help="Drop SNPs observed in less than this fraction of individuals.")
 @click.option("--id", "id_col", default="id", show_default=True,
               help="Pedigree id column (a 3-column pedigree without these names is read in order).")
 @click.option("--sire", default="sire", show_default=True, help="Pedigree sire column.")
@@ -101,13 +110,14 @@ _GENOTYPE_OPTIONS = ("method", "block_size", "id_column")
                    "(row_id's animal at or after col_id's in pedigree order, parents first); entries not "
                    "listed are 0, the upper triangle is the mirror image.")
 @click.pass_context
-def kinship(ctx, genotypes, pedigree, out, method, block_size, id_column, id_col, sire, dam, positions,
-            inverse):
+def kinship(ctx, genotypes, pedigree, out, method, block_size, id_column, coding, maf, min_call_rate, id_col,
+            sire, dam, positions, inverse):
     """Build a genomic relationship matrix from GENOTYPES, or the additive relationship
     matrix A from a pedigree (--pedigree).
 
     GENOTYPES is a PLINK .bed file (or its prefix, with .bim and .fam next to it) or a CSV
-    dosage table (one row per individual: an id column, then 0/1/2 per SNP; empty = missing).
+    marker table (one row per individual: an id column, then one column per SNP; empty =
+    missing) coded 0/1/2, -1/0/1, A/C/G/T letters or 0/1 presence/absence (--coding).
 
     A pedigree has one row per animal with its sire and dam; parents may be listed after
     their offspring, and parents never listed as animals are added as founders.  A is
@@ -131,7 +141,8 @@ def kinship(ctx, genotypes, pedigree, out, method, block_size, id_column, id_col
         columns = pd.read_csv(genotypes, sep=None, engine="python", nrows=0).columns  # the header only
         raise InputError(f"{genotypes} looks like a pedigree (columns {', '.join(map(str, columns))}); "
                          f"use hetvc kinship --pedigree {genotypes}")
-    K, info = grm(genotypes, method=method, block_size=block_size, id_column=id_column, return_info=True)
+    K, info = grm(genotypes, method=method, block_size=block_size, id_column=id_column, return_info=True,
+                  coding=coding, maf=maf, call_rate=min_call_rate)
     path = write_kinship(K, out)
     click.echo(info.summary())
     click.echo(f"wrote {path}")

@@ -1,7 +1,8 @@
 r"""Genotypes → genomic relationship matrix (GRM); reading, writing and checking kinships.
 
     from hetvc.kinship import grm, read_kinship, check_kinship
-    K = grm("genotypes.bed")                   # or a .csv dosage table, an array, a DataFrame
+    K = grm("genotypes.bed")                   # or a .csv marker table, an array, a DataFrame
+    K = grm("markers.csv", coding="auto", maf=0.05, call_rate=0.9)
     K = read_kinship("K.csv")                  # validated by check_kinship
 
 One module a job, each documented in its own docstring; a module imports only those above it:
@@ -10,7 +11,9 @@ One module a job, each documented in its own docstring; a module imports only th
 * :mod:`~hetvc.kinship.tables` — delimited text tables: the separator, exact floats;
 * :mod:`~hetvc.kinship.tiles` — tile-by-tile passes over an n×n matrix (no n×n temporaries);
 * :mod:`~hetvc.kinship.psd` — the certificate of positive semi-definiteness;
-* :mod:`~hetvc.kinship.sources` — genotype sources: PLINK ``.bed``, CSV dosage tables, arrays;
+* :mod:`~hetvc.kinship.sources` — genotype sources: PLINK ``.bed``, CSV marker tables, arrays;
+  marker codings (0/1/2 dosages, −1/0/1, A/C/G/T letters, 0/1 presence/absence) and their
+  detection;
 * :mod:`~hetvc.kinship.genomic` — the GRM (standardized or VanRaden), its formulas and costs;
 * :mod:`~hetvc.kinship.check` — :func:`check_kinship`, and the digest that spares a second check;
 * :mod:`~hetvc.kinship.scaling` — the scale K is used at (mean diagonal, centred, as given) and
@@ -32,13 +35,17 @@ from .pedigree import (Pedigree, inbreeding, looks_like_pedigree, pedigree_inver
                        pedigree_summary, read_pedigree)
 from .psd import PSDCertificate, psd_certificate, smallest_eigenvalue
 from .scaling import KINSHIP_SCALES, kinship_scaling, kinship_singularity, singularity_note
-from .sources import read_genotypes
+from .sources import CODINGS, MarkerCoding, decode_markers, detect_coding, read_genotypes
 from .tiles import symmetrize
 
 __all__ = [
     "GRMInfo",
     "grm",
     "read_genotypes",
+    "CODINGS",
+    "MarkerCoding",
+    "decode_markers",
+    "detect_coding",
     "read_kinship",
     "kinship_matrix",
     "write_kinship",

@@ -46,7 +46,7 @@ DEFAULT_BLOCK_SIZE = 1024
 
 @dataclass
 class GRMInfo:
-    """What :func:`grm` did: sizes, dropped SNPs and imputed calls."""
+    """What :func:`grm` did: sizes, the marker coding, dropped SNPs and imputed calls."""
 
     method: str
     n: int
@@ -57,31 +57,55 @@ class GRMInfo:
     missing_calls: int       #: calls imputed with the SNP mean
     blocks: int
     denominator: float       #: p' (standardized) or sum 2p(1-p) (vanraden)
+    coding: str = "dosage"   #: dosage, -101, letters or presence
+    coding_detected: bool = False  #: True when coding="auto" chose it
+    coding_note: str = ""    #: what the coding did (MarkerCoding.describe())
+    multiallelic: int = 0    #: dropped: letters SNPs with more than two alleles
+    low_call_rate: int = 0   #: dropped: call rate below min_call_rate
+    low_maf: int = 0         #: dropped: minor allele frequency below maf
+    maf: float = 0.0         #: the MAF filter
+    min_call_rate: float = 0.0  #: the call-rate filter
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        return (
+        dropped = [f"{self.monomorphic} monomorphic", f"{self.all_missing} all-missing"]
+        if self.multiallelic:
+            dropped.append(f"{self.multiallelic} with more than two alleles")
+        if self.min_call_rate > 0 or self.low_call_rate:
+            dropped.append(f"{self.low_call_rate} with call rate < {self.min_call_rate:g}")
+        if self.maf > 0 or self.low_maf:
+            dropped.append(f"{self.low_maf} with MAF < {self.maf:g}")
+        text = (
             f"{self.method} GRM of {self.n} individuals from {self.snps_used} of {self.snps} SNPs "
-            f"({self.monomorphic} monomorphic and {self.all_missing} all-missing SNPs dropped; "
+            f"({', '.join(dropped[:-1])} and {dropped[-1]} SNPs dropped; "
             f"{self.missing_calls} missing calls mean-imputed)"
         )
+        return text + f"; markers: {self.coding_note or self.coding + ' coding'}"
 
 
-def _prepare_block(X: np.ndarray, start: int, ids=None, snps=None, what="genotypes"):
+def _prepare_block(X: np.ndarray, start: int, ids=None, snps=None, what="genotypes", *,
+                   presence: bool = False, maf: float = 0.0, min_call_rate: float = 0.0,
+                   filtered: dict | None = None):
     """Center one block of SNPs.  Returns (Z, var, kept mask, n_missing, n_mono, n_allmiss).
 
-    Z holds the centred dosages of the kept SNPs (missing → 0), var = 2p(1-p) of those SNPs.
+    Z holds the centred dosages of the kept SNPs (missing → 0), var = 2p(1-p) of those SNPs
+    (q(1-q) for presence/absence markers, q the presence frequency).  SNPs with a call rate
+    below ``min_call_rate`` or a minor allele frequency below ``maf`` are dropped too, counted
+    in ``filtered["low_call_rate"]`` and ``filtered["low_maf"]``.
     """
     obs = ~np.isnan(X)
-    bad = obs & ((X < 0) | (X > 2))
+    hi = 1 if presence else 2
+    bad = obs & ((X < 0) | (X > hi))
     if bad.any():
         j, k = np.argwhere(bad)[0]
         who = repr(ids[j]) if ids is not None else f"row {j}"
         snp = repr(snps[start + k]) if snps is not None else f"column {start + k}"
         raise InputError(
-            f"{what}: genotype of {who} at SNP {snp} is {X[j, k]:g}; dosages must lie in [0, 2] (NaN for missing)"
+            f"{what}: genotype of {who} at SNP {snp} is {X[j, k]:g}; "
+            + ("presence/absence markers must lie in [0, 1]" if presence else "dosages must lie in [0, 2]")
+            + " (NaN for missing)"
         )
     count = obs.sum(axis=0)
     n_missing = int(X.size - count.sum())
@@ -93,15 +117,28 @@ def _prepare_block(X: np.ndarray, start: int, ids=None, snps=None, what="genotyp
     all_missing = count == 0
     mono = ~all_missing & (big == small)
     kept = ~all_missing & ~mono
+    freq = mean if presence else mean / 2.0
+    if min_call_rate > 0:
+        low = kept & (count < min_call_rate * X.shape[0])
+        kept &= ~low
+        if filtered is not None:
+            filtered["low_call_rate"] = filtered.get("low_call_rate", 0) + int(low.sum())
+    if maf > 0:
+        with np.errstate(invalid="ignore"):
+            low = kept & (np.minimum(freq, 1.0 - freq) < maf)
+        kept &= ~low
+        if filtered is not None:
+            filtered["low_maf"] = filtered.get("low_maf", 0) + int(low.sum())
     Z = Xf[:, kept] - mean[kept]
     Z[~obs[:, kept]] = 0.0
-    freq = mean[kept] / 2.0
-    var = 2.0 * freq * (1.0 - freq)
+    f = freq[kept]
+    var = f * (1.0 - f) if presence else 2.0 * f * (1.0 - f)
     return Z, var, kept, n_missing, int(mono.sum()), int(all_missing.sum())
 
 
 def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BLOCK_SIZE,
-        ids=None, id_column: str | None = None, return_info: bool = False):
+        ids=None, id_column: str | None = None, return_info: bool = False, coding: str = "auto",
+        maf: float = 0.0, call_rate: float = 0.0):
     """Genomic relationship matrix from SNP dosages.
 
     ``genotypes``: an n×p array or DataFrame of dosages (0/1/2, NaN missing), or a path to a
@@ -109,6 +146,13 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
     ``method``: ``"standardized"`` or ``"vanraden"`` (see the module docstring).
     ``block_size``: SNPs per block (memory ≈ n·block_size·8 bytes on top of K).
     ``ids``: restrict to, and order by, these individual ids (labelled inputs only).
+    ``coding``: how the markers are coded: ``"auto"`` (default: detected), ``"dosage"`` (0/1/2),
+    ``"-101"`` (−1/0/1), ``"letters"`` (A/C/G/T calls, minor allele counted) or
+    ``"presence"`` (0/1 dominant markers, standardized by their own mean and SD); see
+    :mod:`hetvc.kinship.sources`.  A ``.bed`` file is always dosages.
+    ``maf``: drop SNPs whose minor allele frequency (presence frequency for presence markers,
+    folded) is below this (default 0: none).  ``call_rate``: drop SNPs observed in less than
+    this fraction of the individuals (default 0: none).
 
     Returns K as a labelled DataFrame (index and columns = ids) when the input is labelled
     (a DataFrame or a file), otherwise an ndarray; with ``return_info=True`` returns
@@ -123,7 +167,12 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
         raise InputError(f"block_size must be a positive integer, not {block_size!r}") from None
     if block_size < 1:
         raise InputError(f"block_size must be a positive integer, not {block_size}")
-    src, labelled = _source(genotypes, ids=ids, id_column=id_column)
+    maf = _fraction(maf, "maf", 0.5)
+    call_rate = _fraction(call_rate, "call_rate", 1.0)
+    src, labelled = _source(genotypes, ids=ids, id_column=id_column, coding=coding)
+    mc = src.coding
+    presence = mc.coding == "presence"
+    filtered: dict = {}
     try:
         n, p = src.shape
         if n == 0 or p == 0:
@@ -138,7 +187,8 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
             stop = min(p, start + block_size)
             X = src.block(start, stop)
             Z, var, kept, n_missing, n_mono, n_allmiss = _prepare_block(
-                X, start, src.ids, src.snps, what)
+                X, start, src.ids, src.snps, what, presence=presence, maf=maf, min_call_rate=call_rate,
+                filtered=filtered)
             missing += n_missing
             mono += n_mono
             allmiss += n_allmiss
@@ -154,22 +204,40 @@ def grm(genotypes, method: str = "standardized", *, block_size: int = DEFAULT_BL
             scipy.linalg.blas.dsyrk(1.0, Z.T, beta=1.0, c=K, trans=1, lower=0, overwrite_c=1)
     finally:
         src.close()
+    low_cr, low_maf = filtered.get("low_call_rate", 0), filtered.get("low_maf", 0)
     if used == 0:
+        extra = "".join([f", {mc.multiallelic} with more than two alleles" if mc.multiallelic else "",
+                         f", {low_cr} with call rate < {call_rate:g}" if low_cr else "",
+                         f", {low_maf} with MAF < {maf:g}" if low_maf else ""])
         raise InputError(
-            f"{what}: no informative SNP ({mono} monomorphic, {allmiss} without any call); cannot build a GRM"
+            f"{what}: no informative SNP ({mono} monomorphic, {allmiss} without any call{extra}); "
+            f"cannot build a GRM"
         )
     if method == "standardized":
         denom = float(used)
     K /= denom
     _mirror_upper(K)
-    info = GRMInfo(method=method, n=n, snps=p, snps_used=used, monomorphic=mono,
-                   all_missing=allmiss, missing_calls=missing, blocks=blocks, denominator=denom)
+    info = GRMInfo(method=method, n=n, snps=p + mc.multiallelic, snps_used=used, monomorphic=mono,
+                   all_missing=allmiss, missing_calls=missing, blocks=blocks, denominator=denom,
+                   coding=mc.coding, coding_detected=mc.detected, coding_note=mc.describe(),
+                   multiallelic=mc.multiallelic, low_call_rate=low_cr, low_maf=low_maf, maf=maf,
+                   min_call_rate=call_rate)
     log.info(info.summary())
     out = K
     if labelled and src.ids is not None:
         labels = pd.Index(src.ids, dtype=object, name="id")
         out = pd.DataFrame(K, index=labels, columns=pd.Index(src.ids, dtype=object), copy=False)
     return (out, info) if return_info else out
+
+
+def _fraction(value, name: str, top: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number in [0, {top:g}], not {value!r}") from None
+    if not 0.0 <= value <= top:
+        raise InputError(f"{name} must be a number in [0, {top:g}], not {value:g}")
+    return value
 
 
 def standardized_genotypes(X: np.ndarray):

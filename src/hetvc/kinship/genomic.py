@@ -14,6 +14,14 @@ and monomorphic SNPs (all observed dosages equal: they carry no information and 
 by zero), are dropped; p' is the number of SNPs kept.  Counts of dropped SNPs and imputed
 calls are logged (logger ``hetvc.kinship``) and returned by ``grm(..., return_info=True)``.
 
+Markers coded −1/0/1 or as A/C/G/T letters are turned into dosages first (``coding=``, detected
+by default; see :mod:`hetvc.kinship.sources`).  0/1 presence/absence markers (dominant, such
+as DArT) are not dosages: with q the presence frequency, :math:`z = x - q` and the variance
+2p(1−p) above is replaced by q(1−q) (each marker standardized by its own mean and SD).
+``maf=`` and ``call_rate=`` drop SNPs with a minor allele frequency (folded presence
+frequency) or a call rate below them (defaults 0: none); their counts, and the coding, are in
+:class:`GRMInfo`.
+
 The sum runs over blocks of ``block_size`` SNPs and accumulates the upper triangle in place
 (BLAS syrk), so memory is one n×n float64 matrix plus a few n×block_size work arrays
 (about 6·n·block_size·8 bytes): 20,000 individuals need 3.2 GB for K plus about 1 GB at

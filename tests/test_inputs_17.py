@@ -89,3 +89,85 @@ def test_cli_kinship_identity_equals_an_identity_file(tmp_path):
     notes = ja["data"]["notes"]
     assert IDENTITY_NOTE in notes
     assert not any("divided by its mean diagonal" in n for n in notes)
+
+
+# -- item 4: factors coded as numbers ------------------------------------------------------------
+def test_whole_number_column_fitted_as_slope_gets_a_note():
+    data = replicated_trial()
+    _, _, notes = hetvc.resolve_fixed(data, "~ row + col", "env")
+    assert ("column 'row' holds 5 distinct whole numbers and is fitted as a slope; if it is a factor "
+            "write C(row) or --factors row") in notes
+    assert any(n.startswith("column 'col' holds 5 distinct whole numbers") for n in notes)
+    for fixed, factors in (("~ C(row) + C(col)", None), ("~ row + col", ["row", "col"]), ("~ row + col", "row,col")):
+        _, _, notes = hetvc.resolve_fixed(data, fixed, "env", factors=factors)
+        assert not any("whole numbers" in n for n in notes), (fixed, factors, notes)
+    # a real covariate (not whole numbers) and a 0/1 dummy: no note
+    data["x"] = np.linspace(0, 1, len(data))
+    data["d"] = np.arange(len(data)) % 2
+    assert not hetvc.resolve_fixed(data, "~ x + d", "env")[2]
+
+
+def test_factors_option_equals_c_in_the_formula():
+    data = replicated_trial()
+    d1, f1, _ = hetvc.resolve_fixed(data, "~ C(row)", "env")
+    d2, f2, _ = hetvc.resolve_fixed(data, "~ row", "env", factors=["row"])
+    assert isinstance(d2["row"].dtype, pd.CategoricalDtype) and not isinstance(data["row"].dtype, pd.CategoricalDtype)
+    a = hetvc.fit(d1, None, ["y1", "y2"], env="env", fixed=f1)
+    b = hetvc.fit(d2, None, ["y1", "y2"], env="env", fixed=f2)
+    same_fit(a, b)
+    np.testing.assert_allclose(a.beta, b.beta, atol=1e-8)
+    assert [n.replace("C(row)", "row") for n in a.x_names] == list(b.x_names)
+    with pytest.raises(hetvc.InputError, match="factors: column.*'rows'"):
+        hetvc.resolve_fixed(data, "~ row", "env", factors=["rows"])
+
+
+def test_cli_factors_equals_c(tmp_path):
+    data = replicated_trial()
+    data.to_csv(tmp_path / "pheno.csv", index=False)
+    fits, outs = {}, {}
+    for name, extra in (("c", ["--fixed", "~ C(row) + C(col)"]),
+                        ("factors", ["--fixed", "~ row + col", "--factors", "row,col"]),
+                        ("slope", ["--fixed", "~ row + col"])):
+        res = run("fit", tmp_path / "pheno.csv", "--kinship", "identity", "--traits", "y1,y2", "--env", "env",
+                  *extra, "--out", tmp_path / name, "--no-figures", "--quiet")
+        assert res.exit_code == 0, res.output
+        fits[name], outs[name] = hetvc.load(tmp_path / name / "fit.json"), res.output
+    same_fit(fits["c"], fits["factors"])
+    assert "holds 5 distinct whole numbers and is fitted as a slope" in outs["slope"]
+    assert "whole numbers" not in outs["factors"] and "whole numbers" not in outs["c"]
+    assert abs(fits["slope"].loglik - fits["c"].loglik) > 1e-3
+    assert "--factors" in run("fit", "--help").output and "C(Rowf)" in run("fit", "--help").output
+
+
+def test_rank_message_names_a_level_without_records_of_a_trait():
+    data = replicated_trial()
+    data.loc[data["row"] == 5, "y2"] = np.nan  # level 5 of row has no y2
+    with pytest.raises(hetvc.InputError) as err:
+        hetvc.fit(data, None, ["y1", "y2"], env="env", fixed="~ C(row)")
+    msg = str(err.value)
+    assert "level 'C(row)[T.5]' of factor C(row) has no records with trait 'y2'" in msg
+    assert "constant within an environment" not in msg
+
+
+def test_rank_message_names_a_level_aliased_with_the_environment_means():
+    data = replicated_trial()
+    data["site_block"] = data["env"] + "-" + data["rep"].astype(str)  # nested in environments
+    with pytest.raises(hetvc.InputError) as err:
+        hetvc.fit(data, None, ["y1"], env="env", fixed="~ site_block")
+    msg = str(err.value)
+    assert "of factor site_block is aliased with the environment means" in msg
+    assert "constant within an environment" not in msg
+
+
+def test_cpdata_identity_and_factors(shared_data):
+    path = shared_data / "DT_cpdata" / "DT_cpdata.csv"
+    if not path.is_file():
+        pytest.skip("DT_cpdata not available")
+    res = run("fit", path, "--kinship", "identity", "--traits", "Yield,FruitAver", "--fixed", "~ Rowf + Colf",
+              "--factors", "Rowf,Colf", "--quiet", "--no-pev")
+    assert res.exit_code == 0, res.output
+    assert "h² is broad-sense" in res.output and "whole numbers" not in res.output
+    res = run("fit", path, "--kinship", "identity", "--traits", "Yield,FruitAver,Firmness", "--fixed",
+              "~ C(Colf)", "--quiet")
+    assert res.exit_code == 2
+    assert "of factor C(Colf) has no records with trait 'Firmness'" in res.output

@@ -9,6 +9,7 @@ one-line :class:`~hetvc.errors.InputError`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -215,7 +216,8 @@ def build_design(
         X_cov[sel, i * len(cov_names):(i + 1) * len(cov_names)] = covariates[rec[sel]]
         x_names += [f"{c}[{t}]" for c in cov_names]
     X = np.hstack([X_mean, X_cov])
-    _check_rank(X, x_names)
+    _check_rank(X, x_names, [None] * len(cells) + [(c, t) for t in traits for c in cov_names],
+                has_env=env is not None)
 
     return Design(
         y=values[rec, tr],
@@ -235,7 +237,14 @@ def build_design(
     )
 
 
-def _check_rank(X: np.ndarray, names: list) -> None:
+_LEVEL = re.compile(r"^(?P<factor>.*)\[T\.(?P<level>.*)\]$")  # formulaic's name of a factor level
+
+
+def _check_rank(X: np.ndarray, names: list, columns=None, has_env: bool = False) -> None:
+    """Refuse X that is not of full column rank, naming the first column that is a combination
+    of the earlier ones and why: ``columns`` gives (covariate, trait) of each covariate column
+    (None for the means), so that a factor level without records of a trait, or one aliased
+    with the environment means, is named as such."""
     if X.shape[1] >= X.shape[0]:
         raise InputError(
             f"{X.shape[1]} fixed effects for {X.shape[0]} observed values: too few data"
@@ -251,8 +260,33 @@ def _check_rank(X: np.ndarray, names: list) -> None:
         for k in range(1, X.shape[1] + 1):
             sk = np.linalg.svd(Xs[:, :k], compute_uv=False)
             if (sk > tol).sum() < k:
-                raise InputError(
-                    f"fixed effects are rank deficient: {names[k - 1]!r} is a linear "
-                    "combination of earlier columns (e.g. a covariate constant within an "
-                    "environment); drop it from the formula"
-                )
+                raise InputError(_rank_message(X, names, columns, k - 1, has_env))
+
+
+def _rank_message(X, names, columns, k, has_env) -> str:
+    where = "within an environment" if has_env else "over the records"
+    info = columns[k] if columns is not None and k < len(columns) else None
+    if info is None:
+        return (f"fixed effects are rank deficient: {names[k]!r} is a linear combination of earlier "
+                f"columns (e.g. a covariate constant {where}); drop it from the formula")
+    covariate, trait = info
+    level = _LEVEL.match(str(covariate))
+    means = "the environment means" if has_env else "the mean"
+    if level is None:
+        if not X[:, k].any():
+            return (f"fixed effects are rank deficient: covariate {covariate!r} is zero on every record "
+                    f"with trait {trait!r}; drop it from the formula or fit that trait separately")
+        return (f"fixed effects are rank deficient: covariate {covariate!r} is aliased with {means} or "
+                f"earlier covariates among the records with trait {trait!r} (e.g. constant {where}); "
+                "drop it from the formula")
+    factor, value = level.group("factor"), level.group("level")
+    if not X[:, k].any():
+        return (f"fixed effects are rank deficient: level {covariate!r} of factor {factor} has no "
+                f"records with trait {trait!r} (its records miss that trait), so its effect on "
+                f"{trait!r} cannot be estimated; drop the factor, merge that level ({value}) into "
+                "another, or fit that trait separately")
+    return (f"fixed effects are rank deficient: level {covariate!r} of factor {factor} is aliased "
+            f"with {means} or the factor's other levels among the records with trait {trait!r} "
+            f"(e.g. the factor is nested in environments, or its levels are confounded with those "
+            f"of another factor); drop the factor or merge levels (hetvc.resolve_fixed and the "
+            f"command line drop columns aliased over all records)")

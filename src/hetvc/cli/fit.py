@@ -256,13 +256,17 @@ def _data_digest(data: pd.DataFrame, columns) -> str:
 
 
 def fit_inputs(data, K, *, traits, env, id, fixed, method, tol, max_iter, engine, pev,
-               genetic, residual, k_digest: str | None = None, random=()) -> dict:
+               genetic, residual, k_digest: str | None = None, random=(), factors=None) -> dict:
     """What a fit depends on (its fingerprint): a fit file with the same inputs is reused
     instead of refitted.  ``--time-limit`` is not in it (see :func:`reusable`).  ``k_digest``:
     :func:`hetvc.kinship.kinship_fingerprint` of K, when already computed (once per run);
-    ``random``: the :class:`hetvc.Random` terms (their columns and relationship files count)."""
+    ``random``: the :class:`hetvc.Random` terms (their columns and relationship files count);
+    ``factors``: the --factors columns (in the fingerprint only when given, so that fits made
+    before the option existed are still reused)."""
     columns = [id, env, *traits, *_formula_columns(fixed, data.columns), *random_columns(random)]
+    extra = {"factors": str(factors)} if factors else {}
     return {
+        **extra,
         "format": INPUTS_FORMAT, "data": _data_digest(data, columns), "n_records": int(len(data)),
         "kinship": k_digest or kinship_fingerprint(K), "n_kinship": int(K.shape[0]),
         "traits": [str(t) for t in traits], "env": env, "id": id, "fixed": fixed, "method": method,
@@ -501,7 +505,7 @@ def _result_line(k, n, name, fit, reused: Path | None = None) -> str:
 
 
 def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: FitOptions,
-                 out, as_json, figures, facts, notes, quiet=False, random=()):
+                 out, as_json, figures, facts, notes, quiet=False, random=(), factors=None):
     """Fit every model, print the summary (or JSON), write the outputs; exit 3 when a fit did
     not converge, 130 when interrupted (Ctrl-C, SIGTERM) after writing what finished.  Each
     fit runs under ``options`` (:class:`hetvc.FitOptions`), with its ``threads`` BLAS threads
@@ -519,7 +523,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
     models, env_notes = as_fitted(models, env)
     notes = notes + env_notes
     raw_data = data
-    data, formula, fixed_notes = resolve_fixed(data, fixed, env)
+    data, formula, fixed_notes = resolve_fixed(data, fixed, env, factors=factors)
     notes = notes + fixed_notes
     if facts.get("empty_cells") and len(models) > 1:
         # env-specific structures cannot be estimated: skip them (a single model fails in fit)
@@ -550,7 +554,7 @@ def run_analysis(data, K, *, traits, env, id, models, fixed, method, options: Fi
                 inputs = fit_inputs(raw_data, K, traits=traits, env=env, id=id, fixed=fixed, method=method,
                                     tol=options.tol, max_iter=options.max_iter, engine=options.engine,
                                     pev=options.pev, genetic=g, residual=r, k_digest=k_digest,
-                                    random=random) if keep else None
+                                    random=random, factors=factors) if keep else None
                 if keep:
                     fit, why = reusable(path, inputs, options.time_limit)
                     if fit is not None:
@@ -755,7 +759,12 @@ def _apply(options):
 @click.option("--id", "id_", default="id", show_default=True, help="Genotype id column (matched to K by label).")
 @click.option("--fixed", default=None,
               help='Extra fixed effects as a formula, a slope per trait: "~ set_env" or "~ x + z" '
-                   "(a mean per trait × environment is always in).")
+                   "(a mean per trait × environment is always in). A text column is a factor (an "
+                   "effect per level); a numeric one is a slope: write C(Rowf) for a factor coded "
+                   'as numbers ("~ C(Rowf) + C(Colf)"), or name it in --factors.')
+@click.option("--factors", default=None, metavar="LIST",
+              help="Columns of --fixed to treat as factors although they hold numbers (row and "
+                   "column indices, years), comma separated: --factors Rowf,Colf is C(Rowf), C(Colf).")
 @click.option("--random", "random_", default=None, metavar="LIST",
               help="Random terms beyond the genetic one, comma separated: columns (BYEAR,MOTHER) or "
                    "interactions (env:block, for blocks nested in environments), each with an "
@@ -773,7 +782,7 @@ def _apply(options):
               help="Folder for fit.json, tables, figures and report.md (created).")
 @_apply(_model_options)
 def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, pedigree, pedigree_positions,
-                jitter, traits, env, id_, fixed, random_, random_kinship, compare, sep, out, genetic, residual,
+                jitter, traits, env, id_, fixed, factors, random_, random_kinship, compare, sep, out, genetic, residual,
                 method, engine, tol, max_iter, time_limit, as_json, no_figures, no_pev, quiet, threads):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
@@ -804,13 +813,13 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     facts["pheno"] = str(pheno)
     facts["command"] = _command_line("fit", pheno, dict(
         kinship=kinship, genotypes=genotypes, pedigree=pedigree, pedigree_positions=pedigree_positions,
-        traits=",".join(trait_list), env=env, id=id_, fixed=fixed, random=random_,
+        traits=",".join(trait_list), env=env, id=id_, fixed=fixed, factors=factors, random=random_,
         random_kinship=list(random_kinship) or None, compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
         kinship_scale=None if kinship_scale == default_scale else kinship_scale, time_limit=time_limit,
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,
                  options=options, out=out, as_json=as_json, figures=not no_figures, facts=facts,
-                 notes=read_notes + knotes + dnotes, quiet=quiet, random=random)
+                 notes=read_notes + knotes + dnotes, quiet=quiet, random=random, factors=factors)
 
 
 @click.command("example")

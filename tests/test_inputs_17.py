@@ -171,3 +171,66 @@ def test_cpdata_identity_and_factors(shared_data):
               "~ C(Colf)", "--quiet")
     assert res.exit_code == 2
     assert "of factor C(Colf) has no records with trait 'Firmness'" in res.output
+
+
+# -- item 3: wide tables ---------------------------------------------------------------------------
+def wide_table(seed=5, n=30):
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=n)
+    wide = pd.DataFrame({"line": [f"L{k}" for k in range(n)]})
+    for e, name in enumerate(["env1", "env2", "env4"]):
+        wide[name] = g * (1 + 0.2 * e) + rng.normal(scale=0.7, size=n) + e
+    return wide
+
+
+def test_long_from_wide():
+    from hetvc.phenotypes import long_from_wide
+
+    wide = wide_table()
+    wide.loc[3, "env2"] = np.nan
+    long, note = long_from_wide(wide, "line", "yield")
+    assert list(long.columns) == ["line", "env", "yield"] and len(long) == 3 * 30 - 1
+    assert set(long["env"]) == {"env1", "env2", "env4"}
+    row = long[(long["line"] == "L7") & (long["env"] == "env4")]
+    assert row["yield"].item() == wide.loc[7, "env4"]
+    assert "3 environment columns (env1, env2, env4) of trait 'yield' read as 89 records" in note
+    assert "1 empty cell(s) dropped" in note
+    long, _ = long_from_wide(wide, "line", "yield", env_name="site", columns=["env1", "env4"])
+    assert set(long["site"]) == {"env1", "env4"}
+    wide["note"] = "x"
+    with pytest.raises(hetvc.InputError, match="column 'note' is not numeric"):
+        long_from_wide(wide, "line", "yield")
+    with pytest.raises(hetvc.InputError, match="id column 'id' not in the data"):
+        long_from_wide(wide, "id", "yield")
+
+
+def test_cli_wide_equals_the_long_table(tmp_path):
+    wide = wide_table()
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    long = pd.DataFrame([dict(line=r.line, env=e, yield_=getattr(r, e)) for r in wide.itertuples()
+                         for e in ("env1", "env2", "env4")]).rename(columns={"yield_": "yield"})
+    long.to_csv(tmp_path / "long.csv", index=False)
+    fits = {}
+    for name, pheno, extra in (("wide", "wide.csv", ["--wide", "env"]), ("long", "long.csv", ["--env", "env"])):
+        res = run("fit", tmp_path / pheno, "--kinship", "identity", "--id", "line", "--traits", "yield",
+                  *extra, "--out", tmp_path / name, "--no-figures", "--quiet")
+        assert res.exit_code == 0, res.output
+        fits[name] = (hetvc.load(tmp_path / name / "fit.json"), res.output)
+    (a, out), (b, _) = fits["wide"], fits["long"]
+    same_fit(a, b, tol=1e-8)
+    assert list(a.envs) == list(b.envs) == ["env1", "env2", "env4"]
+    assert "wide table: 30 rows × 3 environment columns (env1, env2, env4) of trait 'yield' read as 90 records" in out
+    res = run("fit", tmp_path / "wide.csv", "--kinship", "identity", "--id", "line", "--traits", "a,b",
+              "--wide", "env")
+    assert res.exit_code == 2 and "a wide table holds one trait" in res.output
+
+
+def test_dt_wheat_wide(shared_data):
+    folder = shared_data / "DT_wheat"
+    if not (folder / "DT_wheat.csv").is_file():
+        pytest.skip("DT_wheat not available")
+    res = run("fit", folder / "DT_wheat.csv", "--wide", "env", "--id", "line", "--traits", "yield",
+              "--genotypes", folder / "GT_wheat.csv", "--quiet", "--no-pev", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert any("read as 2396 records" in n for n in summary["data"]["notes"])

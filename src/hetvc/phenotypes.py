@@ -4,6 +4,9 @@ into a DataFrame, with the notes of what was done on the way.
     from hetvc import read_phenotypes
     data, notes = read_phenotypes("pheno.csv", text_columns=["id", "env"], numeric_columns=["yield"])
 
+A wide table (one column per environment of one trait, as sommer's DT_wheat) becomes a long one
+(id, env, trait) with :func:`long_from_wide`.
+
 Ids and environments named in ``text_columns`` are read as strings (``011`` stays ``011``);
 trait columns named in ``numeric_columns`` that a ``;``-separated file writes with decimal
 commas (``3,25``) are read as numbers.  A column name that appears twice in the header is an
@@ -21,7 +24,7 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["read_phenotypes", "sniff_delimiter"]
+__all__ = ["read_phenotypes", "sniff_delimiter", "long_from_wide"]
 
 _DELIMITERS = ",;\t|"
 
@@ -137,3 +140,47 @@ def _check_header(path: Path, names: list) -> None:
                              f"(again as column {k}); rename or drop one")
         seen.add(name)
 
+
+
+def long_from_wide(data: pd.DataFrame, id: str, trait: str, env_name: str = "env", columns=None):
+    """(long, note): a wide table with one column per environment holding one trait (a row per
+    genotype, as sommer's DT_wheat) as a long one, a record per genotype × environment with
+    columns ``id``, ``env_name`` (the column names, as text) and ``trait``; empty cells are
+    dropped.  ``columns``: the environment columns (default: every column but ``id``).  The
+    note says what was reshaped, for the report."""
+    if not isinstance(data, pd.DataFrame):
+        raise InputError("data must be a pandas DataFrame")
+    if id not in data.columns:
+        raise InputError(f"wide table: id column {id!r} not in the data; available: "
+                         f"{', '.join(map(str, data.columns[:12]))} (name it with --id)")
+    envs = [c for c in data.columns if c != id] if columns is None else list(columns)
+    missing = [c for c in envs if c not in data.columns]
+    if missing:
+        raise InputError(f"wide table: column(s) {', '.join(map(repr, missing))} not in the data")
+    if not envs:
+        raise InputError(f"wide table: no environment columns besides the id column {id!r}")
+    for name in (env_name, trait):
+        if name in envs or name == id:
+            raise InputError(f"wide table: {name!r} names a column of the table already; choose another "
+                             "name for the environment or the trait")
+    for c in envs:
+        col = data[c]
+        if not pd.api.types.is_numeric_dtype(col):
+            values = pd.to_numeric(col, errors="coerce")
+            bad = values.isna() & col.notna() & (col.astype(str).str.strip() != "")
+            if bad.any():
+                row = int(bad.to_numpy().nonzero()[0][0])
+                raise InputError(f"wide table: column {c!r} is not numeric (row {row + 1} holds "
+                                 f"{col.iloc[row]!r}); every column but the id {id!r} is read as an "
+                                 f"environment holding trait {trait!r}")
+    frame = data[[id] + envs].copy()
+    frame.columns = [id] + [str(c) for c in envs]
+    long = frame.melt(id_vars=[id], var_name=env_name, value_name=trait)
+    long[trait] = pd.to_numeric(long[trait], errors="coerce")
+    empty = int(long[trait].isna().sum())
+    long = long[long[trait].notna()].reset_index(drop=True)
+    shown = ", ".join(map(str, envs[:8])) + (f", ... ({len(envs)} in all)" if len(envs) > 8 else "")
+    note = (f"wide table: {len(data)} rows × {len(envs)} environment columns ({shown}) of trait "
+            f"{trait!r} read as {len(long)} records ({id}, {env_name}, {trait})"
+            + (f"; {empty} empty cell(s) dropped" if empty else ""))
+    return long, note

@@ -48,7 +48,7 @@ from ..io_utils import atomic_write
 from ..kinship import (check_kinship, grm, kinship_fingerprint, kinship_scaling, looks_like_pedigree,
                        pedigree_kinship, pedigree_summary, read_kinship, read_pedigree, singularity_note)
 from ..options import FitOptions
-from ..phenotypes import read_phenotypes
+from ..phenotypes import long_from_wide, read_phenotypes
 from ..random_terms import Random, as_random_list
 from ..report import (comparison, fit_text, format_p, seconds_text, select, selection_lines,
                       shared_notes, summary, write_report)
@@ -778,11 +778,15 @@ def _apply(options):
               help="Fit and compare several models: comma-separated genetic structures (each with "
                    "--residual), genetic/residual pairs such as heterogeneous/heterogeneous, or all.")
 @click.option("--sep", default=None, help="Delimiter of PHENO [default: detected].")
+@click.option("--wide", default=None, metavar="NAME",
+              help="PHENO is wide: a row per genotype (--id) and a column per environment, all "
+                   "holding the one trait named by --traits (as sommer's DT_wheat); it is read as "
+                   "records (id, NAME, trait) and NAME is the environment column (--env).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for fit.json, tables, figures and report.md (created).")
 @_apply(_model_options)
 def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, pedigree, pedigree_positions,
-                jitter, traits, env, id_, fixed, factors, random_, random_kinship, compare, sep, out, genetic, residual,
+                jitter, traits, env, id_, fixed, factors, random_, random_kinship, compare, sep, wide, out, genetic, residual,
                 method, engine, tol, max_iter, time_limit, as_json, no_figures, no_pev, quiet, threads):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
@@ -802,8 +806,20 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     random = parse_random(random_, random_kinship)
     default_scale = "none" if pedigree else "mean-diag"  # a pedigree's A is on its base population's scale
     kinship_scale = kinship_scale or default_scale
-    data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []) + random_columns(random),
-                                       numeric_columns=trait_list, sep=sep)
+    if wide is not None:
+        if len(trait_list) != 1:
+            raise InputError(f"--wide: a wide table holds one trait; name it with --traits (got {traits!r})")
+        if env is not None and env != wide:
+            raise InputError(f"--wide {wide} names the environment column; drop --env {env} or make it --env {wide}")
+        if random:
+            raise InputError("--wide: a wide table has no columns for --random terms")
+        env = wide
+        data, read_notes = read_phenotypes(pheno, text_columns=[id_], sep=sep)
+        data, wide_note = long_from_wide(data, id_, trait_list[0], env_name=wide)
+        read_notes = read_notes + [wide_note]
+    else:
+        data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []) + random_columns(random),
+                                           numeric_columns=trait_list, sep=sep)
     K, kfacts, knotes = load_kinship(kinship, genotypes, grm_method, genotype_id, jitter, kinship_scale,
                                      pedigree=pedigree, positions=pedigree_positions, data=data, id=id_,
                                      traits=trait_list)
@@ -814,7 +830,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     facts["command"] = _command_line("fit", pheno, dict(
         kinship=kinship, genotypes=genotypes, pedigree=pedigree, pedigree_positions=pedigree_positions,
         traits=",".join(trait_list), env=env, id=id_, fixed=fixed, factors=factors, random=random_,
-        random_kinship=list(random_kinship) or None, compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
+        random_kinship=list(random_kinship) or None, wide=wide, compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
         kinship_scale=None if kinship_scale == default_scale else kinship_scale, time_limit=time_limit,
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,

@@ -1,8 +1,8 @@
 """`hetvc fit` (a breeder's multi-trait, multi-environment analysis) and `hetvc example`.
 
-    hetvc fit PHENO --kinship K.csv | --genotypes FILE.bed|markers.csv | --pedigree ped.csv
-              --traits yield,oil --env env --id genotype
-              [--genetic heterogeneous] [--residual homogeneous] [--fixed "~ set_env"]
+    hetvc fit PHENO --kinship K.csv|identity | --genotypes FILE.bed|markers.csv | --pedigree ped.csv
+              --traits yield,oil --env env --id genotype [--wide env]
+              [--genetic heterogeneous] [--residual homogeneous] [--fixed "~ set_env"] [--factors Rowf,Colf]
               [--random BYEAR,MOTHER,env:block] [--random-kinship male=K_male.csv]
               [--compare homogeneous,heterogeneous,unstructured] [--out DIR] [--json]
               [--kinship-scale mean-diag|centred|none] [--threads 1]

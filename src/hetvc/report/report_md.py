@@ -429,9 +429,13 @@ def markdown(fits, selected: str | None = None, data: dict | None = None, figure
                                      "genotype's score; breeders read a genotype's stability from "
                                      "its slope.",
             "heritability.png": "h² per environment (±1 SE) and pooled, every converged model "
-                                "(hollow markers: a fit on the boundary; fits that did not converge are "
-                                "listed in the legend but not drawn).",
-            "observed_fitted.png": f"Observed vs fitted values, {selected}.",
+                                f"(the selected model, {selected}, marked \"(selected)\" in bold "
+                                "with larger markers; hollow markers: a fit on the boundary; fits "
+                                "that did not converge are listed in the legend but not drawn).",
+            "observed_fitted.png": f"Observed vs fitted values, {selected}: **in-sample fit, not "
+                                   "prediction accuracy** (r is inflated by the environment means "
+                                   "and by the BLUPs of these same records); predictive ability "
+                                   "needs cross-validation (`hetvc cv`, planned).",
         }
         for p in figures:
             name = Path(p).name

@@ -66,8 +66,14 @@ def test_reliability_against_dense_pevs(fit, problem):
             got = r[(r["env"] == env) & (r["trait"] == t)].set_index("id")["reliability"]
             np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-12)
             assert ((got > 0) & (got < 1)).all()
-    # without K: K_jj = 1
-    r1 = fit.rankings()
+    # without K: the diagonal the fit kept (K as given to hetvc.fit here) gives the same
+    pd.testing.assert_frame_equal(fit.rankings(), r)
+    # a fit.json from before the fit kept it: K_jj = 1
+    fit.kinship_diagonal, kept = None, fit.kinship_diagonal
+    try:
+        r1 = fit.rankings()
+    finally:
+        fit.kinship_diagonal = kept
     cell = b[(b["env"] == fit.envs[0]) & (b["trait"] == "y1")].set_index("id")
     vg = fit.genetic_covariance(fit.envs[0]).iloc[0, 0]
     got = r1[(r1["env"] == fit.envs[0]) & (r1["trait"] == "y1")].set_index("id")["reliability"]

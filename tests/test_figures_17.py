@@ -7,7 +7,7 @@ import pytest
 
 import hetvc
 from hetvc.report import figures
-from hetvc.report.figures import (_palette, genetic_correlations_figure, heritability_figure,
+from hetvc.report.figures import (palette, genetic_correlations_figure, heritability_figure,
                                   observed_fitted_figure, phenotypic_correlations_figure)
 from reference import make_problem
 
@@ -116,7 +116,7 @@ def _min_distance(colors) -> float:
 
 @pytest.mark.parametrize("n", [2, 10, 12, 20, 25])
 def test_palette_is_distinct(n):
-    colors = _palette(n)
+    colors = palette(n)
     assert len(colors) >= n and _distinct(colors[:n]) == n
     # the old hand-picked palette had two blues 0.16 apart in RGB; tab10 pairs are >= 0.26 apart
     assert _min_distance(colors[:n]) > (0.2 if n <= 10 else 0.05)  # no near-duplicates

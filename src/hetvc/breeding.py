@@ -56,6 +56,7 @@ __all__ = ["classical_entry_mean_h2", "cullis_h2", "cullis_h2_approx", "reliabil
 ACROSS = "across"  # the env label of the across-environment rows
 
 _KINSHIP_NOTE_GIVEN = "K_jj from the kinship given"
+_KINSHIP_NOTE_FIT = "K_jj from the fit's kinship (as scaled for the fit)"
 _KINSHIP_NOTE_ONE = "K_jj = 1 assumed (K not stored in the fit)"
 
 
@@ -99,8 +100,12 @@ def reliability(pev, var_g, kdiag=1.0):
 
 def kinship_diagonal(fit, kinship=None) -> tuple[np.ndarray, str]:
     """(K_jj in ``fit.ids`` order, a note saying where it comes from).  ``kinship``: a square
-    DataFrame indexed by id, a Series by id, an array in ``fit.ids`` order, or None (K_jj = 1)."""
+    DataFrame indexed by id, a Series by id, an array in ``fit.ids`` order, or None: the
+    diagonal the fit kept (``FitResult.kinship_diagonal``), else K_jj = 1 (a fit.json from
+    before the fit kept it)."""
     q = len(fit.ids)
+    if kinship is None and getattr(fit, "kinship_diagonal", None) is not None:
+        return np.asarray(fit.kinship_diagonal, dtype=float), _KINSHIP_NOTE_FIT
     if kinship is None:
         return np.ones(q), _KINSHIP_NOTE_ONE
     if isinstance(kinship, pd.DataFrame):

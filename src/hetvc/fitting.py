@@ -343,6 +343,7 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, not
         random_blup={name: p[0] for name, p in solution.random.items()},
         random_pev={name: p[1] for name, p in solution.random.items() if p[1] is not None},
         random_counts={f.name: _level_counts(f, d) for f, _ in model.random},
+        kinship_diagonal=np.diag(d.K).copy(),
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
         engine=engine_name, engine_reason=reason, record=record,
         x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,

@@ -81,6 +81,7 @@ class FitResult:
     random_blup: dict = field(default_factory=dict)  # term → (levels, d_t) BLUPs
     random_pev: dict = field(default_factory=dict)  # term → (levels, d_t) PEVs
     random_counts: dict = field(default_factory=dict)  # term → (levels, L, m) observed values
+    kinship_diagonal: np.ndarray | None = None  # (q,) K_jj of every genotype in K, as fitted
 
     # -- structures and matrices ------------------------------------------------------------
     def __post_init__(self):
@@ -625,7 +626,7 @@ class FitResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitResult":
-        arrays = ("theta", "theta_cov", "beta", "beta_cov", "blup", "pev", "env_share")
+        arrays = ("theta", "theta_cov", "beta", "beta_cov", "blup", "pev", "env_share", "kinship_diagonal")
         kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for k in arrays:
             if kw.get(k) is not None:

@@ -30,7 +30,7 @@ They read only what a fit stores, so they work as well on a fit reloaded with
   prediction accuracy, which needs cross-validation (``hetvc cv``, planned).
 
 Each has a ``..._figure`` twin that returns the unsaved Figure.  Colours that tell environments,
-models or genotypes apart come from a qualitative palette (``_palette``: "tab10", "tab20"), and
+models or genotypes apart come from a qualitative palette (``palette``: "tab10", "tab20"), and
 titles are wrapped to the figure's width.
 """
 
@@ -71,7 +71,7 @@ MARKERS = ["o", "s", "D", "^", "v", "p", "h", "<"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _palette(n: int) -> list[str]:
+def palette(n: int) -> list[str]:
     """``n`` distinct qualitative colours: matplotlib's "tab10" up to 10 series, "tab20" up to
     20, beyond that evenly spaced hues (the colours of environments, models, genotypes)."""
     if n <= 10:
@@ -184,7 +184,7 @@ def phenotypic_correlations_figure(fit) -> Figure:
     if len(traits) == 2:
         fig, axes = _figure(ncols, nrows, 3.2, 3.0)
         a, b = traits
-        colors = _palette(len(envs))
+        colors = palette(len(envs))
         for k, e in enumerate(envs):
             ax = axes[k]
             sub = wide.loc[wide["env"] == e, [a, b]].dropna()
@@ -352,7 +352,7 @@ def latent_regression_figure(fit, n: int = 3) -> Figure:
         lo_x, hi_x = min(0.0, lam1.min()), max(0.0, lam1.max())
         pad = 0.05 * (hi_x - lo_x or 1.0)
         xs = np.array([lo_x - pad, hi_x + pad])
-        colors = _palette(len(chosen))
+        colors = palette(len(chosen))
         for k, (_, row) in enumerate(chosen.iterrows()):
             c = colors[k]
             ax.scatter(lam1, U.loc[row["id"]].to_numpy(dtype=float), s=16, color=c,
@@ -410,7 +410,7 @@ def heritability_figure(fits, selected: str | None = None) -> Figure:
     pooled = len(envs) > 1
     ticks = envs + ["pooled"] if pooled else envs
     drawn = [n for n, f in fits.items() if f.converged]
-    colors = _palette(len(fits))
+    colors = palette(len(fits))
     width = float(np.clip(0.45 * (len(ticks)) * max(1.0, len(drawn) / 4) + 1.95, 3.6, 11.0))
     ncols, nrows = _grid(len(traits), 1 if width > 6 else 3)
     fig, axes = _figure(ncols, nrows, width, 3.0)
@@ -487,7 +487,7 @@ def observed_fitted_figure(fit) -> Figure:
     traits, envs = list(fit.traits), list(fit.envs)
     ncols, nrows = _grid(len(traits), 3)
     fig, axes = _figure(ncols, nrows, 3.4, 3.2)
-    colors = _palette(len(envs))
+    colors = palette(len(envs))
     for i, t in enumerate(traits):
         ax = axes[i]
         sub = obs[obs["trait"] == t]

@@ -151,3 +151,22 @@ def test_report_files(fit, tmp_path):
     assert "### Top genotypes" in md and "### Entry-mean heritability" in md
     assert "y1, across environments (top 10):" in md and "y2, E2 (top 5):" in md
     assert "`rankings.csv`" in md
+
+
+def test_fa_overall_performance_and_stability_from_the_loadings():
+    """Smith & Cullis (2018): OP = mean first-factor loading × score; stability = RMSD of the
+    BLUPs from the first-factor regression, both computed here by hand from the fit's tables."""
+    data, K, _, _ = make_problem(6, n_geno=30, n_env=3, genetic="unstructured")
+    fit = hetvc.fit(data, K, TRAITS, env="env", genetic="fa1", pev=False)
+    r = fit.rankings()
+    across = r[r["env"] == "across"].set_index(["trait", "id"])
+    lo = fit.loadings().set_index(["trait", "env"])["f1"]
+    b = fit.blups().assign(id=lambda d: d["id"].astype(str)).set_index(["trait", "id", "env"])["blup"].sort_index()
+    for t in TRAITS:
+        lam = lo.loc[t].loc[fit.envs].to_numpy()
+        for j in ["g001", "g007"]:
+            u = b.loc[t, j].loc[fit.envs].to_numpy()
+            f = float(lam @ u / (lam @ lam))
+            assert across.loc[(t, j), "overall_performance"] == pytest.approx(lam.mean() * f, rel=1e-10)
+            assert across.loc[(t, j), "stability"] == pytest.approx(np.sqrt(np.mean((u - lam * f) ** 2)), rel=1e-10)
+    assert "overall_performance" not in hetvc.fit(data, K, TRAITS, env="env", genetic="heterogeneous").rankings()

@@ -229,13 +229,64 @@ def _across_pev(b: pd.DataFrame, trait, ids, L: int, kind: str) -> np.ndarray:
     return pev.loc[ids].to_numpy()
 
 
+def latent_scores(fit, trait) -> pd.DataFrame:
+    """Each phenotyped genotype's factor scores for one trait of a factor-analytic fit: the
+    least-squares f̂_j = (Λ'Λ)⁻¹Λ'û_j of its BLUPs û_j in the environments on the rotated
+    loadings Λ (:meth:`~hetvc.results.FitResult.loadings`, that trait's rows; a minimum-norm
+    solution when Λ has fewer rows than columns).  Columns: id, f1 … fk, sorted by f1 (highest
+    first)."""
+    k = fit.genetic_structure.factors
+    cols = [f"f{j + 1}" for j in range(k)]
+    envs = [str(e) for e in fit.envs]
+    lo = fit.loadings()
+    lo = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env")
+    lam = lo.loc[envs, cols].to_numpy(dtype=float)
+    bl = fit.blups()
+    bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
+    U = bl.pivot(index="id", columns="env", values="blup")[envs]
+    obs_trait = np.asarray(fit.observed["trait"]).astype(str) == str(trait)
+    phenotyped = set(np.asarray(fit.observed["id"]).astype(str)[obs_trait])
+    U = U[U.index.isin(phenotyped)]
+    scores = np.linalg.lstsq(lam, U.to_numpy(dtype=float).T, rcond=None)[0].T
+    out = pd.DataFrame(scores, columns=cols)
+    out.insert(0, "id", U.index.to_numpy())
+    return out.sort_values("f1", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def fa_selection_tools(fit) -> pd.DataFrame:
+    """Smith & Cullis (2018) selection tools of a factor-analytic fit, per trait and phenotyped
+    genotype, from the rotated loadings λ_l1 of the first factor and the scores f̂_j1
+    (:func:`latent_scores`): overall performance OP_j = λ̄_1·f̂_j1 (λ̄_1 the mean first-factor
+    loading over environments: the first factor's prediction of the genotype's mean genetic
+    value) and stability RMSD_j = √(mean_l (û_jl − λ_l1 f̂_j1)²), the root mean square of the
+    BLUPs' deviations from that regression (small: the genotype responds to environments as
+    the first factor says; large: it interacts in its own way).  Columns: trait, id,
+    overall_performance, stability."""
+    frames = []
+    envs = [str(e) for e in fit.envs]
+    for trait in fit.traits:
+        scores = latent_scores(fit, trait).set_index("id")["f1"]
+        lo = fit.loadings()
+        lam = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env").loc[envs, "f1"]
+        bl = fit.blups()
+        bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
+        U = bl.pivot(index="id", columns="env", values="blup").loc[scores.index, envs].to_numpy(dtype=float)
+        fitted = np.outer(scores.to_numpy(), lam.to_numpy())
+        frames.append(pd.DataFrame({"trait": trait, "id": scores.index.to_numpy(),
+                                    "overall_performance": lam.mean() * scores.to_numpy(),
+                                    "stability": np.sqrt(((U - fitted) ** 2).mean(axis=1))}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def rankings(fit, kinship=None) -> pd.DataFrame:
     """Genotype rankings per environment × trait and across environments (env ``"across"``, the
     mean over environments of the genotype's BLUPs): id, env, trait, blup, reliability
     1 − PEV/(σ²_g·K_jj) (NA without PEVs; across environments NA when the structure has genetic
     covariances between environments, approximate with PEV covariances ignored when it has
     none, exact for a shared genetic value), rank (1 = highest BLUP, ties by order), phenotyped
-    (the genotype has an observed value of the trait in that environment; across: in any)."""
+    (the genotype has an observed value of the trait in that environment; across: in any); for a
+    factor-analytic fit the across rows also give :func:`fa_selection_tools`' overall
+    performance and stability."""
     kdiag, _ = kinship_diagonal(fit, kinship)
     b = _genetic_table(fit, kdiag)
     L = len(fit.envs)
@@ -261,4 +312,10 @@ def rankings(fit, kinship=None) -> pd.DataFrame:
     out = out.sort_values(["env", "trait", "rank"],
                           key=lambda s: s.map(env_order) if s.name == "env"
                           else s.map(trait_order) if s.name == "trait" else s).reset_index(drop=True)
-    return out[["env", "trait", "rank", "id", "blup", "reliability", "phenotyped"]]
+    cols = ["env", "trait", "rank", "id", "blup", "reliability", "phenotyped"]
+    if getattr(fit.genetic_structure, "factors", None):  # factor-analytic: OP and stability across
+        tools = fa_selection_tools(fit).assign(env=ACROSS)
+        out = out.assign(id=out["id"].astype(str), trait=out["trait"].astype(str)).merge(
+            tools.assign(trait=tools["trait"].astype(str)), on=["env", "trait", "id"], how="left")
+        cols += ["overall_performance", "stability"]
+    return out[cols]

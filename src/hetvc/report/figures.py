@@ -20,7 +20,7 @@ They read only what a fit stores, so they work as well on a fit reloaded with
   hierarchical clustering (:func:`environment_order`);
 * :func:`latent_regression` — a factor-analytic fit's latent regression: genotypes' BLUPs
   against the environments' rotated factor-1 loadings, with each genotype's line through the
-  origin whose slope is its factor-1 score (:func:`latent_scores`);
+  origin whose slope is its factor-1 score (:func:`hetvc.breeding.latent_scores`);
 * :func:`heritability` — h² per environment with ±1 SE error bars (and the pooled h²), one
   panel per trait, one series per model: a fit on the boundary with hollow markers and
   "(boundary)" in the legend, a fit that did not converge only in the legend, "(not
@@ -51,6 +51,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
+from ..breeding import latent_scores  # noqa: E402
 from ..io_utils import atomic_path  # noqa: E402
 from .selection import (_named, environment_model, factor_analytic,  # noqa: E402
                         factor_analytic_model, model_name)
@@ -300,36 +301,11 @@ def environment_correlations_figure(fit) -> Figure:
     return fig
 
 
-def latent_scores(fit, trait) -> pd.DataFrame:
-    """Each phenotyped genotype's factor scores for one trait of a factor-analytic fit: the
-    least-squares f̂_j = (Λ'Λ)⁻¹Λ'û_j of its BLUPs û_j in the environments on the rotated
-    loadings Λ (:meth:`~hetvc.results.FitResult.loadings`, that trait's rows; a minimum-norm
-    solution when Λ has fewer rows than columns).  Columns: id, f1 … fk, sorted by f1 (highest
-    first)."""
-    k = factor_analytic(fit)
-    cols = [f"f{j + 1}" for j in range(k)]
-    envs = [str(e) for e in fit.envs]
-    lo = fit.loadings()
-    lo = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env")
-    lam = lo.loc[envs, cols].to_numpy(dtype=float)
-    bl = fit.blups()
-    bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str),
-                                         env=lambda d: d["env"].astype(str))
-    U = bl.pivot(index="id", columns="env", values="blup")[envs]
-    obs_trait = np.asarray(fit.observed["trait"]).astype(str) == str(trait)
-    phenotyped = set(np.asarray(fit.observed["id"]).astype(str)[obs_trait])
-    U = U[U.index.isin(phenotyped)]
-    scores = np.linalg.lstsq(lam, U.to_numpy(dtype=float).T, rcond=None)[0].T
-    out = pd.DataFrame(scores, columns=cols)
-    out.insert(0, "id", U.index.to_numpy())
-    return out.sort_values("f1", ascending=False, kind="stable").reset_index(drop=True)
-
-
 def latent_regression(fit, path, n: int = 3) -> Path:
     """The latent regression of a factor-analytic fit, one panel per trait: x the environments'
     rotated loading on factor 1 (:meth:`~hetvc.results.FitResult.loadings`), y the BLUPs of
     the ``n`` phenotyped genotypes with the highest and the ``n`` with the lowest factor-1 score
-    (:func:`latent_scores`) in those environments, each with the line through the origin of
+    (:func:`hetvc.breeding.latent_scores`) in those environments, each with the line through the origin of
     slope its score (û_jl ≈ λ*_l1 f_j1 + … + λ*_lk f_jk, the first term drawn)."""
     return _save(latent_regression_figure(fit, n), path)
 

@@ -234,3 +234,18 @@ def test_dt_wheat_wide(shared_data):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert any("read as 2396 records" in n for n in summary["data"]["notes"])
+
+
+def test_wide_columns_pattern_reads_one_trait_of_a_trait_by_site_table():
+    """sommer's DT_rice layout: a column per trait × site; the pattern picks one trait's."""
+    import pandas as pd
+    from hetvc.phenotypes import long_from_wide
+
+    wide = pd.DataFrame({"id": ["a", "b"], "FT.at.X": [1.0, 2.0], "FT.at.Y": [3.0, None], "PH.at.X": [9.0, 9.0]})
+    long, note = long_from_wide(wide, "id", "ft", env_name="site", pattern="FT.at.{}")
+    assert sorted(zip(long["id"], long["site"], long["ft"])) == [("a", "X", 1.0), ("a", "Y", 3.0), ("b", "X", 2.0)]
+    assert "1 empty cell(s) dropped" in note
+    with pytest.raises(hetvc.InputError, match="no column matches 'SW.at.{}'"):
+        long_from_wide(wide, "id", "sw", pattern="SW.at.{}")
+    with pytest.raises(hetvc.InputError, match="needs one '{}'"):
+        long_from_wide(wide, "id", "ft", pattern="FT.at.X")

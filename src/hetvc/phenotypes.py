@@ -142,17 +142,31 @@ def _check_header(path: Path, names: list) -> None:
 
 
 
-def long_from_wide(data: pd.DataFrame, id: str, trait: str, env_name: str = "env", columns=None):
+def long_from_wide(data: pd.DataFrame, id: str, trait: str, env_name: str = "env", columns=None,
+                   pattern: str | None = None):
     """(long, note): a wide table with one column per environment holding one trait (a row per
     genotype, as sommer's DT_wheat) as a long one, a record per genotype × environment with
     columns ``id``, ``env_name`` (the column names, as text) and ``trait``; empty cells are
-    dropped.  ``columns``: the environment columns (default: every column but ``id``).  The
-    note says what was reshaped, for the report."""
+    dropped.  ``columns``: the environment columns (default: every column but ``id``);
+    ``pattern``: a column name with ``{}`` where the environment is (``"Flowering.time.at.{}"``
+    in a table with a column per trait × site, as sommer's DT_rice): the columns that match,
+    each environment named by its part.  The note says what was reshaped, for the report."""
     if not isinstance(data, pd.DataFrame):
         raise InputError("data must be a pandas DataFrame")
     if id not in data.columns:
         raise InputError(f"wide table: id column {id!r} not in the data; available: "
                          f"{', '.join(map(str, data.columns[:12]))} (name it with --id)")
+    labels = None
+    if pattern is not None:
+        if pattern.count("{}") != 1:
+            raise InputError(f"wide table: the column pattern {pattern!r} needs one '{{}}' where the environment is")
+        regex = re.compile(re.escape(pattern).replace(re.escape("{}"), "(.+)") + "$")
+        matched = [(c, regex.match(str(c))) for c in data.columns if c != id]
+        columns = [c for c, m in matched if m]
+        labels = [m.group(1) for _, m in matched if m]
+        if not columns:
+            raise InputError(f"wide table: no column matches {pattern!r}; columns: "
+                             f"{', '.join(map(str, data.columns[:12]))}")
     envs = [c for c in data.columns if c != id] if columns is None else list(columns)
     missing = [c for c in envs if c not in data.columns]
     if missing:
@@ -174,7 +188,7 @@ def long_from_wide(data: pd.DataFrame, id: str, trait: str, env_name: str = "env
                                  f"{col.iloc[row]!r}); every column but the id {id!r} is read as an "
                                  f"environment holding trait {trait!r}")
     frame = data[[id] + envs].copy()
-    frame.columns = [id] + [str(c) for c in envs]
+    frame.columns = [id] + (labels if labels is not None else [str(c) for c in envs])
     long = frame.melt(id_vars=[id], var_name=env_name, value_name=trait)
     long[trait] = pd.to_numeric(long[trait], errors="coerce")
     empty = int(long[trait].isna().sum())

@@ -782,11 +782,14 @@ def _apply(options):
               help="PHENO is wide: a row per genotype (--id) and a column per environment, all "
                    "holding the one trait named by --traits (as sommer's DT_wheat); it is read as "
                    "records (id, NAME, trait) and NAME is the environment column (--env).")
+@click.option("--wide-columns", default=None, metavar="PATTERN",
+              help="With --wide: the columns that hold the trait, '{}' where the environment is, e.g. "
+                   "'Flowering.time.at.{}' in a table with a column per trait × site (sommer's DT_rice).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for fit.json, tables, figures and report.md (created).")
 @_apply(_model_options)
 def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale, pedigree, pedigree_positions,
-                jitter, traits, env, id_, fixed, factors, random_, random_kinship, compare, sep, wide, out, genetic, residual,
+                jitter, traits, env, id_, fixed, factors, random_, random_kinship, compare, sep, wide, wide_columns, out, genetic, residual,
                 method, engine, tol, max_iter, time_limit, as_json, no_figures, no_pev, quiet, threads):
     """Fit the multi-trait, multi-environment mixed model to PHENO (CSV/TSV/Parquet).
 
@@ -806,6 +809,8 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     random = parse_random(random_, random_kinship)
     default_scale = "none" if pedigree else "mean-diag"  # a pedigree's A is on its base population's scale
     kinship_scale = kinship_scale or default_scale
+    if wide_columns is not None and wide is None:
+        raise InputError("--wide-columns goes with --wide NAME (the environment column it makes)")
     if wide is not None:
         if len(trait_list) != 1:
             raise InputError(f"--wide: a wide table holds one trait; name it with --traits (got {traits!r})")
@@ -815,7 +820,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
             raise InputError("--wide: a wide table has no columns for --random terms")
         env = wide
         data, read_notes = read_phenotypes(pheno, text_columns=[id_], sep=sep)
-        data, wide_note = long_from_wide(data, id_, trait_list[0], env_name=wide)
+        data, wide_note = long_from_wide(data, id_, trait_list[0], env_name=wide, pattern=wide_columns)
         read_notes = read_notes + [wide_note]
     else:
         data, read_notes = read_phenotypes(pheno, text_columns=[id_] + ([env] if env else []) + random_columns(random),
@@ -830,7 +835,7 @@ def fit_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scal
     facts["command"] = _command_line("fit", pheno, dict(
         kinship=kinship, genotypes=genotypes, pedigree=pedigree, pedigree_positions=pedigree_positions,
         traits=",".join(trait_list), env=env, id=id_, fixed=fixed, factors=factors, random=random_,
-        random_kinship=list(random_kinship) or None, wide=wide, compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
+        random_kinship=list(random_kinship) or None, wide=wide, wide_columns=wide_columns, compare=compare, genetic=None if compare else genetic, residual=residual, method=method,
         kinship_scale=None if kinship_scale == default_scale else kinship_scale, time_limit=time_limit,
         out=out))
     run_analysis(data, K, traits=trait_list, env=env, id=id_, models=models, fixed=fixed, method=method,

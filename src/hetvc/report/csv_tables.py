@@ -61,8 +61,8 @@ def loadings_table(fit, model: str | None = None) -> pd.DataFrame:
 def rankings_table(fit, model: str | None = None) -> pd.DataFrame:
     """Genotype rankings by BLUP (:meth:`~hetvc.results.FitResult.rankings`) per environment ×
     trait and across environments (``env = across``: the mean of the BLUPs over environments):
-    rank (1 = highest), id, BLUP, reliability 1 − PEV/(σ²_g·K_jj) with K_jj = 1 (a fit does not
-    store K), phenotyped."""
+    rank (1 = highest), id, BLUP, reliability 1 − PEV/(σ²_g·K_jj) (K_jj: the fit's kinship
+    diagonal), phenotyped."""
     out = fit.rankings()
     out["env"] = out["env"].astype(str)
     out.insert(0, "model", model or model_name(fit))

@@ -236,7 +236,7 @@ def _top_genotypes_md(f) -> list[str]:
     lines = ["### Entry-mean heritability", "",
              "H² of the genotype BLUPs (the entry means), not the plot-level h² above: Cullis et al. "
              "(2006) H² ≈ 1 − mean PEV / (σ²_g · K_jj) over the phenotyped genotypes, PEV covariances "
-             "ignored, K_jj = 1 (a fit does not store K). `across`: of the mean BLUP over "
+             "ignored, K_jj the fit's kinship diagonal. `across`: of the mean BLUP over "
              "environments (NA when ΣG has covariances between environments).", ""]
     wide = h.pivot(index="env", columns="trait", values="H2").reindex(
         index=[str(e) for e in f.envs] + ["across"], columns=[str(t) for t in f.traits])

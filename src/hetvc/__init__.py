@@ -7,6 +7,7 @@ steps, :func:`build_model` then :func:`fit_model` under :class:`FitOptions`).
 """
 
 from .comparison import compare
+from .cv import cross_validate
 from .design_notes import describe_data
 from .errors import ConvergenceError, HetvcError, InputError
 from .fitting import build_model, fit, fit_model
@@ -18,7 +19,7 @@ from .phenotypes import read_phenotypes
 from .random_terms import Random
 from .results import FitResult, load
 
-__all__ = ["fit", "build_model", "Random", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
+__all__ = ["fit", "build_model", "Random", "cross_validate", "fit_model", "FitOptions", "compare", "load", "FitResult", "HetvcError",
            "InputError", "ConvergenceError", "read_phenotypes", "resolve_fixed", "describe_data",
            "read_kinship", "write_kinship", "check_kinship", "grm", "read_genotypes", "read_pedigree",
            "pedigree_kinship", "pedigree_inverse", "inbreeding"]

@@ -257,10 +257,8 @@ def runaway(model, theta: np.ndarray, ai: np.ndarray, ai_inv: np.ndarray, skip=N
         return "the information matrix (AI) is not finite at the estimate: it ran away"
     skip = np.zeros(len(theta), bool) if skip is None else skip
     diag = np.diag(ai_inv)
-    k0 = 0
-    for s in model.structures:
-        for k in k0 + s.variance_params():
+    for s, sl in zip(model.structures, model.slices):
+        for k in sl.start + s.variance_params():
             if not skip[k] and not np.isfinite(diag[k]):
                 return f"the SE of {names[k]} is not finite: the estimate ran away"
-        k0 += s.n_params
     return ""

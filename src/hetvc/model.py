@@ -21,7 +21,7 @@ import numpy as np
 from .data import Design
 from .errors import InputError
 from .diagnostics import quoted_label
-from .structures import CovStructure, make_structure
+from .structures import CovStructure, make_structure, param_slices
 
 
 @dataclass
@@ -169,13 +169,14 @@ class Model:
     def param_names(self) -> list[str]:
         return [n for s in self.structures for n in s.param_names()]
 
+    @cached_property
+    def slices(self) -> list[slice]:
+        """Where each structure's parameters sit in θ (:attr:`structures` order)."""
+        return param_slices(self.structures)
+
     def matrices(self, theta: np.ndarray) -> list[np.ndarray]:
         """[ΣG, Σ_t …, ΣE] from θ."""
-        out, k = [], 0
-        for s in self.structures:
-            out.append(s.matrix(theta[k:k + s.n_params]))
-            k += s.n_params
-        return out
+        return [s.matrix(theta[sl]) for s, sl in zip(self.structures, self.slices)]
 
     def join(self, *matrices) -> np.ndarray:
         """θ from [ΣG, Σ_t …, ΣE] (the inverse of :meth:`matrices`)."""
@@ -199,11 +200,7 @@ class Model:
         """∂σ/∂θ of the elements by the parameters (block diagonal over the structures)."""
         import scipy.linalg as sla
 
-        parts, k = [], 0
-        for s in self.structures:
-            parts.append(s.jacobian(theta[k:k + s.n_params]))
-            k += s.n_params
-        return sla.block_diag(*parts)
+        return sla.block_diag(*[s.jacobian(theta[sl]) for s, sl in zip(self.structures, self.slices)])
 
     def to_parameters(self, theta: np.ndarray, ev):
         """An engine's evaluation by the elements, as one by θ (the chain rule, exact for the
@@ -217,11 +214,7 @@ class Model:
 
     def free_params(self) -> np.ndarray:
         """θ positions without a constraint (the loadings of a factor-analytic structure)."""
-        out, k = [], 0
-        for s in self.structures:
-            out.append(k + s.free_params())
-            k += s.n_params
-        return np.concatenate(out).astype(int)
+        return np.concatenate([sl.start + s.free_params() for s, sl in zip(self.structures, self.slices)]).astype(int)
 
     # -- random terms -------------------------------------------------------------------
     def genetic_factor(self) -> Factor:
@@ -257,12 +250,11 @@ class Model:
 
     @cached_property
     def _blocks(self) -> list[Block]:
-        out, offset = [], 0
-        for s, scale in zip(self.structures, self.scales()):
+        out = []
+        for s, sl, scale in zip(self.structures, self.slices, self.scales()):
             for local, ia, ib, rows, name, *per in s.constraints():
                 unit = scale[rows] / (scale[per[0]] if per else 1.0)
-                out.append(Block(theta_index=offset + local, ia=ia, ib=ib, sd=np.sqrt(unit), name=name))
-            offset += s.n_params
+                out.append(Block(theta_index=sl.start + local, ia=ia, ib=ib, sd=np.sqrt(unit), name=name))
         return out
 
     def to_cholesky(self, theta: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from .data import phenotypic_variances
 from .io_utils import atomic_write
 from .layout import Layout
 from .optimize import OptimizationRecord
-from .structures import make_structure
+from .structures import make_structure, param_slices
 
 _H = 1e-20  # complex step
 ZERO_VARIANCE = 1e-6  # a genetic variance below this share of its phenotypic variance is zero
@@ -148,11 +148,8 @@ class FitResult:
         """Every term's matrix as (L·m)×(L·m) of :attr:`layout`: ``"G"``, each random term by
         name, ``"E"`` (θ̂ by default; any θ, complex too)."""
         theta = self.theta if theta is None else theta
-        out, k, L = {}, 0, len(self.envs)
-        for s in self._structures:
-            out[s.prefix] = s.full(theta[k:k + s.n_params], L)
-            k += s.n_params
-        return out
+        L = len(self.envs)
+        return {s.prefix: s.full(theta[sl], L) for s, sl in zip(self._structures, param_slices(self._structures))}
 
     def genetic_covariance(self, env=None) -> pd.DataFrame:
         """ΣG_l for one environment (m×m), or the full (L·m)×(L·m) ΣG when env is None."""
@@ -421,8 +418,7 @@ class FitResult:
         s = next((st for st in self._structures if st.prefix == term), None)
         if s is None or not hasattr(s, "loadings"):
             raise KeyError(f"term {term!r} has no factor-analytic structure (genetic={self.genetic!r})")
-        k = sum(st.n_params for st in self._structures[:self._structures.index(s)])
-        return s, self.theta[k:k + s.n_params]
+        return s, self.theta[param_slices(self._structures)[self._structures.index(s)]]
 
     def loadings(self, term: str = "G") -> pd.DataFrame:
         """Loadings Λ* of a factor-analytic term, rotated to principal axes: Λ* = ΛV with

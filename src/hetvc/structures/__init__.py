@@ -48,7 +48,7 @@ from .linear import Diagonal, Heterogeneous, Homogeneous, Unstructured
 __all__ = ["CovStructure", "Homogeneous", "Heterogeneous", "Diagonal", "Unstructured", "FactorAnalytic",
            "CompoundSymmetry", "Separable", "factor_analytic", "lower_triangular", "GENETIC_STRUCTURES",
            "RANDOM_STRUCTURES", "RESIDUAL_STRUCTURES", "GENETIC", "RANDOM", "RESIDUAL", "RESERVED_PREFIXES",
-           "structure_class", "make_structure"]
+           "structure_class", "make_structure", "param_slices"]
 
 
 GENETIC_STRUCTURES = {c.key: c for c in (Homogeneous, Heterogeneous, Diagonal, Unstructured,
@@ -63,6 +63,15 @@ _REGISTRIES = {"G": (GENETIC_STRUCTURES, "genetic"), "R": (RANDOM_STRUCTURES, "r
                "E": (RESIDUAL_STRUCTURES, "residual")}
 #: names a random term may not take: the genetic and residual matrices' prefixes
 RESERVED_PREFIXES = ("G", "E")
+
+
+def param_slices(structures) -> list[slice]:
+    """Where each structure's parameters sit in θ, which stacks them in the order given."""
+    out, k = [], 0
+    for s in structures:
+        out.append(slice(k, k + s.n_params))
+        k += s.n_params
+    return out
 
 
 def structure_class(kind: str, name: str) -> type[CovStructure]:

@@ -335,9 +335,7 @@ def read_genotypes(path: str | os.PathLike, *, id_column: str | None = None, ids
     p = Path(path)
     bed = _is_bed(p)
     if bed is not None:
-        if coding not in ("auto", "dosage"):
-            raise InputError(f"{bed}: a PLINK .bed file holds dosages; coding={coding!r} is for CSV tables")
-        src = _BedSource(bed, ids=ids)
+        src = _bed_source(bed, coding, ids)
         try:
             values = src.block(0, src.shape[1]).astype(dtype)
         finally:
@@ -409,6 +407,14 @@ def _read_marker_csv(p: Path, sep: str, id_column: str | None, coding: str):
     return pd.DataFrame(X, index=index, columns=snps[keep]), info
 
 
+def _bed_source(bed, coding: str, ids) -> "_BedSource":
+    """A PLINK .bed file opened as a block source: it holds dosages, so any coding but
+    auto/dosage is refused."""
+    if coding not in ("auto", "dosage"):
+        raise InputError(f"{bed}: a PLINK .bed file holds dosages; coding={coding!r} is for CSV tables")
+    return _BedSource(bed, ids=ids)
+
+
 def _source(genotypes, ids=None, id_column=None, coding: str = "auto"):
     """Wrap any accepted genotype input as a block source (with a ``coding`` attribute)."""
     _check_coding(coding)
@@ -416,9 +422,7 @@ def _source(genotypes, ids=None, id_column=None, coding: str = "auto"):
         p = Path(genotypes)
         bed = _is_bed(p)
         if bed is not None:
-            if coding not in ("auto", "dosage"):
-                raise InputError(f"{bed}: a PLINK .bed file holds dosages; coding={coding!r} is for CSV tables")
-            src = _BedSource(bed, ids=ids)
+            src = _bed_source(bed, coding, ids)
             src.coding = MarkerCoding("dosage", detected=coding == "auto")
             return src, True
         frame = read_genotypes(p, id_column=id_column, ids=ids, coding=coding)

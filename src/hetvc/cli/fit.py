@@ -140,11 +140,11 @@ def parse_models(compare: str | None, genetic: str, residual: str, dim: int | No
             continue
         g, _, r = token.partition("/")
         g, r = g.strip(), (r.strip() or residual)
-        if re.fullmatch(r"fa[1-9]\d*", g):
-            pass  # any number of factors
-        elif g not in GENETIC:
+        try:
+            structure_class("G", g)  # the registry's names, and any faK
+        except InputError:
             raise InputError(f"--compare: unknown genetic structure {g!r} in {token!r}; "
-                             f"use {', '.join(GENETIC)} (optionally /{'|'.join(RESIDUAL)}) or all")
+                             f"use {', '.join(GENETIC)} (optionally /{'|'.join(RESIDUAL)}) or all") from None
         if r not in RESIDUAL:
             raise InputError(f"--compare: unknown residual structure {r!r} in {token!r}; use {', '.join(RESIDUAL)}")
         out.append((g, r))

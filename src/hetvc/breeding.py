@@ -229,26 +229,31 @@ def _across_pev(b: pd.DataFrame, trait, ids, L: int, kind: str) -> np.ndarray:
     return pev.loc[ids].to_numpy()
 
 
+def _factor_regression(fit, trait) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """(Λ: the environments' rotated loadings for ``trait`` (L × k), U: the phenotyped
+    genotypes' BLUPs (ids × L), F: their least-squares scores (Λ'Λ)⁻¹Λ'û_j (ids × k; a
+    minimum-norm solution when Λ has fewer rows than columns))."""
+    cols = [f"f{j + 1}" for j in range(fit.genetic_structure.factors)]
+    envs = [str(e) for e in fit.envs]
+    lo = fit.loadings()
+    lam = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env").loc[envs, cols]
+    bl = fit.blups()
+    bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
+    U = bl.pivot(index="id", columns="env", values="blup")[envs]
+    obs_trait = np.asarray(fit.observed["trait"]).astype(str) == str(trait)
+    U = U[U.index.isin(set(np.asarray(fit.observed["id"]).astype(str)[obs_trait]))]
+    lam = lam.to_numpy(dtype=float)
+    return lam, U, np.linalg.lstsq(lam, U.to_numpy(dtype=float).T, rcond=None)[0].T
+
+
 def latent_scores(fit, trait) -> pd.DataFrame:
     """Each phenotyped genotype's factor scores for one trait of a factor-analytic fit: the
     least-squares f̂_j = (Λ'Λ)⁻¹Λ'û_j of its BLUPs û_j in the environments on the rotated
     loadings Λ (:meth:`~hetvc.results.FitResult.loadings`, that trait's rows; a minimum-norm
     solution when Λ has fewer rows than columns).  Columns: id, f1 … fk, sorted by f1 (highest
     first)."""
-    k = fit.genetic_structure.factors
-    cols = [f"f{j + 1}" for j in range(k)]
-    envs = [str(e) for e in fit.envs]
-    lo = fit.loadings()
-    lo = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env")
-    lam = lo.loc[envs, cols].to_numpy(dtype=float)
-    bl = fit.blups()
-    bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
-    U = bl.pivot(index="id", columns="env", values="blup")[envs]
-    obs_trait = np.asarray(fit.observed["trait"]).astype(str) == str(trait)
-    phenotyped = set(np.asarray(fit.observed["id"]).astype(str)[obs_trait])
-    U = U[U.index.isin(phenotyped)]
-    scores = np.linalg.lstsq(lam, U.to_numpy(dtype=float).T, rcond=None)[0].T
-    out = pd.DataFrame(scores, columns=cols)
+    _, U, scores = _factor_regression(fit, trait)
+    out = pd.DataFrame(scores, columns=[f"f{j + 1}" for j in range(scores.shape[1])])
     out.insert(0, "id", U.index.to_numpy())
     return out.sort_values("f1", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -263,18 +268,13 @@ def fa_selection_tools(fit) -> pd.DataFrame:
     the first factor says; large: it interacts in its own way).  Columns: trait, id,
     overall_performance, stability."""
     frames = []
-    envs = [str(e) for e in fit.envs]
     for trait in fit.traits:
-        scores = latent_scores(fit, trait).set_index("id")["f1"]
-        lo = fit.loadings()
-        lam = lo[lo["trait"] == trait].assign(env=lambda d: d["env"].astype(str)).set_index("env").loc[envs, "f1"]
-        bl = fit.blups()
-        bl = bl[bl["trait"] == trait].assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
-        U = bl.pivot(index="id", columns="env", values="blup").loc[scores.index, envs].to_numpy(dtype=float)
-        fitted = np.outer(scores.to_numpy(), lam.to_numpy())
-        frames.append(pd.DataFrame({"trait": trait, "id": scores.index.to_numpy(),
-                                    "overall_performance": lam.mean() * scores.to_numpy(),
-                                    "stability": np.sqrt(((U - fitted) ** 2).mean(axis=1))}))
+        lam, U, scores = _factor_regression(fit, trait)
+        f1, lam1 = scores[:, 0], lam[:, 0]
+        deviations = U.to_numpy(dtype=float) - np.outer(f1, lam1)
+        frames.append(pd.DataFrame({"trait": trait, "id": U.index.to_numpy(),
+                                    "overall_performance": lam1.mean() * f1,
+                                    "stability": np.sqrt((deviations ** 2).mean(axis=1))}))
     return pd.concat(frames, ignore_index=True)
 
 

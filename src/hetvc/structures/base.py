@@ -42,8 +42,8 @@ class CovStructure:
     one_environment: ClassVar[str | None] = None
     #: its rows are (environment, trait) pairs (d = L·m), not traits (d = m)
     per_environment: ClassVar[bool] = True
-    #: Σ is linear in θ (the class-level :attr:`linear`)
-    linear_structure: ClassVar[bool] = True
+    #: Σ is linear in θ (θ are its free elements)
+    linear: ClassVar[bool] = True
 
     @classmethod
     def groups(cls, n_envs: int, m: int) -> list[list[int]]:
@@ -84,11 +84,6 @@ class CovStructure:
     @property
     def n_params(self) -> int:
         return len(self.pairs)
-
-    @property
-    def linear(self) -> bool:
-        """Σ is linear in θ (θ are its free elements)."""
-        return self.linear_structure
 
     @property
     def env_specific(self) -> bool:

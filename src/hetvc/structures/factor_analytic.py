@@ -17,7 +17,7 @@ class WholeMatrix(CovStructure):
 
     links_environments = True
     environment_correlations = True
-    linear_structure = False
+    linear = False
 
     @classmethod
     def groups(cls, n_envs, m):

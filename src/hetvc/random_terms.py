@@ -180,11 +180,10 @@ def resolve_random(data: pd.DataFrame, design: Design, random, jitter=None) -> t
     observed values (``data`` as given to :func:`~hetvc.data.build_design`)."""
     specs = as_random_list(random)
     data = data.reset_index(drop=True)
+    records, value_record = np.unique(design.record, return_inverse=True)  # each value's record
     out, notes = [], []
     for spec in specs:
-        record_labels = _levels(data, spec, np.unique(design.record))
-        by_record = dict(zip(np.unique(design.record).tolist(), record_labels))
-        labels = np.array([by_record[r] for r in design.record.tolist()], dtype=str)
+        labels = _levels(data, spec, records)[value_record]
         factor = _factor(spec, labels, jitter)
         _check_single_level(spec, factor)
         _check_confounding(spec, factor, design)

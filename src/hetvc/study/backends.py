@@ -30,7 +30,9 @@
 Every backend has the same face: ``name``, ``slots`` (tasks it runs at once),
 ``describe()``, ``submit(task)`` (a future of the task's rows), ``wait_any(futures)``,
 ``broken(err)`` (did this error kill the pool?), ``restart()``, ``cancel(futures)`` and
-``close()``; :func:`open_backend` picks one.
+``close()``; :func:`open_backend` picks one.  A task is any picklable object with a ``key``
+and a ``run()`` method that returns its rows (a study replicate, a cross-validation fold);
+:func:`drive` keeps the backend busy with them.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 
 from ..errors import InputError
-from .folder import usable_cores
-from .task import run_task
+from .folder import StudyError, usable_cores
 
 
 def open_backend(scheduler=None, workers: int | None = None):
@@ -56,6 +58,11 @@ def open_backend(scheduler=None, workers: int | None = None):
     if workers == 0:
         return _InlineBackend()
     return _LocalBackend(int(workers or usable_cores()))
+
+
+def run_one(task):
+    """What a worker does with a task: run it and return its rows."""
+    return task.run()
 
 
 def _watch_lifeline(lifeline) -> None:
@@ -88,7 +95,7 @@ class _LocalBackend:
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if self.ctx.get_start_method() == "forkserver":
-            self.ctx.set_forkserver_preload(["hetvc.study", "hetvc.fitting", "hetvc.simulate"])
+            self.ctx.set_forkserver_preload(["hetvc.study", "hetvc.fitting", "hetvc.simulate", "hetvc.cv"])
         # the workers get the read end (duplicated into each at its start); only this process
         # holds the write end, and never writes: its closing, by death or close(), is the signal
         self.lifeline, self._lifeline_w = self.ctx.Pipe(duplex=False)
@@ -111,7 +118,7 @@ class _LocalBackend:
         self.start()
 
     def submit(self, task):
-        return self.pool.submit(run_task, task)
+        return self.pool.submit(run_one, task)
 
     def wait_any(self, futures):
         done, _ = futures_wait(futures, return_when=FIRST_COMPLETED)
@@ -143,7 +150,7 @@ class _InlineBackend:
         from concurrent.futures import Future
 
         fut = Future()
-        fut.set_result(run_task(task))
+        fut.set_result(task.run())
         return fut
 
     def wait_any(self, futures):
@@ -191,7 +198,7 @@ class _DaskBackend:
         return f"Dask cluster at {self.client.scheduler.address} ({self.slots} threads)"
 
     def submit(self, task):
-        return self.client.submit(run_task, task, pure=False, retries=2)
+        return self.client.submit(run_one, task, pure=False, retries=2)
 
     def wait_any(self, futures):
         return self.dd.wait(futures, return_when="FIRST_COMPLETED").done
@@ -208,3 +215,84 @@ class _DaskBackend:
     def close(self):
         if self.own:
             self.client.close()
+
+
+class _PoolBroken(Exception):
+    """Internal: the worker pool died (raised by submit or by a future's result)."""
+
+
+def drive(backend, todo: list, sink, prog, max_restarts: int) -> int:
+    """Run ``todo`` on ``backend`` with at most 2 × slots tasks in flight; hand each finished
+    task's rows to ``sink.append(rows)`` (and count them on ``prog``); restart a broken local
+    pool and resubmit what it lost; on Ctrl-C keep what finished.  Returns the rows kept."""
+    queue = deque(todo)
+    pending: dict = {}
+    window = 2 * backend.slots
+    restarts = written = 0
+
+    def keep(rows):
+        nonlocal written
+        sink.append(rows)
+        written += len(rows)
+        if prog:
+            prog.advance(len(rows))
+
+    def finished_ok(f) -> bool:
+        try:
+            return f.done() and not f.cancelled() and f.exception() is None
+        except Exception:  # noqa: BLE001 - e.g. a cancelled Dask future
+            return False
+
+    try:
+        while queue or pending:
+            try:
+                while queue and len(pending) < window:
+                    t = queue[0]
+                    try:
+                        fut = backend.submit(t)
+                    except Exception as err:  # noqa: BLE001
+                        if backend.broken(err):
+                            raise _PoolBroken(err) from err
+                        raise
+                    queue.popleft()
+                    pending[fut] = t
+                for fut in backend.wait_any(list(pending)):
+                    if fut not in pending:
+                        continue
+                    try:
+                        rows = fut.result()
+                    except Exception as err:  # noqa: BLE001
+                        if backend.broken(err):
+                            raise _PoolBroken(err) from err
+                        raise StudyError(f"task {pending[fut].key} failed in the {backend.name} backend: "
+                                         f"{type(err).__name__}: {err}; run again to resume") from err
+                    del pending[fut]
+                    keep(rows)
+            except _PoolBroken as broken:
+                err = broken.__cause__
+                restarts += 1
+                lost = []
+                for f, t in pending.items():  # keep what finished before the pool broke
+                    if finished_ok(f):
+                        keep(f.result())
+                    else:
+                        lost.append(t)
+                pending.clear()
+                queue.extendleft(reversed(lost))
+                if restarts > max_restarts:
+                    raise StudyError(
+                        f"the worker pool died {restarts} times (last: {err}); a task may be killing "
+                        f"its worker (memory?); finished fits are kept, run again to resume") from err
+                if prog:
+                    prog.message(f"a worker process died ({err}); restarting the pool and "
+                                 f"resubmitting {len(lost)} unfinished task(s)")
+                backend.restart()
+    except KeyboardInterrupt:
+        backend.cancel(list(pending))
+        for fut in pending:  # keep what finished while we were stopping
+            if finished_ok(fut):
+                keep(fut.result())
+        if prog:
+            prog.message(f"interrupted: {written} fits written this run; run the same command again to resume")
+        raise
+    return written

@@ -26,9 +26,9 @@ class StudyError(HetvcError):
     """A study that cannot go on (a folder of another study, a pool that keeps dying)."""
 
 
-def lock_folder(out: Path):
+def lock_folder(out: Path, what: str = "study"):
     """Hold ``out/.study.lock`` (an open file, to be closed to release it; ``None`` where the
-    platform has no ``flock``), or raise :class:`StudyError` if another study holds it."""
+    platform has no ``flock``), or raise :class:`StudyError` if another run (a ``what``) holds it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
@@ -38,7 +38,7 @@ def lock_folder(out: Path):
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
-        raise StudyError(f"another hetvc study is running in {out}; wait for it or use another --out") from None
+        raise StudyError(f"another hetvc {what} is running in {out}; wait for it or use another --out") from None
     return fh
 
 

@@ -11,7 +11,8 @@ class StudyProgress:
     """Reports fits done out of ``total`` (``done`` of them before this run) and messages;
     ``mode``: ``"auto"``, ``"bar"`` or ``"log"``."""
 
-    def __init__(self, mode, total: int, done: int, log_every: float):
+    def __init__(self, mode, total: int, done: int, log_every: float, label: str = "hetvc study"):
+        self.label = label
         self.total, self.done, self.start_done = total, done, done
         self.t0 = time.monotonic()
         self.log_every = log_every
@@ -27,7 +28,7 @@ class StudyProgress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
-            self.bar = Progress(TextColumn("[bold]hetvc study"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("fits"), TextColumn("{task.fields[rate]}"),
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                 console=Console(stderr=True), transient=False)
@@ -38,7 +39,7 @@ class StudyProgress:
         if self.mode == "bar":
             self.bar.console.print(text)
         elif self.mode == "log":
-            print(f"hetvc study: {text}", file=sys.stderr, flush=True)
+            print(f"{self.label}: {text}", file=sys.stderr, flush=True)
 
     def advance(self, k: int):
         self.done += k
@@ -54,7 +55,7 @@ class StudyProgress:
                 left = self.total - self.done
                 eta = _hms(left / rate) if rate > 0 else "?"
                 pct = 100.0 * self.done / self.total if self.total else 100.0
-                print(f"hetvc study: {self.done}/{self.total} fits ({pct:.1f}%), {rate:.2f} fits/s, "
+                print(f"{self.label}: {self.done}/{self.total} fits ({pct:.1f}%), {rate:.2f} fits/s, "
                       f"elapsed {_hms(el)}, ETA {eta}", file=sys.stderr, flush=True)
 
     def close(self):

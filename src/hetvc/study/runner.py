@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,14 +22,14 @@ from ..errors import InputError
 from ..options import FitOptions
 from ..structures import GENETIC
 from ..io_utils import atomic_write
-from .backends import open_backend
+from .backends import drive, open_backend
 from .figures import make_figures
-from .folder import StudyError, lock_folder, machine_info, study_config
+from .folder import lock_folder, machine_info, study_config
 from .progress import StudyProgress
 from .results_file import ResultsFile, load_results, read_rows
 from .scenario import MODELS, Scenario, grid
 from .summary import summarize, table1, win_rates, write_summary
-from .task import Task, tasks
+from .task import tasks
 
 
 @dataclass
@@ -103,7 +102,7 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
                     backend = open_backend(scheduler, workers)
                     if prog:
                         prog.message(f"{n_todo} fits to run ({total - n_todo} already in {out}) on {backend.describe()}")
-                    written = _drive(backend, todo, rf, prog, max_restarts)
+                    written = drive(backend, todo, rf, prog, max_restarts)
                 elif prog:
                     prog.message(f"all {total} fits are already in {out}")
             finally:
@@ -133,83 +132,3 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
     return StudyResult(out=out, results=mine, summary=summ, table1=table1(summ), win_rates=win_rates(mine),
                        fits_run=written, fits_skipped=total - n_todo, seconds=seconds,
                        backend=backend.describe() if backend else "none", files=files)
-
-
-class _PoolBroken(Exception):
-    """Internal: the worker pool died (raised by submit or by a future's result)."""
-
-
-def _drive(backend, todo: list[Task], rf: ResultsFile, prog, max_restarts: int) -> int:
-    """Keep at most 2 × slots tasks in flight; append each finished task's rows; restart a
-    broken local pool and resubmit what it lost; on Ctrl-C keep what finished."""
-    queue = deque(todo)
-    pending: dict = {}
-    window = 2 * backend.slots
-    restarts = written = 0
-
-    def keep(rows):
-        nonlocal written
-        rf.append(rows)
-        written += len(rows)
-        if prog:
-            prog.advance(len(rows))
-
-    def finished_ok(f) -> bool:
-        try:
-            return f.done() and not f.cancelled() and f.exception() is None
-        except Exception:  # noqa: BLE001 - e.g. a cancelled Dask future
-            return False
-
-    try:
-        while queue or pending:
-            try:
-                while queue and len(pending) < window:
-                    t = queue[0]
-                    try:
-                        fut = backend.submit(t)
-                    except Exception as err:  # noqa: BLE001
-                        if backend.broken(err):
-                            raise _PoolBroken(err) from err
-                        raise
-                    queue.popleft()
-                    pending[fut] = t
-                for fut in backend.wait_any(list(pending)):
-                    if fut not in pending:
-                        continue
-                    try:
-                        rows = fut.result()
-                    except Exception as err:  # noqa: BLE001
-                        if backend.broken(err):
-                            raise _PoolBroken(err) from err
-                        raise StudyError(f"task {pending[fut].key} failed in the {backend.name} backend: "
-                                         f"{type(err).__name__}: {err}; run again to resume") from err
-                    del pending[fut]
-                    keep(rows)
-            except _PoolBroken as broken:
-                err = broken.__cause__
-                restarts += 1
-                lost = []
-                for f, t in pending.items():  # keep what finished before the pool broke
-                    if finished_ok(f):
-                        keep(f.result())
-                    else:
-                        lost.append(t)
-                pending.clear()
-                queue.extendleft(reversed(lost))
-                if restarts > max_restarts:
-                    raise StudyError(
-                        f"the worker pool died {restarts} times (last: {err}); a task may be killing "
-                        f"its worker (memory?); finished fits are kept, run again to resume") from err
-                if prog:
-                    prog.message(f"a worker process died ({err}); restarting the pool and "
-                                 f"resubmitting {len(lost)} unfinished task(s)")
-                backend.restart()
-    except KeyboardInterrupt:
-        backend.cancel(list(pending))
-        for fut in pending:  # keep what finished while we were stopping
-            if finished_ok(fut):
-                keep(fut.result())
-        if prog:
-            prog.message(f"interrupted: {written} fits written this run; run the same command again to resume")
-        raise
-    return written

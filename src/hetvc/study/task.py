@@ -40,6 +40,9 @@ class Task:
     def key(self) -> str:
         return f"{self.scenario.key}#{self.replicate}"
 
+    def run(self) -> list[dict]:
+        return run_task(self)
+
 
 def tasks(scenarios: Sequence[Scenario], replicates: int, base_seed: int = DEFAULT_SEED,
           models: Sequence[str] = MODELS, done: set | None = None, residual: str = "homogeneous",

@@ -720,6 +720,35 @@ _model_options = [
 ]
 
 
+# the relationship matrix: shared by `hetvc fit` and `hetvc cv`
+kinship_options = [
+    click.option("--kinship", type=click.Path(dir_okay=False), default=None,
+                 help="Labelled kinship: .csv (ids in the first column and the header) or .npy (+ .npy.ids); "
+                      "'identity' for trials without markers or pedigree (an iid genetic effect, K = I over "
+                      "the ids in PHENO: h² is broad-sense, at the level of a single record)."),
+    click.option("--genotypes", type=click.Path(dir_okay=False), default=None,
+                 help="Genotypes to build the GRM from: PLINK .bed (or prefix) or a CSV dosage table."),
+    click.option("--grm-method", type=click.Choice(["standardized", "vanraden"]), default="standardized",
+                 show_default=True, help="GRM form for --genotypes."),
+    click.option("--genotype-id", default=None, help="Id column of a CSV dosage table [default: 'id' or the first]."),
+    click.option("--kinship-scale", type=click.Choice(["mean-diag", "centred", "none"]), default=None,
+                 show_default="mean-diag; none with --pedigree",
+                 help="mean-diag: divide K by its mean diagonal (ΣG is the variance of a genotype's own "
+                      "value); centred: divide K by mean(diag K) − mean(K), so that ΣG and h² refer to "
+                      "the variance among the genotypes in K (Legarra 2016; the two agree for a centred "
+                      "K); none: K as given (the default for a pedigree's A, whose scale is the base "
+                      "population's)."),
+    click.option("--pedigree", type=click.Path(dir_okay=False), default=None,
+                 help="Pedigree (.csv/.tsv: id, sire, dam; unknown parents 0, NA, ., -, * or empty) to "
+                      "build the additive relationship matrix A from, instead of --kinship."),
+    click.option("--pedigree-positions", is_flag=True,
+                 help="The pedigree's sire and dam are 1-based row numbers of its id column (R's "
+                      "integer-coded pedigrees), not ids."),
+    click.option("--jitter", type=float, default=None,
+                 help="Repair a K that is not positive semi-definite by a ridge (jitter × mean diagonal)."),
+]
+
+
 def _apply(options):
     def deco(f):
         for opt in reversed(options):
@@ -730,30 +759,7 @@ def _apply(options):
 
 @click.command("fit")
 @click.argument("pheno", type=click.Path(dir_okay=False))
-@click.option("--kinship", type=click.Path(dir_okay=False), default=None,
-              help="Labelled kinship: .csv (ids in the first column and the header) or .npy (+ .npy.ids); "
-                   "'identity' for trials without markers or pedigree (an iid genetic effect, K = I over "
-                   "the ids in PHENO: h² is broad-sense, at the level of a single record).")
-@click.option("--genotypes", type=click.Path(dir_okay=False), default=None,
-              help="Genotypes to build the GRM from: PLINK .bed (or prefix) or a CSV dosage table.")
-@click.option("--grm-method", type=click.Choice(["standardized", "vanraden"]), default="standardized",
-              show_default=True, help="GRM form for --genotypes.")
-@click.option("--genotype-id", default=None, help="Id column of a CSV dosage table [default: 'id' or the first].")
-@click.option("--kinship-scale", type=click.Choice(["mean-diag", "centred", "none"]), default=None,
-              show_default="mean-diag; none with --pedigree",
-              help="mean-diag: divide K by its mean diagonal (ΣG is the variance of a genotype's own "
-                   "value); centred: divide K by mean(diag K) − mean(K), so that ΣG and h² refer to "
-                   "the variance among the genotypes in K (Legarra 2016; the two agree for a centred "
-                   "K); none: K as given (the default for a pedigree's A, whose scale is the base "
-                   "population's).")
-@click.option("--pedigree", type=click.Path(dir_okay=False), default=None,
-              help="Pedigree (.csv/.tsv: id, sire, dam; unknown parents 0, NA, ., -, * or empty) to "
-                   "build the additive relationship matrix A from, instead of --kinship.")
-@click.option("--pedigree-positions", is_flag=True,
-              help="The pedigree's sire and dam are 1-based row numbers of its id column (R's "
-                   "integer-coded pedigrees), not ids.")
-@click.option("--jitter", type=float, default=None,
-              help="Repair a K that is not positive semi-definite by a ridge (jitter × mean diagonal).")
+@_apply(kinship_options)
 @click.option("--traits", required=True, help="Trait columns, comma separated: yield,oil.")
 @click.option("--env", default=None, help="Environment column (location, site-year) [default: one environment].")
 @click.option("--id", "id_", default="id", show_default=True, help="Genotype id column (matched to K by label).")

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hetvc.cv import cross_validate, cv0, cv00, cv1, cv2
+from hetvc.cv import CVResult, cross_validate, cv0, cv00, cv1, cv2, cv2t
+from hetvc.errors import HetvcError, InputError
 from hetvc.simulate import simulate
 
 
@@ -141,8 +142,105 @@ def test_table_shape_and_mean_row(sim):
 
 
 def test_accuracy(sim):
-    res = cross_validate(sim.pheno, sim.K, "t1", "env", schemes=("cv2",), models=("homogeneous",))
+    res = cross_validate(sim.pheno, sim.K, "t1", "env", schemes=("cv2",), models=("homogeneous",), accuracy=True)
     acc = res.accuracy()
     assert np.allclose(acc["accuracy"], acc["r"] / np.sqrt(acc["h2"]))
     assert acc["h2"].notna().all()
     assert np.allclose(res.accuracy(0.25)["accuracy"], 2 * res.table()["r"])
+
+
+# -- CV2t, the hand-computed ability, the runner (workers, resume), the CLI ------------------------
+@pytest.fixture(scope="module")
+def sim2():
+    return simulate(n=40, traits=2, locations=2, snps=150, h2=0.6, w=0.3, rho=0.6, design="full", seed=4)
+
+
+def test_cv2t_hides_each_trait_once_and_keeps_the_others(sim2):
+    ids, envs = _cols(sim2)
+    folds = cv2t(ids, envs, ["t1", "t2"], folds=4, seed=2)
+    assert len(folds) == 8 and {f.trait for f in folds} == {"t1", "t2"}
+    for trait in ("t1", "t2"):
+        total = sum(f.hidden.astype(int) for f in folds if f.trait == trait)
+        assert (total == 1).all()  # every (record, trait) hidden exactly once
+    res = cross_validate(sim2.pheno, sim2.K, ["t1", "t2"], "env", schemes="cv2t", folds=4, seed=2,
+                         models="unstructured")
+    p = res.predictions
+    assert len(p) == 2 * len(sim2.pheno)  # each record scored once per trait
+    assert (p.groupby(["fold", "trait"]).size() > 0).all()
+    with pytest.raises(InputError, match="at least two traits"):
+        cv2t(ids, envs, ["t1"])
+
+
+def test_cv2t_hidden_trait_never_reaches_its_prediction(sim2):
+    ids, envs = _cols(sim2)
+    fold = cv2t(ids, envs, ["t1", "t2"], folds=4, seed=2)[5]
+    kw = dict(schemes="cv2t", folds=4, seed=2, models="unstructured")
+    a = cross_validate(sim2.pheno, sim2.K, ["t1", "t2"], "env", **kw).predictions
+    absurd = sim2.pheno.copy()
+    absurd.loc[fold.hidden, fold.trait] = 1e6
+    b = cross_validate(absurd, sim2.K, ["t1", "t2"], "env", **kw).predictions
+    sel = (a["fold"] == fold.index) & (a["trait"] == fold.trait)
+    np.testing.assert_allclose(a.loc[sel, "predicted"], b.loc[sel, "predicted"], rtol=0, atol=1e-10)
+    # the other trait of those records was seen: changing it changes the prediction
+    other = "t1" if fold.trait == "t2" else "t2"
+    moved = sim2.pheno.copy()
+    moved.loc[fold.hidden, other] += 5.0
+    c = cross_validate(moved, sim2.K, ["t1", "t2"], "env", **kw).predictions
+    assert np.abs(c.loc[sel, "predicted"].to_numpy() - a.loc[sel, "predicted"].to_numpy()).max() > 1e-3
+
+
+def test_predictive_ability_by_hand():
+    """r per fold × env, its mean and SE over folds, and the mean row, against numpy."""
+    y = np.array([1.0, 2.0, 3.0, 5.0, 2.0, 1.0, 4.0, 4.5])
+    yhat = np.array([1.2, 1.9, 3.5, 4.0, 2.5, 0.5, 3.0, 5.0])
+    pred = pd.DataFrame({"scheme": "CV1", "model": "m", "fold": [1, 1, 1, 1, 2, 2, 2, 2],
+                         "id": list("abcdefgh"), "env": ["A", "A", "A", "A", "A", "A", "A", "A"],
+                         "trait": "y", "observed": y, "predicted": yhat})
+    pred = pd.concat([pred, pred.assign(env="B", predicted=yhat[::-1])], ignore_index=True)
+    res = CVResult(pred, pd.DataFrame())
+    fa = res.fold_abilities().set_index(["fold", "env"])["r"]
+    r1a, r2a = np.corrcoef(yhat[:4], y[:4])[0, 1], np.corrcoef(yhat[4:], y[4:])[0, 1]
+    r1b, r2b = np.corrcoef(yhat[::-1][:4], y[:4])[0, 1], np.corrcoef(yhat[::-1][4:], y[4:])[0, 1]
+    assert fa[(1, "A")] == pytest.approx(r1a, abs=1e-14) and fa[(2, "B")] == pytest.approx(r2b, abs=1e-14)
+    t = res.table().set_index("env")
+    assert t.loc["A", "r"] == pytest.approx((r1a + r2a) / 2, abs=1e-14)
+    assert t.loc["A", "se"] == pytest.approx(abs(r1a - r2a) / 2, abs=1e-14)  # sd/√2 of two values
+    fold_means = [(r1a + r1b) / 2, (r2a + r2b) / 2]
+    assert t.loc["mean", "r"] == pytest.approx((r1a + r2a + r1b + r2b) / 4, abs=1e-14)
+    assert t.loc["mean", "se"] == pytest.approx(abs(fold_means[0] - fold_means[1]) / 2, abs=1e-14)
+    assert (t["n_folds"] == 2).all()
+
+
+def test_same_predictions_with_0_1_and_2_workers(sim, tmp_path):
+    kw = dict(schemes=("cv1", "cv2"), folds=3, models=("homogeneous", "heterogeneous"), seed=5)
+    runs = [cross_validate(sim.pheno, sim.K, "t1", "env", workers=w, out=tmp_path / f"w{w}", **kw)
+            for w in (0, 1, 2)]
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(runs[0].predictions, other.predictions)
+        pd.testing.assert_frame_equal(runs[0].table(), other.table())
+    inline = cross_validate(sim.pheno, sim.K, "t1", "env", **kw)  # no folder: kept in memory
+    np.testing.assert_allclose(inline.predictions["predicted"], runs[0].predictions["predicted"], rtol=0, atol=0)
+    files = {p.name for p in (tmp_path / "w2").iterdir()}
+    assert {"predictions.csv", "fits.csv", "ability.csv", "ability.md", "ability.png", "cv.json", "folds"} <= files
+
+
+def test_resume_runs_only_what_is_missing_and_refuses_other_settings(sim, tmp_path):
+    kw = dict(schemes=("cv1",), folds=3, models=("homogeneous",), seed=5, out=tmp_path)
+    first = cross_validate(sim.pheno, sim.K, "t1", "env", **kw)
+    folds_dir = tmp_path / "folds"
+    (folds_dir / "cv1-02.homogeneous.json").unlink()
+    (folds_dir / "cv1-03.homogeneous.json").write_text('{"trunc')  # a damaged file is run again
+    stamp = (folds_dir / "cv1-01.homogeneous.json").stat().st_mtime_ns
+    again = cross_validate(sim.pheno, sim.K, "t1", "env", **kw)
+    assert (folds_dir / "cv1-01.homogeneous.json").stat().st_mtime_ns == stamp  # not refitted
+    pd.testing.assert_frame_equal(first.predictions, again.predictions)
+    # adding a model runs only that model
+    more = cross_validate(sim.pheno, sim.K, "t1", "env", **{**kw, "models": ("homogeneous", "heterogeneous")})
+    assert (folds_dir / "cv1-01.homogeneous.json").stat().st_mtime_ns == stamp
+    assert set(more.fits["model"]) == {"homogeneous", "heterogeneous"}
+    with pytest.raises(HetvcError, match="seed = 5, not 6"):
+        cross_validate(sim.pheno, sim.K, "t1", "env", **{**kw, "seed": 6})
+    changed = sim.pheno.copy()
+    changed.loc[0, "t1"] += 1
+    with pytest.raises(HetvcError, match="data ="):
+        cross_validate(changed, sim.K, "t1", "env", **kw)

@@ -29,11 +29,12 @@ def main():
 
 
 def _register():
+    from . import cv as _cv
     from . import fit as _fit
     from . import simulate as _simulate
     from . import study as _study
 
-    for module in (_fit, _simulate, _study):
+    for module in (_fit, _simulate, _study, _cv):
         for command in module.COMMANDS:
             main.add_command(command)
 

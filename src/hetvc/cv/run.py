@@ -1,241 +1,289 @@
-"""Cross-validated predictive ability of multi-environment genomic models.
+"""Cross-validated predictive ability of multi-environment genomic models: :func:`cross_validate`.
 
-:func:`cross_validate` fits every model to every fold of every scheme (:mod:`hetvc.cv.schemes`)
-and predicts the hidden records.  It is honest by construction: the hidden records' trait
-values are set to NaN in a copy of the data *before* the model is built, and K is used as given
-(not re-estimated per fold), so a hidden value can never reach its own prediction.
+Every fold of every scheme (:mod:`hetvc.cv.schemes`) is a task (:class:`hetvc.cv.task.CVTask`)
+fitted by every model; the tasks run on the simulation study's runner
+(:mod:`hetvc.study.backends`): in this process, on local worker processes (one BLAS thread
+each) or on a Dask cluster.  The folds depend only on the seed (or the fold table), and each
+fit only on its fold's data, so the predictions are the same whatever the scheduling.
 
-Prediction of a hidden record of line j in environment l for trait t:
-
-* CV1, CV2: BLUE of the environment × trait mean (``mu[l][t]``) + BLUP of line j in l.
-* CV0, CV00: environment l has no records in the fold, so its mean is not estimable: the BLUP
-  alone is the prediction and predictive ability is computed within environment (a correlation
-  ignores the missing constant).  Only a model whose genetic effect is shared by all
-  environments (``homogeneous``) predicts a line in an unseen environment (its BLUP is the same
-  everywhere); for other structures the environment has no genetic variance of its own, and the
-  fold × model is recorded as failed (``CVResult.fits``) and left out of the summary.
-
-Predictive ability r(ŷ, y) is computed per fold, environment and trait on the scored records,
-then averaged over folds with SE = sd/√n_folds (NaN with one fold, e.g. CV0 per environment).
+With an output folder the run is resumable: each finished fold × model is written atomically
+to ``OUT/folds/<fold key>.<model>.json`` as soon as it is done; running again skips what is
+there.  ``OUT/cv.json`` keeps what the predictions depend on (data and K digests, traits,
+columns, folds, seed, residual, fit options); resuming with any of them changed is refused,
+while schemes and models may be added.  At the end the folder gets ``predictions.csv`` (one
+row per scored record), ``fits.csv`` (one row per fold × model), ``ability.csv`` and
+``ability.md`` (the summary table) and ``ability.png`` (models compared per scheme).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import HetvcError
-from ..fitting import build_model, fit_model
+from ..errors import HetvcError, InputError
+from ..io_utils import atomic_write
 from ..options import FitOptions
+from ..structures import structure_class
+from ..study.backends import drive, open_backend
+from ..study.folder import lock_folder, machine_info
+from ..study.progress import StudyProgress
+from .result import CVResult
 from .schemes import SCHEMES, make_folds
+from .task import PREDICTION_COLUMNS, CVTask, FullFit, Inputs
 
-NEW_ENV_SCHEMES = ("cv0", "cv00")
-
-
-def _env_means(fit) -> dict:
-    """{(env, trait): BLUE of the mean} from ``fit.blues()`` (``mu[env][trait]``, or
-    ``mu[trait]`` with one environment)."""
-    out = {}
-    b = fit.blues()
-    for name, est in zip(b["effect"], b["estimate"]):
-        if not str(name).startswith("mu["):
-            continue
-        parts = str(name)[3:-1].split("][")
-        if len(parts) == 2:
-            env_name, trait = parts
-            env_match = [e for e in fit.envs if str(e) == env_name]
-            out[(env_match[0] if env_match else env_name, trait)] = est
-        elif len(parts) == 1 and len(fit.envs) == 1:
-            out[(fit.envs[0], parts[0])] = est
-    return out
+FORMAT = "hetvc-cv"
+FIT_COLUMNS = ["scheme", "model", "fold", "key", "hidden_env", "hidden_trait", "n_hidden", "n_test", "status",
+               "engine", "iterations", "seconds"]
 
 
-def _predict(fit, rows: pd.DataFrame, traits, id: str, env: str, genetic: str, new_env: bool):
-    """Predictions (array rows × traits) for ``rows``; raises ``LookupError`` where the model
-    cannot predict (environment without genetic variance in the fit)."""
-    b = fit.blups()
-    fitted_envs = {str(e) for e in fit.envs}
-    means = {} if new_env else _env_means(fit)
-    out = np.full((len(rows), len(traits)), np.nan)
-    ids = rows[id].to_numpy()
-    envs = rows[env].to_numpy()
-    for t_i, trait in enumerate(traits):
-        bt = b[b["trait"] == trait]
-        missing_envs = {e for e in envs if str(e) not in fitted_envs}
-        if missing_envs:
-            if genetic != "homogeneous":
-                raise LookupError(f"environment(s) {sorted(map(str, missing_envs))} have no records in the "
-                                  f"fold, so the {genetic} model has no genetic effect there")
-            across = bt.groupby("id", sort=False)["blup"].mean()  # identical in every env
-        lookup = dict(zip(zip(bt["id"], bt["env"].astype(str)), bt["blup"]))
-        for r, (i, e) in enumerate(zip(ids, envs)):
-            u = lookup.get((i, str(e)))
-            if u is None:
-                u = across.get(i, np.nan) if missing_envs else np.nan
-            mean = 0.0 if new_env else means.get((e, trait), means.get((str(e), trait), np.nan))
-            out[r, t_i] = mean + u
-    return out
-
-
-def _r(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
-        return np.nan
-    return float(np.corrcoef(x[ok], y[ok])[0, 1])
-
-
-@dataclass
-class CVResult:
-    """The result of :func:`cross_validate`.
-
-    predictions : scheme, model, fold, id, env, trait, observed, predicted (scored records).
-    fits : scheme, model, fold, hidden_env, n_hidden, n_test, status (``"ok"``, ``"not
-        converged"`` or ``"failed: …"``); failed fits have no predictions.
-    """
-
-    predictions: pd.DataFrame
-    fits: pd.DataFrame
-    _full_fit: object = field(default=None, repr=False)
-
-    def fold_abilities(self) -> pd.DataFrame:
-        """r(ŷ, y) per scheme × model × fold × env × trait, with n records."""
-        rows = []
-        keys = ["scheme", "model", "fold", "env", "trait"]
-        for key, g in self.predictions.groupby(keys, sort=False):
-            rows.append((*key, _r(g["predicted"].to_numpy(float), g["observed"].to_numpy(float)),
-                         int(np.isfinite(g["observed"].to_numpy(float)).sum())))
-        return pd.DataFrame(rows, columns=[*keys, "r", "n"])
-
-    def table(self) -> pd.DataFrame:
-        """Predictive ability per scheme × model × env × trait: r (mean over folds), se
-        (sd/√n_folds, NaN with one fold), n_folds; plus env ``"mean"`` per scheme × model ×
-        trait: the mean of the environments' r, with the SE over folds of the per-fold mean
-        over environments."""
-        per_fold = self.fold_abilities()
-        cols = ["scheme", "model", "env", "trait", "r", "se", "n_folds"]
-        if per_fold.empty:
-            return pd.DataFrame(columns=cols)
-
-        def summary(r: pd.Series):
-            r = r.dropna()
-            n = len(r)
-            se = float(r.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
-            return pd.Series({"r": r.mean() if n else np.nan, "se": se, "n_folds": n})
-
-        by_env = (per_fold.groupby(["scheme", "model", "env", "trait"], sort=False)["r"]
-                  .apply(summary).unstack().reset_index())
-        fold_mean = per_fold.groupby(["scheme", "model", "fold", "trait"], sort=False)["r"].mean()
-        mean_rows = (fold_mean.groupby(level=["scheme", "model", "trait"], sort=False)
-                     .apply(summary).unstack().reset_index())
-        env_mean = by_env.groupby(["scheme", "model", "trait"], sort=False)["r"].mean()
-        mean_rows["r"] = [env_mean[(s, m, t)] for s, m, t in
-                          zip(mean_rows["scheme"], mean_rows["model"], mean_rows["trait"])]
-        mean_rows["env"] = "mean"
-        out = pd.concat([by_env, mean_rows[by_env.columns]], ignore_index=True)
-        out["n_folds"] = out["n_folds"].astype(int)
-        order = {s: i for i, s in enumerate(out["scheme"].unique())}
-        out["_o"] = out["scheme"].map(order)
-        out["_m"] = out["env"].eq("mean")
-        out = out.sort_values(["_o", "model", "trait", "_m"], kind="stable").drop(columns=["_o", "_m"])
-        return out[cols].reset_index(drop=True)
-
-    def accuracy(self, h2=None) -> pd.DataFrame:
-        """:meth:`table` with ``accuracy`` = r/√h².  ``h2``: a number, a DataFrame with columns
-        env, trait, h2, or ``None`` for each model's own h² from a fit on all the data
-        (env ``"mean"`` rows use the mean h² over environments)."""
-        t = self.table()
-        if h2 is None:
-            if self._full_fit is None:
-                raise ValueError("no full-data fits to take h² from; pass h2")
-            frames = []
-            for model in t["model"].unique():
-                h = self._full_fit(model).heritability()[["env", "trait", "h2"]].copy()
-                h["model"] = model
-                frames.append(h)
-            h2 = pd.concat(frames, ignore_index=True)
-        if isinstance(h2, pd.DataFrame):
-            h = h2.copy()
-            h["env"] = h["env"].astype(object)
-            keys = ["env", "trait"] + (["model"] if "model" in h.columns else [])
-            mean = h.groupby([k for k in keys if k != "env"], sort=False)["h2"].mean().reset_index()
-            mean["env"] = "mean"
-            h = pd.concat([h[keys + ["h2"]], mean[keys + ["h2"]]], ignore_index=True)
-            t = t.merge(h, on=keys, how="left")
-        else:
-            t["h2"] = float(h2)
-        t["accuracy"] = t["r"] / np.sqrt(t["h2"])
-        return t
+class CVError(HetvcError):
+    """A cross-validation folder that cannot be resumed with these settings."""
 
 
 def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
                    schemes=("cv1", "cv2"), folds: int = 5,
                    models=("homogeneous", "heterogeneous"), seed=1, residual: str = "homogeneous",
-                   fold_table: pd.DataFrame | None = None, options: FitOptions | None = None) -> CVResult:
+                   fold_table: pd.DataFrame | None = None, options: FitOptions | None = None,
+                   accuracy: bool = False, out=None, workers: int | None = 0, scheduler=None,
+                   progress=None, log_every: float = 10.0, figures: bool = True) -> CVResult:
     """Cross-validate genomic prediction across environments.
 
     data, K, traits, env, id, residual : as in :func:`hetvc.fit` (``env`` is required).
-    schemes : any of ``"cv1"``, ``"cv2"``, ``"cv0"``, ``"cv00"`` (:mod:`hetvc.cv.schemes`).
-    folds : number of folds (line folds for CV1/CV00, cell folds for CV2; unused by CV0).
+    schemes : any of ``"cv1"``, ``"cv2"``, ``"cv2t"`` (several traits), ``"cv0"``, ``"cv00"``.
+    folds : number of folds (line folds for CV1/CV00, cell folds for CV2/CV2t; unused by CV0).
     models : genetic structures to compare (``genetic=`` of :func:`hetvc.fit`).
     seed : the folds' random seed; the folds do not depend on the order of fitting.
     fold_table : DataFrame with columns ``id`` (named as ``id``) and ``fold``: the line folds
         of CV1 (and of CV00) instead of random ones; CV2 still uses ``seed``.
     options : :class:`hetvc.FitOptions` for every fit (PEVs are never computed).
+    accuracy : also fit each model to all the data, for accuracy = r/√h² (:meth:`CVResult.accuracy`).
+    out : a folder to write the results to, and to resume from (module docstring).
+    workers : 0 (default): every fit in this process; ``None``: a worker process per core;
+        k: k worker processes.  scheduler : a Dask address ``tcp://host:port`` or client.
+    progress : ``None``, ``"auto"``, ``"bar"`` or ``"log"`` (as ``hetvc study``).
     """
     if env is None or env not in data.columns:
-        raise ValueError(f"cross-validation needs an environment column; {env!r} is not in the data")
-    traits = [traits] if isinstance(traits, str) else list(traits)
+        raise InputError(f"cross-validation needs an environment column; {env!r} is not in the data")
+    traits = (traits,) if isinstance(traits, str) else tuple(traits)
     schemes = [s.lower() for s in ([schemes] if isinstance(schemes, str) else schemes)]
     for s in schemes:
         if s not in SCHEMES:
-            raise ValueError(f"unknown scheme {s!r}; choose from {', '.join(SCHEMES)}")
-    models = [models] if isinstance(models, str) else list(models)
+            raise InputError(f"unknown scheme {s!r}; choose from {', '.join(SCHEMES)}")
+    models = tuple([models] if isinstance(models, str) else models)
+    for m in models:
+        structure_class("G", m)  # an unknown structure is refused now, not once per fold
+    if not models or len(set(models)) != len(models) or len(set(schemes)) != len(schemes):
+        raise InputError(f"give distinct schemes and models; got {schemes} and {list(models)}")
     options = replace(options if options is not None else FitOptions(), pev=False)
+    if workers != 0 or scheduler is not None:
+        options = replace(options, threads=1)  # the workers fill the cores
     data = data.reset_index(drop=True)
+    inputs = Inputs(data, K, traits, env, id, residual, options)
     ids, envs = data[id].to_numpy(), data[env].to_numpy()
-    observed = data[traits].to_numpy(float)
+    tasks = [CVTask(inputs, s, f, models)
+             for s in schemes
+             for f in make_folds(s, ids, envs, folds, seed, fold_table if s in ("cv1", "cv00") else None, id,
+                                 traits)]
+    if accuracy:
+        tasks += [FullFit(inputs, m) for m in models]
+    settings = dict(traits=list(traits), env=env, id=id, residual=residual, seed=int(seed),
+                    folds=_digest(fold_table) if fold_table is not None else int(folds),
+                    data=_digest(data[[id, env, *traits]]), K=_digest(K),
+                    options=dict(method="reml", tol=options.tol, max_iter=options.max_iter))
+    sink = _FolderSink(Path(out), settings) if out is not None else _MemorySink()
+    with sink:
+        todo = [t for t in (sink.todo(task) for task in tasks) if t is not None]
+        total = sum(len(t.models) for t in tasks)
+        n_todo = sum(len(t.models) for t in todo)
+        prog = StudyProgress(progress, total, total - n_todo, log_every, label="hetvc cv") if progress else None
+        backend = None
+        t0 = time.monotonic()
+        try:
+            if todo:
+                backend = open_backend(scheduler, workers)
+                if prog:
+                    prog.message(f"{n_todo} fits to run ({total - n_todo} already done) on {backend.describe()}")
+                drive(backend, todo, sink, prog, max_restarts=3)
+            elif prog:
+                prog.message(f"all {total} fits are already in {out}")
+        finally:
+            if prog:
+                prog.close()
+            if backend is not None:
+                backend.close()
+        sink.finish(time.monotonic() - t0, backend.describe() if backend else "none")
+        rows = [sink.rows[(t.key, m)] for t in tasks for m in t.models]
+    result = _result(rows)
+    if out is not None:
+        result.out = Path(out)
+        result.files = write_outputs(result, Path(out), figures)
+    return result
 
-    pred_frames, fit_rows = [], []
-    for scheme in schemes:
-        table = fold_table if scheme in ("cv1", "cv00") else None
-        for fold in make_folds(scheme, ids, envs, folds, seed, table, id):
-            masked = data.copy()
-            masked.loc[fold.hidden, traits] = np.nan  # before anything is built from it
-            test_rows = data.loc[fold.test, [id, env]]
-            for model in models:
-                base = dict(scheme=scheme.upper(), model=model, fold=fold.index,
-                            hidden_env=fold.env, n_hidden=int(fold.hidden.sum()),
-                            n_test=int(fold.test.sum()))
-                try:
-                    fitted = fit_model(build_model(masked, K, traits, env=env, id=id, genetic=model,
-                                                   residual=residual), options)
-                    yhat = _predict(fitted, test_rows, traits, id, env, model, scheme in NEW_ENV_SCHEMES)
-                except (HetvcError, LookupError) as err:
-                    fit_rows.append({**base, "status": f"failed: {err}"})
-                    continue
-                fit_rows.append({**base, "status": "ok" if fitted.converged else "not converged"})
-                n = len(test_rows)
-                pred_frames.append(pd.DataFrame({
-                    "scheme": scheme.upper(), "model": model, "fold": fold.index,
-                    "id": np.repeat(test_rows[id].to_numpy(), len(traits)),
-                    "env": np.repeat(test_rows[env].to_numpy(), len(traits)),
-                    "trait": np.tile(traits, n),
-                    "observed": observed[fold.test].ravel(),
-                    "predicted": yhat.ravel(),
-                }))
-    cols = ["scheme", "model", "fold", "id", "env", "trait", "observed", "predicted"]
-    predictions = (pd.concat(pred_frames, ignore_index=True) if pred_frames
-                   else pd.DataFrame(columns=cols))
-    fits = pd.DataFrame(fit_rows, columns=["scheme", "model", "fold", "hidden_env", "n_hidden",
-                                           "n_test", "status"])
-    cache = {}
 
-    def full_fit(model):
-        if model not in cache:
-            cache[model] = fit_model(build_model(data, K, traits, env=env, id=id, genetic=model,
-                                                 residual=residual), options)
-        return cache[model]
+def _digest(obj) -> str:
+    """SHA-256 (first 16 hex digits) of a table's labels and values or of an array."""
+    h = hashlib.sha256()
+    if isinstance(obj, pd.DataFrame):
+        h.update(pd.util.hash_pandas_object(obj, index=True).to_numpy().tobytes())
+        h.update(json.dumps([str(c) for c in obj.columns]).encode())
+    else:
+        h.update(np.ascontiguousarray(np.asarray(obj, dtype=float)).tobytes())
+    return h.hexdigest()[:16]
 
-    return CVResult(predictions[cols], fits, full_fit)
+
+def _result(rows: list[dict]) -> CVResult:
+    """The CVResult of the rows of every fold × model (in task order: the same for any schedule)."""
+    folds = [r for r in rows if r["scheme"] != "FULL"]
+    full = [r for r in rows if r["scheme"] == "FULL"]
+    predictions = [r["predictions"] for r in folds if len(r["predictions"])]
+    predictions = (pd.concat(predictions, ignore_index=True) if predictions
+                   else pd.DataFrame(columns=PREDICTION_COLUMNS))
+    fits = pd.DataFrame([{c: r.get(c) for c in FIT_COLUMNS} for r in folds], columns=FIT_COLUMNS)
+    h2 = [r["h2"] for r in full if r.get("h2") is not None]
+    return CVResult(predictions[PREDICTION_COLUMNS], fits, pd.concat(h2, ignore_index=True) if h2 else None)
+
+
+class _MemorySink:
+    """Keeps the rows of this run (no folder)."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def todo(self, task):
+        return task
+
+    def append(self, rows):
+        for r in rows:
+            self.rows[(r["key"], r["model"])] = r
+
+    def finish(self, seconds, backend):
+        pass
+
+
+def _plain(x):
+    """JSON for numpy scalars (ids and labels)."""
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"cannot write {type(x).__name__} to JSON")
+
+
+class _FolderSink(_MemorySink):
+    """Rows kept as one JSON file per fold × model in ``OUT/folds`` (written atomically as each
+    finishes; read back on resume), under the folder's lock and its ``cv.json``."""
+
+    def __init__(self, out: Path, settings: dict):
+        super().__init__()
+        self.out, self.settings = out, settings
+        self.folds = out / "folds"
+
+    def __enter__(self):
+        try:
+            self.folds.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create output folder {self.out}: {err}") from None
+        self.lock = lock_folder(self.out, "cross-validation")
+        try:
+            self.config = self._config()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.close()
+        return False
+
+    def _config(self) -> dict:
+        path = self.out / "cv.json"
+        if path.exists():
+            try:
+                cfg = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise CVError(f"cannot read {path}: {err}") from None
+            if cfg.get("format") != FORMAT:
+                raise CVError(f"{path} is not a hetvc cross-validation file; use a new --out")
+            for k, v in self.settings.items():
+                if cfg["settings"].get(k) != v:
+                    raise CVError(f"{self.out} holds a cross-validation with {k} = {cfg['settings'].get(k)!r}, "
+                                  f"not {v!r}; use the same data and settings to resume, or a new --out")
+            return cfg
+        cfg = dict(format=FORMAT, version=1, settings=self.settings, runs=[])
+        self._write_config(cfg)
+        return cfg
+
+    def _write_config(self, cfg):
+        with atomic_write(self.out / "cv.json") as fh:
+            json.dump(cfg, fh, indent=1)
+
+    def _path(self, key: str, model: str) -> Path:
+        return self.folds / f"{key}.{model}.json"
+
+    def todo(self, task):
+        """``task`` with only the models whose file is not there (None when none is left)."""
+        left = []
+        for m in task.models:
+            row = self._read(self._path(task.key, m))
+            if row is None:
+                left.append(m)
+            else:
+                self.rows[(task.key, m)] = row
+        if not left:
+            return None
+        return task if len(left) == len(task.models) else replace(task, models=tuple(left))
+
+    def _read(self, path: Path) -> dict | None:
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # absent (or unreadable: run it again)
+        for name in ("predictions", "h2"):
+            if isinstance(row.get(name), dict):
+                row[name] = pd.DataFrame(row[name]["data"], columns=row[name]["columns"])
+        return row
+
+    def append(self, rows):
+        super().append(rows)
+        for r in rows:
+            doc = {k: (v.to_dict(orient="split", index=False) if isinstance(v, pd.DataFrame) else v)
+                   for k, v in r.items()}
+            with atomic_write(self._path(r["key"], r["model"])) as fh:
+                json.dump(doc, fh, default=_plain)
+
+    def finish(self, seconds, backend):
+        self.config["runs"].append(dict(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(seconds, 3),
+                                        backend=backend, machine=machine_info()))
+        self._write_config(self.config)
+
+
+def write_outputs(result: CVResult, out: Path, figures: bool = True) -> list[Path]:
+    """predictions.csv, fits.csv, ability.csv (with accuracy where h² is known), ability.md and
+    ability.png in ``out``; returns their paths."""
+    from .figures import ability_figure
+    from .tables import ability_markdown
+
+    table = result.accuracy() if result.heritability is not None else result.table()
+    files = []
+    for name, frame in (("predictions.csv", result.predictions), ("fits.csv", result.fits),
+                        ("ability.csv", table)):
+        with atomic_write(out / name) as fh:
+            frame.to_csv(fh, index=False)
+        files.append(out / name)
+    with atomic_write(out / "ability.md") as fh:
+        fh.write(ability_markdown(table, result.fits))
+    files.append(out / "ability.md")
+    if figures and len(table):
+        files.append(ability_figure(table, out / "ability.png"))
+    return files

@@ -18,6 +18,11 @@ CV2 (lines tested elsewhere)
     and a line with records in k ≥ 2 environments is never hidden in all of them in one fold
     (its cells spread over min(k, folds) folds).  A line seen in one environment only is
     necessarily new (CV1-like) in its fold.
+CV2t (a trait of lines tested elsewhere; several traits)
+    The cells of the CV2 folds, one trait at a time: trait t of the fold's line ×
+    environment cells is hidden while the records' other traits stay observed (trait-assisted
+    prediction; a secondary trait measured on the line in that environment helps predict the
+    target).  ``folds`` × m folds, each scoring its one hidden trait.
 CV0 (new environment)
     All records of one environment are hidden: one fold per environment, ``folds`` unused.
 CV00 (new lines in a new environment)
@@ -36,19 +41,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-SCHEMES = ("cv1", "cv2", "cv0", "cv00")
+from ..errors import InputError
+
+SCHEMES = ("cv1", "cv2", "cv2t", "cv0", "cv00")
 
 
 @dataclass(frozen=True)
 class Fold:
     """One fold: ``index`` (1, 2, …), ``hidden`` (records masked before fitting), ``test``
     (records whose predictions are scored), ``env`` (the hidden environment for CV0/CV00, else
-    ``None``)."""
+    ``None``), ``trait`` (CV2t: the one trait hidden and scored; ``None``: every trait)."""
 
     index: int
     hidden: np.ndarray
     test: np.ndarray
     env: object = None
+    trait: str | None = None
+
+    def key(self, scheme: str) -> str:
+        """A name unique within a cross-validation run, e.g. ``cv1-03`` or ``cv2t-02-yield``."""
+        return f"{scheme.lower()}-{self.index:02d}" + (f"-{self.trait}" if self.trait is not None else "")
 
 
 def _levels(values) -> list:
@@ -58,9 +70,9 @@ def _levels(values) -> list:
 
 def _check_folds(folds: int, n: int, what: str) -> None:
     if not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds must be an integer ≥ 2, got {folds!r}")
+        raise InputError(f"folds must be an integer ≥ 2, got {folds!r}")
     if folds > n:
-        raise ValueError(f"{folds} folds but only {n} {what}")
+        raise InputError(f"{folds} folds but only {n} {what}")
 
 
 def line_folds(ids, folds: int = 5, seed=1, fold_table: pd.DataFrame | None = None,
@@ -71,11 +83,11 @@ def line_folds(ids, folds: int = 5, seed=1, fold_table: pd.DataFrame | None = No
     lines = _levels(ids)
     if fold_table is not None:
         if id not in fold_table.columns or "fold" not in fold_table.columns:
-            raise ValueError(f"the fold table needs columns {id!r} and 'fold'")
+            raise InputError(f"the fold table needs columns {id!r} and 'fold'")
         table = dict(zip(fold_table[id], fold_table["fold"]))
         missing = [x for x in lines if x not in table]
         if missing:
-            raise ValueError(f"{len(missing)} lines of the data are not in the fold table, e.g. {missing[:3]}")
+            raise InputError(f"{len(missing)} lines of the data are not in the fold table, e.g. {missing[:3]}")
         labels = sorted({table[x] for x in lines})
         number = {lab: k + 1 for k, lab in enumerate(labels)}
         return {x: number[table[x]] for x in lines}
@@ -120,6 +132,15 @@ def cv2(ids, envs, folds: int = 5, seed=1) -> list[Fold]:
     return [Fold(k, fold_of == k, fold_of == k) for k in range(1, folds + 1)]
 
 
+def cv2t(ids, envs, traits, folds: int = 5, seed=1) -> list[Fold]:
+    """CV2t: the CV2 cells, one trait at a time (the record's other traits stay observed)."""
+    traits = [traits] if isinstance(traits, str) else list(traits)
+    if len(traits) < 2:
+        raise InputError("scheme cv2t hides one trait while the others stay observed: it needs at least two "
+                         f"traits, got {traits}")
+    return [Fold(f.index, f.hidden, f.test, trait=t) for t in traits for f in cv2(ids, envs, folds, seed)]
+
+
 def cv0(ids, envs) -> list[Fold]:
     """CV0: one fold per environment, all its records hidden."""
     envs = np.asarray(envs)
@@ -143,17 +164,20 @@ def cv00(ids, envs, folds: int = 5, seed=1, fold_table: pd.DataFrame | None = No
     return out
 
 
-def make_folds(scheme: str, ids, envs, folds: int = 5, seed=1, fold_table=None, id: str = "id") -> list[Fold]:
-    """The folds of ``scheme`` (one of :data:`SCHEMES`, case-insensitive)."""
+def make_folds(scheme: str, ids, envs, folds: int = 5, seed=1, fold_table=None, id: str = "id",
+               traits=()) -> list[Fold]:
+    """The folds of ``scheme`` (one of :data:`SCHEMES`, case-insensitive); ``traits`` for CV2t."""
     s = scheme.lower()
     if s == "cv1":
         return cv1(ids, envs, folds, seed, fold_table, id)
     if fold_table is not None and s != "cv00":
-        raise ValueError(f"a fold table is supported for CV1 (and the line folds of CV00), not {scheme}")
+        raise InputError(f"a fold table is supported for CV1 (and the line folds of CV00), not {scheme}")
     if s == "cv2":
         return cv2(ids, envs, folds, seed)
+    if s == "cv2t":
+        return cv2t(ids, envs, traits, folds, seed)
     if s == "cv0":
         return cv0(ids, envs)
     if s == "cv00":
         return cv00(ids, envs, folds, seed, fold_table, id)
-    raise ValueError(f"unknown scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+    raise InputError(f"unknown scheme {scheme!r}; choose from {', '.join(SCHEMES)}")

@@ -1,0 +1,52 @@
+"""The summary table of a cross-validation as text: r ± SE per model × environment, per scheme."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _cell(r: float, se: float) -> str:
+    if not np.isfinite(r):
+        return "—"
+    return f"{r:.3f} ± {se:.3f}" if np.isfinite(se) else f"{r:.3f}"
+
+
+def ability_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """[(title, model × environment frame of "r ± se" cells, the mean over environments last)]
+    per scheme × trait."""
+    out = []
+    for (scheme, trait), t in table.groupby(["scheme", "trait"], sort=False):
+        envs = list(dict.fromkeys(e for e in t["env"] if e != "mean")) + ["mean"]
+        frame = pd.DataFrame(index=list(dict.fromkeys(t["model"])), columns=[str(e) for e in envs])
+        for row in t.itertuples(index=False):
+            frame.loc[row.model, str(row.env)] = _cell(row.r, row.se)
+        out.append((f"{scheme}, {trait}", frame.fillna("—")))
+    return out
+
+
+def ability_markdown(table: pd.DataFrame, fits: pd.DataFrame) -> str:
+    """Markdown: a table per scheme × trait (r ± SE over folds), the accuracy r/√h² of the
+    environment means where h² is known, and the fits that failed or did not converge."""
+    lines = ["# Cross-validated predictive ability", "",
+             "r(ŷ, y) per environment, averaged over folds (± SE over folds); `mean`: the mean over "
+             "environments, with the SE over folds of each fold's mean.", ""]
+    for title, frame in ability_pivots(table):
+        lines += [f"## {title}", "", "| model | " + " | ".join(frame.columns) + " |",
+                  "|---|" + "---|" * len(frame.columns)]
+        lines += [f"| {m} | " + " | ".join(frame.loc[m]) + " |" for m in frame.index]
+        lines.append("")
+    if "accuracy" in table.columns:
+        acc = table[table["env"] == "mean"]
+        lines += ["## Accuracy r/√h² (mean over environments; h² from each model's fit to all the data)", "",
+                  "| scheme | trait | model | r | mean h² | accuracy |", "|---|---|---|---|---|---|"]
+        lines += [f"| {a.scheme} | {a.trait} | {a.model} | {a.r:.3f} | {a.h2:.3f} | {a.accuracy:.3f} |"
+                  for a in acc.itertuples(index=False)]
+        lines.append("")
+    bad = fits[fits["status"] != "ok"]
+    if len(bad):
+        lines += [f"## {len(bad)} of {len(fits)} fold fits not used or not converged", ""]
+        for (scheme, model, status), g in bad.groupby(["scheme", "model", "status"], sort=False):
+            lines.append(f"- {scheme} {model}, fold(s) {', '.join(map(str, g['fold']))}: {status}")
+        lines.append("")
+    return "\n".join(lines)

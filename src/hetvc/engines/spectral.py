@@ -236,13 +236,11 @@ def _s(k: int) -> str:
 def plan(model: Model) -> SpectralPlan | NotApplicable:
     """The block layout of V for the spectral engine, or why it does not apply (one line)."""
     d = model.design
-    if model.random:
-        names = ", ".join(repr(f.name) for f, _ in model.random)
-        return NotApplicable(f"random term{_s(len(model.random))} {names} beyond the genetic one; the "
-                             "spectral engine takes the genetic term and the residual only")
-    m, L = len(d.traits), len(d.envs)
-    n_rec = d.n_records
-    count = np.bincount(d.record, minlength=n_rec)
+    beyond = beyond_genetic(model)
+    if beyond is not None:
+        return beyond
+    m = len(d.traits)
+    count = np.bincount(d.record, minlength=d.n_records)
     short = np.flatnonzero((count > 0) & (count < m))
     if len(short):
         n_missing = int((m - count[short]).sum())
@@ -253,13 +251,41 @@ def plan(model: Model) -> SpectralPlan | NotApplicable:
             f"{n_missing} missing trait value{_s(n_missing)} (first: data row {r + 1}, "
             f"trait {d.traits[t]!r}); the spectral engine needs every trait of every record"
         )
+    layout = block_layout(model, complete=True)
+    if isinstance(layout, NotApplicable):
+        return layout
+    blocks, desc = layout
+    return SpectralPlan(f"spectral: {desc}", blocks)
+
+
+def beyond_genetic(model: Model) -> NotApplicable | None:
+    """Why a model with random terms beyond the genetic one has no spectral layout (else None)."""
+    if not model.random:
+        return None
+    names = ", ".join(repr(f.name) for f, _ in model.random)
+    return NotApplicable(f"random term{_s(len(model.random))} {names} beyond the genetic one; the "
+                         "spectral engine takes the genetic term and the residual only")
+
+
+def block_layout(model: Model, complete: bool) -> tuple[list, str] | NotApplicable:
+    """(blocks, description) of the spectral layout, or why there is none (replicates; with
+    ``complete``, a genotype missing from an environment in case (b)).
+
+    ``complete=False`` lays out the *completed* blocks: ``obs`` is −1 at a missing cell — a
+    trait missing from a record, or in case (b) a genotype × environment without a record
+    (:mod:`hetvc.engines.completed`)."""
+    d = model.design
+    m, L = len(d.traits), len(d.envs)
+    n_rec = d.n_records
+    count = np.bincount(d.record, minlength=n_rec)
     pos = np.full((n_rec, m), -1, dtype=np.int64)
     pos[d.record, d.trait] = np.arange(d.n_obs)
     recs = np.flatnonzero(count > 0)
-    first = pos[recs, 0]
-    rgeno, renv = d.geno[first], d.env[first]
-    cell = rgeno.astype(np.int64) * L + renv
-    uniq, inv, ncell = np.unique(cell, return_inverse=True, return_counts=True)
+    rgeno, renv = np.zeros(n_rec, dtype=np.int64), np.zeros(n_rec, dtype=np.int64)
+    rgeno[d.record], renv[d.record] = d.geno, d.env
+    rgeno, renv = rgeno[recs], renv[recs]
+    cell = rgeno * L + renv
+    uniq, ncell = np.unique(cell, return_counts=True)
     if (ncell > 1).any():
         k = int(np.argmax(ncell > 1))
         g, l = divmod(int(uniq[k]), L)
@@ -281,8 +307,8 @@ def plan(model: Model) -> SpectralPlan | NotApplicable:
                 f"environment {d.envs[l]}", rgeno[sel][order], pos[r_l],
                 gen.index(np.full(m, l), traits, m), res.index(np.full(m, l), traits, m),
                 np.zeros(m, dtype=int)))
-        desc = (f"spectral: {L} environment blocks ({gen.name} genetic; every record complete, "
-                f"one record per genotype and environment)")
+        desc = (f"{L} environment blocks ({gen.name} genetic; {'every record complete, ' if complete else ''}"
+                "one record per genotype and environment)")
     else:
         genos, per_geno = np.unique(rgeno, return_counts=True)
         if not gen.env_specific and (per_geno == 1).all() and (L == 1 or not res.env_specific):
@@ -290,19 +316,19 @@ def plan(model: Model) -> SpectralPlan | NotApplicable:
             blocks.append(BlockPlan(
                 "all records", rgeno[order], pos[recs[order]], gen.index(renv[order][:1].repeat(m), traits, m),
                 res.index(renv[order][:1].repeat(m), traits, m), np.zeros(m, dtype=int)))
-            desc = (f"spectral: one block of {len(genos)} genotypes × {m} trait{_s(m)} (homogeneous "
-                    "genetic and residual; one complete record per genotype)")
-        elif (per_geno == L).all():
-            # balanced: every genotype once in every environment (no replicates, so exactly once)
+            desc = (f"one block of {len(genos)} genotypes × {m} trait{_s(m)} (homogeneous "
+                    f"genetic and residual; one {'complete ' if complete else ''}record per genotype)")
+        elif (per_geno == L).all() or not complete:
+            # every genotype once in every environment (no replicates, so at most once)
             row = np.searchsorted(genos, rgeno)
-            obs = np.empty((len(genos), L * m), dtype=np.int64)
+            obs = np.full((len(genos), L * m), -1, dtype=np.int64)
             for l in range(L):
                 sel = renv == l
                 obs[row[sel], l * m:(l + 1) * m] = pos[recs[sel]]
             envc, trc = np.repeat(np.arange(L), m), np.tile(traits, L)
             blocks.append(BlockPlan("all environments", genos, obs, gen.index(envc, trc, m),
                                     res.index(envc, trc, m), envc))
-            desc = (f"spectral: balanced trial, one block of {len(genos)} genotypes × {L} "
+            desc = (f"{'balanced trial, ' if complete else ''}one block of {len(genos)} genotypes × {L} "
                     f"environment{_s(L)} × {m} trait{_s(m)} ({gen.name} genetic)")
         else:
             miss = np.flatnonzero(per_geno != L)
@@ -317,23 +343,33 @@ def plan(model: Model) -> SpectralPlan | NotApplicable:
                        + ("" if gen.env_specific else " (or one record per genotype and a homogeneous residual)"))
             return NotApplicable(f"{why}; {len(miss)} genotype{_s(len(miss))} miss an environment "
                           f"(e.g. {d.ids[g]!r} in {d.envs[l]!r})")
-    return SpectralPlan(desc, blocks)
+    return blocks, desc
 
 
 def _factor_fixed(X: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(X*, T) with X[obs[:, c]] = X* T_c exactly; T is (d·c_b × p), row index c·c_b + k."""
+    """(X*, T) with X[obs[:, c]] = X* T_c exactly, T (d·c_b × p) with row index c·c_b + k.
+
+    Rows of a missing cell (obs = −1, a completed layout) are free: a column there takes the
+    values of the first X* column that equals it on the present rows (columns with fewer missing
+    cells are factored first), else zeros; V_oo⁻¹ never sees them."""
     n, d = obs.shape
     p = X.shape[1]
-    columns, vectors, entries = {}, [], []
-    for c in range(d):
-        Xc = X[obs[:, c]]
+    present = obs >= 0
+    exact, vectors, entries = {}, [], []
+    for c in np.argsort((~present).sum(0), kind="stable"):
+        rows = present[:, c]
+        Xc = X[obs[rows, c]]
         for k in np.flatnonzero(np.any(Xc != 0, axis=0)):
             v = np.ascontiguousarray(Xc[:, k])
-            key = v.tobytes()
-            if key not in columns:
-                columns[key] = len(vectors)
-                vectors.append(v)
-            entries.append((c, columns[key], k))
+            if rows.all():
+                ks = exact.setdefault(v.tobytes(), len(vectors))
+            else:
+                ks = next((s for s, u in enumerate(vectors) if np.array_equal(u[rows], v)), len(vectors))
+            if ks == len(vectors):
+                u = np.zeros(n)
+                u[rows] = v
+                vectors.append(u)
+            entries.append((c, ks, k))
     cb = max(len(vectors), 1)
     xstar = np.column_stack(vectors) if vectors else np.zeros((n, 1))
     T = np.zeros((d * cb, p))
@@ -359,7 +395,7 @@ class _Block:
         self.eig = eig
         U = eig.vectors
         self.s = eig.values
-        self.Y = d.y[bp.obs]  # (n, d)
+        self.Y = np.where(bp.obs >= 0, d.y[bp.obs], 0.0)  # (n, d); 0 at a completed cell
         self.Xs, self.T = fixed
         self.c = self.Xs.shape[1]
         self.yt = U.T @ self.Y
@@ -392,9 +428,23 @@ class _BlockState:
     phi: np.ndarray
     delta: np.ndarray  # (r, d)
     delta0: np.ndarray  # (d,) null-space rows
+    logdet: float = 0.0  # log|V_b|
+    xvx: np.ndarray | None = None  # (p, p) X_b'V_b⁻¹X_b
+    xvy: np.ndarray | None = None  # (p,) X_b'V_b⁻¹y_b
     vh: np.ndarray | None = None  # (r, d) Φ' W r_j = δ ∘ (Φ' r_j)
     B: np.ndarray | None = None  # (c, d)
     Rrr: np.ndarray | None = None  # (d, d) Φ' Σ_null r r' Φ
+    extra: object = None  # a subclass's per-θ data of the block (hetvc.engines.completed)
+
+
+def _gls(xvx: np.ndarray, xvy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """C = (X'V⁻¹X)⁻¹, b̂ = C X'V⁻¹y and log|X'V⁻¹X| (Cholesky)."""
+    try:
+        chol = sla.cho_factor(xvx, lower=True, check_finite=False)
+    except sla.LinAlgError as err:
+        raise NotPositiveDefinite(str(err)) from None
+    C = sla.cho_solve(chol, np.eye(len(xvx)), check_finite=False)
+    return C, C @ xvy, 2.0 * float(np.log(np.diag(chol[0])).sum())
 
 
 class SpectralEngine(Engine):
@@ -420,12 +470,13 @@ class SpectralEngine(Engine):
                     f"block {bp.label!r} needs {xs.shape[1]} fixed-effect columns per cell "
                     f"({bp.obs.shape[1] * xs.shape[1]} in all, more than {MAX_FIXED_COLUMNS})")
         before = self.cache.misses
-        self.blocks = []
-        for bp, fx in zip(spectral_plan.blocks, fixed):
-            Kb = d.K[np.ix_(bp.genos, bp.genos)]
-            self.blocks.append(_Block(bp, model, self.cache.decompose(Kb), fx))
-            del Kb
+        self.blocks = [_Block(bp, model, self._eigen(bp), fx) for bp, fx in zip(spectral_plan.blocks, fixed)]
         self.computed = self.cache.misses - before
+
+    def _eigen(self, bp: BlockPlan) -> KinshipEigen:
+        """The (cached) eigendecomposition of the block's K_b."""
+        K = self.model.design.K
+        return self.cache.decompose(K[np.ix_(bp.genos, bp.genos)])
 
     def summary(self) -> str:
         """Eigendecompositions used: how many computed, reused, low-rank."""
@@ -459,52 +510,48 @@ class SpectralEngine(Engine):
         phi = linv.T @ Q
         return phi, lam, s0, 2.0 * float(np.log(np.diag(low)).sum())
 
+    def _weights(self, b: _Block, G: np.ndarray, E: np.ndarray) -> _BlockState:
+        """Φ, δ, log|V_b|, X_b'V_b⁻¹X_b and X_b'V_b⁻¹y_b of a block at ΣG = G, ΣE = E."""
+        Gb, Eb = self._block_matrices(b, G, E)
+        phi, lam, s0, logdet0 = self._diagonalise(b, Gb, Eb)
+        den = 1.0 + (b.s - s0)[:, None] * lam[None, :]
+        den0 = 1.0 - s0 * lam
+        if den.size and den.min() <= 0 or (b.n0 and den0.min() <= 0):
+            raise NotPositiveDefinite("a row covariance H_j is not positive definite")
+        delta, delta0 = 1.0 / den, 1.0 / den0
+        logdet = b.n * logdet0 + float(np.log(den).sum()) + (b.n0 * float(np.log(den0).sum()) if b.n0 else 0.0)
+        # X'V⁻¹X: (Φ⊗I) blockdiag_i(Σ_j δ_ji x̃x̃') (Φ'⊗I)
+        Mi = np.stack([(b.xt * delta[:, i:i + 1]).T @ b.xt for i in range(b.d)])
+        if b.n0:
+            Mi += delta0[:, None, None] * b.Gxx[None]
+        Mb = np.einsum("ai,ikl,bi->akbl", phi, Mi, phi).reshape(b.d * b.c, b.d * b.c)
+        Z = (delta * (b.yt @ phi)) @ phi.T
+        xz = b.xt.T @ Z  # (c, d)
+        if b.n0:
+            xz += b.Gxy @ (phi * delta0) @ phi.T
+        return _BlockState(phi, delta, delta0, logdet, b.T.T @ Mb @ b.T, b.T.T @ xz.T.ravel())
+
+    def _residuals(self, b: _Block, st: _BlockState, beta: np.ndarray, shift: np.ndarray | None = None) -> float:
+        """Sets B, vh (and Rrr) of the block at b̂; returns its part of y'Py.  ``shift`` (r, d)
+        is subtracted from the rotated residuals Φ' r_j (the completed engine's correction)."""
+        st.B = (b.T @ beta).reshape(b.d, b.c).T
+        rh = (b.yt - b.xt @ st.B) @ st.phi
+        if shift is not None:
+            rh -= shift
+        st.vh = st.delta * rh
+        ypy = float((rh * st.vh).sum())
+        if b.n0:
+            Grr = b.Gyy - st.B.T @ b.Gxy - b.Gxy.T @ st.B + st.B.T @ b.Gxx @ st.B
+            st.Rrr = st.phi.T @ Grr @ st.phi
+            ypy += float(st.delta0 @ np.diag(st.Rrr))
+        return ypy
+
     def _state(self, theta: np.ndarray):
         G, E = self.model.matrices(theta)
-        p = self.model.design.X.shape[1]
-        xvx = np.zeros((p, p))
-        xvy = np.zeros(p)
-        logdet = 0.0
-        states = []
-        for b in self.blocks:
-            Gb, Eb = self._block_matrices(b, G, E)
-            phi, lam, s0, logdet0 = self._diagonalise(b, Gb, Eb)
-            den = 1.0 + (b.s - s0)[:, None] * lam[None, :]
-            den0 = 1.0 - s0 * lam
-            if den.size and den.min() <= 0 or (b.n0 and den0.min() <= 0):
-                raise NotPositiveDefinite("a row covariance H_j is not positive definite")
-            delta, delta0 = 1.0 / den, 1.0 / den0
-            logdet += b.n * logdet0 + float(np.log(den).sum()) + (b.n0 * float(np.log(den0).sum()) if b.n0 else 0.0)
-            # X'V⁻¹X: (Φ⊗I) blockdiag_i(Σ_j δ_ji x̃x̃') (Φ'⊗I)
-            Mi = np.stack([(b.xt * delta[:, i:i + 1]).T @ b.xt for i in range(b.d)])
-            if b.n0:
-                Mi += delta0[:, None, None] * b.Gxx[None]
-            Mb = np.einsum("ai,ikl,bi->akbl", phi, Mi, phi).reshape(b.d * b.c, b.d * b.c)
-            xvx += b.T.T @ Mb @ b.T
-            Z = (delta * (b.yt @ phi)) @ phi.T
-            xz = b.xt.T @ Z  # (c, d)
-            if b.n0:
-                xz += b.Gxy @ (phi * delta0) @ phi.T
-            xvy += b.T.T @ xz.T.ravel()
-            states.append(_BlockState(phi, delta, delta0))
-        try:
-            chol = sla.cho_factor(xvx, lower=True, check_finite=False)
-        except sla.LinAlgError as err:
-            raise NotPositiveDefinite(str(err)) from None
-        logdet_xvx = 2.0 * float(np.log(np.diag(chol[0])).sum())
-        C = sla.cho_solve(chol, np.eye(p), check_finite=False)
-        beta = C @ xvy
-        ypy = 0.0
-        for b, st in zip(self.blocks, states):
-            st.B = (b.T @ beta).reshape(b.d, b.c).T
-            rh = (b.yt - b.xt @ st.B) @ st.phi
-            st.vh = st.delta * rh
-            ypy += float((rh * st.vh).sum())
-            if b.n0:
-                Grr = b.Gyy - st.B.T @ b.Gxy - b.Gxy.T @ st.B + st.B.T @ b.Gxx @ st.B
-                st.Rrr = st.phi.T @ Grr @ st.phi
-                ypy += float(st.delta0 @ np.diag(st.Rrr))
-        return G, E, states, beta, C, logdet, logdet_xvx, ypy
+        states = [self._weights(b, G, E) for b in self.blocks]
+        C, beta, logdet_xvx = _gls(sum(st.xvx for st in states), sum(st.xvy for st in states))
+        ypy = sum(self._residuals(b, st, beta) for b, st in zip(self.blocks, states))
+        return G, E, states, beta, C, sum(st.logdet for st in states), logdet_xvx, ypy
 
     # -- Engine interface ---------------------------------------------------------------
     def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
@@ -521,57 +568,69 @@ class SpectralEngine(Engine):
         for b, st in zip(self.blocks, states):
             if not len(b.kidx):
                 continue
-            phi, delta, vh = st.phi, st.delta, st.vh
-            d, c = b.d, b.c
-            # Â for genetic (weights s_j) and residual (weights 1) elements: tr(Dh Â) = tr(P V_k) − y'PV_kPy
-            A_g = np.diag(b.s @ delta) - (vh * b.s[:, None]).T @ vh
-            A_e = np.diag(delta.sum(0)) - vh.T @ vh
-            if b.n0:
-                svv = st.delta0[:, None] * st.Rrr * st.delta0[None, :]
-                A_e += np.diag(b.n0 * st.delta0) - svv
-            if reml:
-                Qb = b.T @ C @ b.T.T
-                Qh = np.einsum("ai,akbl,bI->ikIl", phi, Qb.reshape(d, c, d, c), phi)
-                if c == 1:
-                    Rh = (b.xt[:, 0] ** 2)[:, None, None] * Qh[None, :, 0, :, 0]
-                else:
-                    xq = (b.xt @ Qh.transpose(1, 0, 2, 3).reshape(c, -1)).reshape(-1, d, d, c)
-                    Rh = np.einsum("jiIl,jl->jiI", xq, b.xt)
-                dRd = delta[:, :, None] * Rh * delta[:, None, :]
-                A_g -= np.einsum("j,jiI->iI", b.s, dRd)
-                A_e -= dRd.sum(0)
-                if b.n0:
-                    A_e -= np.outer(st.delta0, st.delta0) * np.einsum("ikIl,kl->iI", Qh, b.Gxx)
-            Dh = phi.T @ b.pats @ phi  # Φ'D^kΦ, (k, d, d)
+            A_g, A_e = self._trace_weights(b, st, C, reml)
+            Dh = st.phi.T @ b.pats @ st.phi  # Φ'D^kΦ, (k, d, d)
             score[b.kidx] += -0.5 * np.where(
                 b.genetic, np.einsum("kiI,iI->k", Dh, A_g), np.einsum("kiI,iI->k", Dh, A_e))
             # AI: Fh[j, i, k] = Φ' ∂H_j^k W_j r_j
-            Fh = np.tensordot(vh, Dh, axes=([1], [2])).transpose(0, 2, 1)  # (r, d, k)
+            Fh = np.tensordot(st.vh, Dh, axes=([1], [2])).transpose(0, 2, 1)  # (r, d, k)
             Fh[:, :, b.genetic] *= b.s[:, None, None]
-            Fh = np.ascontiguousarray(Fh)
-            Af = Fh.reshape(-1, len(b.kidx))
-            fwf[np.ix_(b.kidx, b.kidx)] += (Af * delta.reshape(-1, 1)).T @ Af
-            if b.n0:
-                res = ~b.genetic
-                if res.any():
-                    Dr = Dh[res]
-                    blockv = np.einsum("i,kiI,IJ,lJi->kl", st.delta0, Dr, svv, Dr)
-                    rk = b.kidx[res]
-                    fwf[np.ix_(rk, rk)] += blockv
+            fw, xw = self._ai_products(b, st, Dh, np.ascontiguousarray(Fh), reml)
+            fwf[np.ix_(b.kidx, b.kidx)] += fw
             if reml:
-                G1 = delta[:, :, None] * Fh
-                tmp = (b.xt.T @ G1.reshape(len(b.s), -1)).reshape(c, d, -1)
-                wf = np.tensordot(phi, tmp, axes=([1], [1])).reshape(d * c, -1)
-                if b.n0 and (~b.genetic).any():
-                    res = np.flatnonzero(~b.genetic)
-                    Sxv = (b.Gxy - b.Gxx @ st.B) @ phi * st.delta0[None, :]  # Σ_null x̃ vh'
-                    for kk in res:
-                        wf[:, kk] += (Sxv @ Dh[kk] @ (phi * st.delta0).T).T.ravel()
-                xwf[:, b.kidx] += b.T.T @ wf
+                xwf[:, b.kidx] += xw
         ai = 0.5 * fwf
         if reml:
             ai -= 0.5 * xwf.T @ C @ xwf
         return Evaluation(loglik, score, (ai + ai.T) / 2)
+
+    def _trace_weights(self, b: _Block, st: _BlockState, C: np.ndarray, reml: bool):
+        """Â for genetic (weights s_j) and residual (weights 1) elements, in Φ coordinates:
+        tr(Dh Â) = tr(P V_k) − y'PV_kPy."""
+        phi, delta, vh = st.phi, st.delta, st.vh
+        d, c = b.d, b.c
+        A_g = np.diag(b.s @ delta) - (vh * b.s[:, None]).T @ vh
+        A_e = np.diag(delta.sum(0)) - vh.T @ vh
+        if b.n0:
+            svv = st.delta0[:, None] * st.Rrr * st.delta0[None, :]
+            A_e += np.diag(b.n0 * st.delta0) - svv
+        if reml:
+            Qb = b.T @ C @ b.T.T
+            Qh = np.einsum("ai,akbl,bI->ikIl", phi, Qb.reshape(d, c, d, c), phi)
+            if c == 1:
+                Rh = (b.xt[:, 0] ** 2)[:, None, None] * Qh[None, :, 0, :, 0]
+            else:
+                xq = (b.xt @ Qh.transpose(1, 0, 2, 3).reshape(c, -1)).reshape(-1, d, d, c)
+                Rh = np.einsum("jiIl,jl->jiI", xq, b.xt)
+            dRd = delta[:, :, None] * Rh * delta[:, None, :]
+            A_g -= np.einsum("j,jiI->iI", b.s, dRd)
+            A_e -= dRd.sum(0)
+            if b.n0:
+                A_e -= np.outer(st.delta0, st.delta0) * np.einsum("ikIl,kl->iI", Qh, b.Gxx)
+        return A_g, A_e
+
+    def _ai_products(self, b: _Block, st: _BlockState, Dh: np.ndarray, Fh: np.ndarray, reml: bool):
+        """(F_b'V⁻¹F_b, X'V⁻¹F_b or None) of the block's elements, F = [V_k P y]."""
+        phi, delta = st.phi, st.delta
+        d, c = b.d, b.c
+        Af = Fh.reshape(-1, len(b.kidx))
+        fw = (Af * delta.reshape(-1, 1)).T @ Af
+        if b.n0:
+            res = ~b.genetic
+            if res.any():
+                svv = st.delta0[:, None] * st.Rrr * st.delta0[None, :]
+                Dr = Dh[res]
+                fw[np.ix_(res, res)] += np.einsum("i,kiI,IJ,lJi->kl", st.delta0, Dr, svv, Dr)
+        if not reml:
+            return fw, None
+        G1 = delta[:, :, None] * Fh
+        tmp = (b.xt.T @ G1.reshape(len(b.s), -1)).reshape(c, d, -1)
+        wf = np.tensordot(phi, tmp, axes=([1], [1])).reshape(d * c, -1)
+        if b.n0 and (~b.genetic).any():
+            Sxv = (b.Gxy - b.Gxx @ st.B) @ phi * st.delta0[None, :]  # Σ_null x̃ vh'
+            for kk in np.flatnonzero(~b.genetic):
+                wf[:, kk] += (Sxv @ Dh[kk] @ (phi * st.delta0).T).T.ravel()
+        return fw, b.T.T @ wf
 
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
         """BLUEs, BLUPs û = (ΣG ⊗ K) Z'Py for every genotype in K, fitted values, PEVs."""
@@ -615,6 +674,7 @@ class SpectralEngine(Engine):
                 xperp = b.Xs - U @ (U.T @ b.Xs)
                 ws0 = np.einsum("ai,i,ig->ag", phi, st.delta0, sig)
             TT = b.T.T.reshape(p, b.d, b.c)
+            fix = self._pev_correction(b, st, ws)
 
             def add(rows, kappa, kperp_sq=None, kx=None):
                 first[rows] += (kappa ** 2) @ w
@@ -623,6 +683,8 @@ class SpectralEngine(Engine):
                     first[rows] += kperp_sq[:, None] * w0[None, :]
                     hb += ws0[None, :, None, :] * kx[:, None, :, None]
                 h[rows] += np.tensordot(hb, TT, axes=([1, 2], [1, 2])).transpose(0, 2, 1)
+                if fix is not None:
+                    fix(rows, kappa, first, h)
 
             add(b.genos, U * s[None, :])  # genotypes of the block: K_b U = U diag(s), null part 0
             inblock = np.zeros(q, dtype=bool)
@@ -640,6 +702,11 @@ class SpectralEngine(Engine):
                     add(rows, kappa)
         corr = np.einsum("rpg,pq,rqg->rg", h, C, h, optimize=True)
         return np.diag(G)[None, :] * np.diag(K)[:, None] - first + corr
+
+    def _pev_correction(self, b: _Block, st: _BlockState, ws: np.ndarray):
+        """None, or fix(rows, κ, first, h) that corrects c'V⁻¹c (``first``) and X'V⁻¹c (``h``)
+        of the genotypes ``rows`` (κ = U'K[genotypes, rows]); ws[j, :, g] = W_j ΣG[ga, g]."""
+        return None
 
 
 def _k_columns_times(K: np.ndarray, cols: np.ndarray, M: np.ndarray) -> np.ndarray:

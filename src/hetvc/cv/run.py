@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import HetvcError, InputError
+from ..errors import InputError
 from ..io_utils import atomic_write
 from ..options import FitOptions
 from ..structures import structure_class
-from ..study.backends import drive, open_backend
-from ..study.folder import lock_folder, machine_info
+from ..study.backends import run_all
+from ..study.folder import StudyError, lock_folder, machine_info, read_config
 from ..study.progress import StudyProgress
 from .result import CVResult
 from .schemes import SCHEMES, make_folds
@@ -40,10 +40,6 @@ from .task import PREDICTION_COLUMNS, CVTask, FullFit, Inputs
 FORMAT = "hetvc-cv"
 FIT_COLUMNS = ["scheme", "model", "fold", "key", "hidden_env", "hidden_trait", "n_hidden", "n_test", "status",
                "engine", "iterations", "seconds"]
-
-
-class CVError(HetvcError):
-    """A cross-validation folder that cannot be resumed with these settings."""
 
 
 def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
@@ -102,22 +98,10 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
         total = sum(len(t.models) for t in tasks)
         n_todo = sum(len(t.models) for t in todo)
         prog = StudyProgress(progress, total, total - n_todo, log_every, label="hetvc cv") if progress else None
-        backend = None
         t0 = time.monotonic()
-        try:
-            if todo:
-                backend = open_backend(scheduler, workers)
-                if prog:
-                    prog.message(f"{n_todo} fits to run ({total - n_todo} already done) on {backend.describe()}")
-                drive(backend, todo, sink, prog, max_restarts=3)
-            elif prog:
-                prog.message(f"all {total} fits are already in {out}")
-        finally:
-            if prog:
-                prog.close()
-            if backend is not None:
-                backend.close()
-        sink.finish(time.monotonic() - t0, backend.describe() if backend else "none")
+        _, described = run_all(todo, sink, prog, scheduler=scheduler, workers=workers, total=total,
+                               where=out if out is not None else "memory")
+        sink.finish(time.monotonic() - t0, described)
         rows = [sink.rows[(t.key, m)] for t in tasks for m in t.models]
     result = _result(rows)
     if out is not None:
@@ -194,6 +178,8 @@ class _FolderSink(_MemorySink):
         except OSError as err:
             raise InputError(f"cannot create output folder {self.out}: {err}") from None
         self.lock = lock_folder(self.out, "cross-validation")
+        for stale in self.folds.glob(".tmp-*"):  # a write cut short by a kill (we hold the lock)
+            stale.unlink(missing_ok=True)
         try:
             self.config = self._config()
         except BaseException:
@@ -207,18 +193,12 @@ class _FolderSink(_MemorySink):
         return False
 
     def _config(self) -> dict:
-        path = self.out / "cv.json"
-        if path.exists():
-            try:
-                cfg = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as err:
-                raise CVError(f"cannot read {path}: {err}") from None
-            if cfg.get("format") != FORMAT:
-                raise CVError(f"{path} is not a hetvc cross-validation file; use a new --out")
+        cfg = read_config(self.out / "cv.json", FORMAT, "cross-validation")
+        if cfg is not None:
             for k, v in self.settings.items():
                 if cfg["settings"].get(k) != v:
-                    raise CVError(f"{self.out} holds a cross-validation with {k} = {cfg['settings'].get(k)!r}, "
-                                  f"not {v!r}; use the same data and settings to resume, or a new --out")
+                    raise StudyError(f"{self.out} holds a cross-validation with {k} = {cfg['settings'].get(k)!r}, "
+                                      f"not {v!r}; use the same data and settings to resume, or a new --out")
             return cfg
         cfg = dict(format=FORMAT, version=1, settings=self.settings, runs=[])
         self._write_config(cfg)

@@ -217,6 +217,28 @@ class _DaskBackend:
             self.client.close()
 
 
+def run_all(todo: list, sink, prog, *, scheduler, workers, total: int, where, max_restarts: int = 3) -> tuple[int, str]:
+    """Open a backend for the tasks ``todo`` (if any), :func:`drive` it and close it (and
+    ``prog``); ``total`` fits in all, the others already in ``where``.  Returns the rows kept and
+    the backend's description ("none" when there was nothing to run)."""
+    n_todo = sum(len(t.models) for t in todo)
+    backend, written = None, 0
+    try:
+        if todo:
+            backend = open_backend(scheduler, workers)
+            if prog:
+                prog.message(f"{n_todo} fits to run ({total - n_todo} already in {where}) on {backend.describe()}")
+            written = drive(backend, todo, sink, prog, max_restarts)
+        elif prog:
+            prog.message(f"all {total} fits are already in {where}")
+    finally:
+        if prog:
+            prog.close()
+        if backend is not None:
+            backend.close()
+    return written, backend.describe() if backend else "none"
+
+
 class _PoolBroken(Exception):
     """Internal: the worker pool died (raised by submit or by a future's result)."""
 

@@ -42,16 +42,25 @@ def lock_folder(out: Path, what: str = "study"):
     return fh
 
 
+def read_config(path: Path, fmt: str, what: str) -> dict | None:
+    """The JSON of a run's folder (``study.json``, ``cv.json``), None when absent; a file that is
+    not JSON or not of format ``fmt`` is refused."""
+    if not path.exists():
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise StudyError(f"cannot read {path}: {err}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
+        raise StudyError(f"{path} is not a hetvc {what} file; use a new output folder")
+    return cfg
+
+
 def study_config(out: Path, seed, options: dict) -> dict:
     """The folder's ``study.json`` (written if new); refuses a seed or options of another study."""
     path = out / "study.json"
-    if path.exists():
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise StudyError(f"cannot read {path}: {err}") from None
-        if cfg.get("format") != FORMAT:
-            raise StudyError(f"{path} is not a hetvc study file; use a new output folder")
+    cfg = read_config(path, FORMAT, "study")
+    if cfg is not None:
         if seed is not None and int(seed) != cfg["seed"]:
             raise StudyError(f"{out} holds a study with seed {cfg['seed']}, not {seed}; "
                              f"resume it with --seed {cfg['seed']} (or no --seed), or use a new --out")

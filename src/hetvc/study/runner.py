@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..options import FitOptions
 from ..structures import GENETIC
 from ..io_utils import atomic_write
-from .backends import drive, open_backend
+from .backends import run_all
 from .figures import make_figures
 from .folder import lock_folder, machine_info, study_config
 from .progress import StudyProgress
@@ -81,8 +81,6 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
     options = dict(residual=residual, tol=float(tol), max_iter=int(max_iter))  # as study.json keeps them
     lock = lock_folder(out)
     t0 = time.monotonic()
-    backend = None
-    written = 0
     try:
         cfg = study_config(out, seed, options)
         base_seed = cfg["seed"]
@@ -97,23 +95,12 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
             if prog and (rf.repaired or rf.dropped):
                 prog.message(f"repaired {out / 'results.csv'}: cut {rf.repaired} bytes of an incomplete "
                              f"last line, dropped {rf.dropped} damaged line(s)")
-            try:
-                if todo:
-                    backend = open_backend(scheduler, workers)
-                    if prog:
-                        prog.message(f"{n_todo} fits to run ({total - n_todo} already in {out}) on {backend.describe()}")
-                    written = drive(backend, todo, rf, prog, max_restarts)
-                elif prog:
-                    prog.message(f"all {total} fits are already in {out}")
-            finally:
-                if prog:
-                    prog.close()
-                if backend is not None:
-                    backend.close()
+            written, described = run_all(todo, rf, prog, scheduler=scheduler, workers=workers, total=total,
+                                         where=out, max_restarts=max_restarts)
         seconds = time.monotonic() - t0
         cfg.setdefault("runs", []).append(dict(
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(seconds, 3), fits=written,
-            backend=backend.describe() if backend else "none", machine=machine_info(),
+            backend=described, machine=machine_info(),
             scenarios=len(scenarios), replicates=replicates, models=list(models)))
         with atomic_write(out / "study.json") as fh:
             json.dump(cfg, fh, indent=1)
@@ -131,4 +118,4 @@ def run(out, scenarios: Sequence[Scenario] | None = None, replicates: int = 100,
     summ = summarize(mine, converged_only=converged_only)
     return StudyResult(out=out, results=mine, summary=summ, table1=table1(summ), win_rates=win_rates(mine),
                        fits_run=written, fits_skipped=total - n_todo, seconds=seconds,
-                       backend=backend.describe() if backend else "none", files=files)
+                       backend=described, files=files)

@@ -349,26 +349,32 @@ def block_layout(model: Model, complete: bool) -> tuple[list, str] | NotApplicab
 def _factor_fixed(X: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(X*, T) with X[obs[:, c]] = X* T_c exactly, T (d·c_b × p) with row index c·c_b + k.
 
-    Rows of a missing cell (obs = −1, a completed layout) are free: a column there takes the
-    values of the first X* column that equals it on the present rows (columns with fewer missing
-    cells are factored first), else zeros; V_oo⁻¹ never sees them."""
+    Rows of a missing cell (obs = −1, a completed layout) are free (V_oo⁻¹ never sees them): a
+    column of X takes the first X* column that equals it where both are set, and sets that
+    column's free rows where it has values (complete columns are factored first); rows still
+    free at the end are 0."""
     n, d = obs.shape
     p = X.shape[1]
     present = obs >= 0
-    exact, vectors, entries = {}, [], []
+    exact, vectors, known, entries = {}, [], [], []
     for c in np.argsort((~present).sum(0), kind="stable"):
         rows = present[:, c]
         Xc = X[obs[rows, c]]
         for k in np.flatnonzero(np.any(Xc != 0, axis=0)):
-            v = np.ascontiguousarray(Xc[:, k])
+            v = np.zeros(n)
+            v[rows] = Xc[:, k]
             if rows.all():
                 ks = exact.setdefault(v.tobytes(), len(vectors))
             else:
-                ks = next((s for s, u in enumerate(vectors) if np.array_equal(u[rows], v)), len(vectors))
+                ks = next((s for s, (u, set_) in enumerate(zip(vectors, known))
+                           if np.array_equal(u[rows & set_], v[rows & set_])), len(vectors))
             if ks == len(vectors):
-                u = np.zeros(n)
-                u[rows] = v
-                vectors.append(u)
+                vectors.append(v)
+                known.append(rows.copy())
+            else:
+                fill = rows & ~known[ks]
+                vectors[ks][fill] = v[fill]
+                known[ks] |= rows
             entries.append((c, ks, k))
     cb = max(len(vectors), 1)
     xstar = np.column_stack(vectors) if vectors else np.zeros((n, 1))
@@ -451,6 +457,7 @@ class SpectralEngine(Engine):
     """ℓ, score, AI, BLUEs, BLUPs and PEVs in the rotated space (see the module docstring)."""
 
     name = "spectral"
+    block_class = _Block
 
     def __init__(self, model: Model, spectral_plan: SpectralPlan | None = None, eigen: EigenCache | None = None):
         if spectral_plan is None:
@@ -470,7 +477,7 @@ class SpectralEngine(Engine):
                     f"block {bp.label!r} needs {xs.shape[1]} fixed-effect columns per cell "
                     f"({bp.obs.shape[1] * xs.shape[1]} in all, more than {MAX_FIXED_COLUMNS})")
         before = self.cache.misses
-        self.blocks = [_Block(bp, model, self._eigen(bp), fx) for bp, fx in zip(spectral_plan.blocks, fixed)]
+        self.blocks = [self.block_class(bp, model, self._eigen(bp), fx) for bp, fx in zip(spectral_plan.blocks, fixed)]
         self.computed = self.cache.misses - before
 
     def _eigen(self, bp: BlockPlan) -> KinshipEigen:

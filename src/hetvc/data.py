@@ -18,6 +18,7 @@ import pandas as pd
 from .errors import InputError
 from .fixed_effects import covariate_columns
 from .kinship import near_match_hint
+from .kinship.pedigree import PedigreeRelationship
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Design:
     geno: np.ndarray  # (N,) row of K of each value
     env: np.ndarray  # (N,) environment index
     trait: np.ndarray  # (N,) trait index
-    K: np.ndarray  # (q, q) relationship matrix of every genotype in K
+    relationship: object  # (q, q) K of every genotype in K, or a PedigreeRelationship (its A⁻¹)
     ids: list  # labels of K's rows
     envs: list  # environment labels, in model order
     traits: list  # trait names, in model order
@@ -42,6 +43,12 @@ class Design:
     @property
     def n_obs(self) -> int:
         return len(self.y)
+
+    @property
+    def K(self) -> np.ndarray:
+        """K as a dense matrix (a pedigree's A is formed on first use, for the engines that need it)."""
+        rel = self.relationship
+        return rel.dense() if isinstance(rel, PedigreeRelationship) else rel
 
     def phenotypic_variances(self) -> tuple[np.ndarray, np.ndarray]:
         """(per environment × trait cell, per trait): see :func:`phenotypic_variances`."""
@@ -159,14 +166,15 @@ def _covariate_matrix(data: pd.DataFrame, fixed: str | None) -> tuple[np.ndarray
 
 def build_design(
     data: pd.DataFrame,
-    K: np.ndarray,
+    K,
     ids: list,
     traits: list,
     env: str | None,
     id: str,
     fixed: str | None = None,
 ) -> Design:
-    """Validate the data and lay out every observed value with its genotype, environment, trait."""
+    """Validate the data and lay out every observed value with its genotype, environment, trait
+    (``K``: the checked matrix over ``ids``, or a :class:`PedigreeRelationship`)."""
     traits = list(traits)
     _check_columns(data, traits, env, id)
     data = data.reset_index(drop=True)
@@ -227,7 +235,7 @@ def build_design(
         geno=geno_of_record[rec],
         env=e,
         trait=tr,
-        K=K,
+        relationship=K,
         ids=list(ids),
         envs=list(envs),
         traits=traits,

@@ -23,6 +23,7 @@ from .diagnostics import check_design, design_notes, runaway, unidentified
 from .engines import choose_engine
 from .errors import InputError
 from .kinship import kinship_matrix
+from .kinship.pedigree import Pedigree, PedigreeRelationship
 from .model import Model
 from .optimize import FLOOR, maximize, newton_step
 from .options import FitOptions
@@ -87,7 +88,9 @@ def fit(
     Parameters
     ----------
     data : one row per record (plot, animal): ``id``, ``env`` and the trait columns.
-    K : labelled relationship matrix (DataFrame) or a path to one; ``None`` for an iid genetic
+    K : labelled relationship matrix (DataFrame) or a path to one; a pedigree
+        (:func:`hetvc.read_pedigree`), carried by its sparse inverse A⁻¹ so that the MME engine
+        never forms A; ``None`` for an iid genetic
         effect (K = identity over the ids in the data, :func:`identity_kinship`: trials
         without markers or pedigree; h² is then broad-sense, at the level of a single record).
     traits : trait column names (a single name is allowed).
@@ -102,7 +105,8 @@ def fit(
         interactions ``"env:block"``, or :class:`hetvc.Random` with a relationship matrix
         over the levels and a structure; each has an m×m Σ across traits by default.
     method : ``"reml"`` or ``"ml"``.
-    engine : ``"auto"`` (spectral where exact, else dense), ``"dense"`` or ``"spectral"``.
+    engine : ``"auto"`` (spectral where exact, else the cheaper of the mixed-model equations and
+        dense), ``"mme"``, ``"dense"`` or ``"spectral"`` (docs/design.md §3).
     eigen : a :class:`hetvc.engines.EigenCache` reused across fits on the same K.
     start : ``{"G": ..., "E": ...}``, a θ vector or another :class:`FitResult`.
     jitter : add ``jitter``·mean(diag K)·I to a K that is not positive semi-definite.
@@ -178,7 +182,11 @@ def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str =
     identity = K is None
     if identity:
         K = identity_kinship(data, id, traits)
-    Kmat, ids = kinship_matrix(K, jitter)
+    if isinstance(K, (Pedigree, PedigreeRelationship)):  # carried by its sparse A⁻¹
+        Kmat = K if isinstance(K, PedigreeRelationship) else PedigreeRelationship(K)
+        ids = Kmat.ids
+    else:
+        Kmat, ids = kinship_matrix(K, jitter)
     design = build_design(data, Kmat, ids, traits, env, id, fixed)
     if identity:
         design.notes[:0] = [IDENTITY_NOTE] + single_record_note(design)
@@ -338,12 +346,12 @@ def _result(model, engine_name, reason, theta, ev, ai_inv, record, solution, not
     result = FitResult(
         traits=list(d.traits), envs=list(d.envs), ids=list(d.ids),
         genetic=model.genetic.name, residual=model.residual.name, method=model.method, fixed=d.formula,
-        random=[dict(name=f.name, structure=s.name, kinship=f.kernel is not None) for f, s in model.random],
+        random=[dict(name=f.name, structure=s.name, kinship=f.relationship is not None) for f, s in model.random],
         random_levels={f.name: list(f.levels) for f, _ in model.random},
         random_blup={name: p[0] for name, p in solution.random.items()},
         random_pev={name: p[1] for name, p in solution.random.items() if p[1] is not None},
         random_counts={f.name: _level_counts(f, d) for f, _ in model.random},
-        kinship_diagonal=np.diag(d.K).copy(),
+        kinship_diagonal=np.array(model.genetic_factor().diagonal(), dtype=float),
         theta=theta, theta_cov=cov, loglik=float(ev.loglik), n_obs=d.n_obs, rank_x=d.X.shape[1],
         engine=engine_name, engine_reason=reason, record=record,
         x_names=list(d.x_names), beta=solution.beta, beta_cov=solution.beta_cov,

@@ -21,6 +21,7 @@ import numpy as np
 from .data import Design
 from .errors import InputError
 from .diagnostics import quoted_label
+from .kinship.pedigree import PedigreeRelationship
 from .structures import CovStructure, make_structure, param_slices
 
 
@@ -28,46 +29,72 @@ from .structures import CovStructure, make_structure, param_slices
 class Factor:
     """The levels of a random term over the observed values (docs/design.md §1.2).
 
-    ``levels`` are the labels of every level with a BLUP (the rows of ``kernel``, or the
+    ``levels`` are the labels of every level with a BLUP (the rows of the relationship, or the
     observed levels for independent ones); ``observed[u]`` is the position in ``levels`` of
-    observed unit u, and ``unit[o]`` the observed unit of value o."""
+    observed unit u, and ``unit[o]`` the observed unit of value o.  ``relationship`` is a
+    dense matrix over the levels, a :class:`~hetvc.kinship.pedigree.PedigreeRelationship`
+    (carried by its sparse inverse; dense only on demand), or None for independent levels."""
 
     name: str
     unit: np.ndarray  # (N,) observed unit of each value
     levels: list
     observed: np.ndarray  # (n_units,) position in levels of each observed unit
-    kernel: np.ndarray | None  # (n_levels, n_levels) relationship over the levels; None: identity
+    relationship: object  # (n_levels, n_levels) array, a PedigreeRelationship, or None: identity
 
     @property
     def n_units(self) -> int:
         return len(self.observed)
 
+    @property
+    def kernel(self) -> np.ndarray | None:
+        """The relationship over the levels as a dense matrix (None for the identity); a
+        pedigree's is formed here, on first use."""
+        rel = self.relationship
+        return rel.dense(f"the relationship of {self.name!r}") if isinstance(rel, PedigreeRelationship) else rel
+
+    @property
+    def kernel_inverse(self):
+        """The sparse inverse of the relationship when it is carried by one (a pedigree), else None."""
+        rel = self.relationship
+        return rel.inverse if isinstance(rel, PedigreeRelationship) else None
+
+    def diagonal(self) -> np.ndarray:
+        """The relationship's diagonal over the levels (ones for the identity)."""
+        rel = self.relationship
+        if rel is None:
+            return np.ones(len(self.levels))
+        return rel.diagonal if isinstance(rel, PedigreeRelationship) else np.diag(rel)
+
     def mean_diagonal(self) -> float:
         """Mean diagonal of the relationship over the observed levels (1 for the identity, or
         when it is not positive): the variance a level's effect has per unit of Σ."""
-        if self.kernel is None:
-            return 1.0
-        kbar = float(np.mean(np.diag(self.kernel)[self.observed]))
+        kbar = float(np.mean(self.diagonal()[self.observed]))
         return kbar if kbar > 0 else 1.0
 
     def observed_kernel(self) -> np.ndarray | None:
         """The relationship between the observed units (None for the identity)."""
-        return None if self.kernel is None else self.kernel[np.ix_(self.observed, self.observed)]
+        kernel = self.kernel
+        return None if kernel is None else kernel[np.ix_(self.observed, self.observed)]
 
 
 @dataclass
 class RandomTerm:
-    """One covariance structure with its kernel and the (unit, index) of each observed value."""
+    """One covariance structure with its levels and the (unit, index) of each observed value;
+    ``kernel`` is the relationship between its observed units (None for the identity: the
+    residual's records, independent levels), formed on first use."""
 
     structure: CovStructure
     unit: np.ndarray  # (N,) unit of each observed value (genotype, level or record)
     index: np.ndarray  # (N,) row of Σ of each observed value
-    kernel: np.ndarray | None  # (n_units, n_units), None for the identity
     factor: Factor | None = None  # the levels of a genetic or random term (None: the residual)
 
     @property
     def n_units(self) -> int:
         return int(self.unit.max()) + 1
+
+    @cached_property
+    def kernel(self) -> np.ndarray | None:
+        return None if self.factor is None else self.factor.observed_kernel()
 
 
 @dataclass
@@ -221,7 +248,7 @@ class Model:
         """The genetic term's levels: every genotype in K."""
         d = self.design
         observed, unit = np.unique(d.geno, return_inverse=True)
-        return Factor("genetic", unit, list(d.ids), observed, d.K)
+        return Factor("genetic", unit, list(d.ids), observed, d.relationship)
 
     def terms(self) -> list[RandomTerm]:
         """The genetic term (kernel K over observed genotypes), the random terms, the residual."""
@@ -229,9 +256,9 @@ class Model:
         m = len(d.traits)
         out = []
         for factor, s in [(self.genetic_factor(), self.genetic)] + list(self.random):
-            out.append(RandomTerm(s, factor.unit, s.index(d.env, d.trait, m), factor.observed_kernel(), factor))
+            out.append(RandomTerm(s, factor.unit, s.index(d.env, d.trait, m), factor))
         _, record_unit = np.unique(d.record, return_inverse=True)
-        out.append(RandomTerm(self.residual, record_unit, self.residual.index(d.env, d.trait, m), None))
+        out.append(RandomTerm(self.residual, record_unit, self.residual.index(d.env, d.trait, m)))
         return out
 
     # -- scales, feasibility, start ---------------------------------------------------------

@@ -19,7 +19,8 @@ class FitOptions:
     """The engine, the optimizer's tolerance and budgets, whether PEVs are computed, and the
     BLAS threads.
 
-    engine : ``"auto"`` (spectral where exact, else dense), ``"dense"`` or ``"spectral"``.
+    engine : ``"auto"`` (spectral where exact, else the cheaper of MME and dense), ``"mme"``,
+        ``"dense"`` or ``"spectral"``.
     tol : convergence tolerance on the Newton decrement ½·score'·AI⁺·score.
     max_iter : most iterations, AI steps and fallback iterations together.
     time_limit : most seconds for the optimisation (``None``: no limit).

@@ -28,6 +28,7 @@ import pandas as pd
 from .data import Design
 from .errors import InputError
 from .kinship import kinship_matrix
+from .kinship.pedigree import Pedigree, PedigreeRelationship
 from .model import Factor
 from .structures import RESERVED_PREFIXES, structure_class
 
@@ -35,7 +36,8 @@ from .structures import RESERVED_PREFIXES, structure_class
 @dataclass(frozen=True)
 class Random:
     """A random term: ``factor`` (a column or ``"a:b"``), ``K`` a relationship matrix over its
-    levels (a labelled DataFrame or a path; ``None``: independent levels) and its
+    levels (a labelled DataFrame or a path; a :class:`~hetvc.kinship.pedigree.Pedigree` from
+    :func:`hetvc.read_pedigree`, carried by its sparse inverse A⁻¹; ``None``: independent levels) and its
     ``structure`` (``"homogeneous"``: one Σ across traits for every environment;
     ``"heterogeneous"``: Σ_l per environment; ``"diagonal"``: a variance per trait (and
     environment); ``"unstructured"``: full across environments)."""
@@ -104,7 +106,11 @@ def _factor(spec: Random, labels: np.ndarray, jitter) -> Factor:
     observed_labels, unit = np.unique(labels, return_inverse=True)
     if spec.K is None:
         return Factor(spec.name, unit, [str(v) for v in observed_labels], np.arange(len(observed_labels)), None)
-    Kmat, ids = kinship_matrix(spec.K, jitter)
+    if isinstance(spec.K, (Pedigree, PedigreeRelationship)):  # carried by its sparse A⁻¹
+        Kmat = spec.K if isinstance(spec.K, PedigreeRelationship) else PedigreeRelationship(spec.K)
+        ids = Kmat.ids
+    else:
+        Kmat, ids = kinship_matrix(spec.K, jitter)
     ids = [str(i) for i in ids]
     position = {label: j for j, label in enumerate(ids)}
     absent = [str(lab) for lab in observed_labels if lab not in position]

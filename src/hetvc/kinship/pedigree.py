@@ -5,6 +5,7 @@ r"""Pedigrees → the additive relationship matrix A, its sparse inverse A⁻¹,
     A = pedigree_kinship(ped)                      # labelled n×n DataFrame, parents before offspring
     Ainv, ids = pedigree_inverse(ped)              # scipy.sparse CSC matrix, rows/columns in ids order
     F = inbreeding(ped)                            # Series of inbreeding coefficients by id
+    rel = PedigreeRelationship(ped)                # A⁻¹, diag A and log|A| without A: hetvc.fit(K=rel)
 
 Every function takes a :class:`Pedigree`, a path (``.csv``; ``.tsv``/``.tab`` for tabs; other
 names have their separator sniffed) or a DataFrame, with the same ``id=``, ``sire=``, ``dam=``
@@ -77,8 +78,8 @@ from ..errors import InputError
 from .ids import _fmt_ids
 from .tables import _csv_sep
 
-__all__ = ["Pedigree", "read_pedigree", "pedigree_kinship", "pedigree_inverse", "inbreeding",
-           "looks_like_pedigree"]
+__all__ = ["Pedigree", "PedigreeRelationship", "read_pedigree", "pedigree_kinship", "pedigree_inverse",
+           "inbreeding", "looks_like_pedigree"]
 
 UNKNOWN = frozenset({"", "0", "NA", "na", "NaN", "nan", ".", "-", "*"})
 _PARENT_WORDS = ("sire", "dam", "father", "mother", "parent")
@@ -333,8 +334,13 @@ def pedigree_inverse(source, id: str = "id", sire: str = "sire", dam: str = "dam
                      positions: bool = False) -> tuple[sp.csc_matrix, list]:
     """(A⁻¹, ids): the sparse inverse of A by Henderson's rules with inbreeding (Quaas 1976)."""
     ped = read_pedigree(source, id, sire, dam, positions)
+    return _henderson_inverse(ped, _meuwissen_luo(ped)[1]), list(ped.ids)
+
+
+def _henderson_inverse(ped: Pedigree, mendelian: np.ndarray) -> sp.csc_matrix:
+    """A⁻¹ = (I − P)ᵀ D⁻¹ (I − P) from the Mendelian sampling variances D."""
     n = len(ped)
-    delta = 1.0 / _meuwissen_luo(ped)[1]
+    delta = 1.0 / mendelian
     i = np.arange(n)
     rows, cols, vals = [i], [i], [delta]
     for p in (ped.sire, ped.dam):
@@ -348,7 +354,42 @@ def pedigree_inverse(source, id: str = "id", sire: str = "sire", dam: str = "dam
             cols.append(q[kk])
             vals.append(0.25 * delta[kk])
     coo = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    return sp.csc_matrix(coo), list(ped.ids)
+    return sp.csc_matrix(coo)
+
+
+class PedigreeRelationship:
+    """A pedigree's A carried by its sparse inverse, as a fit's K or a random term's relationship
+    (``hetvc.fit(K=read_pedigree(...))``, ``hetvc.Random("animal", K=read_pedigree(...))``).
+
+    ``inverse`` is A⁻¹ (Henderson's rules, O(n) non-zeros), ``diagonal`` = 1 + F and
+    ``logdet`` = log|A| = Σ log D_i (A = L D Lᵀ with unit triangular L); the dense A (8n² bytes)
+    is formed only when an engine needs it (:meth:`dense`)."""
+
+    def __init__(self, source, id: str = "id", sire: str = "sire", dam: str = "dam", positions: bool = False):
+        self.pedigree = read_pedigree(source, id, sire, dam, positions)
+        self.ids = list(self.pedigree.ids)
+        F, D = _meuwissen_luo(self.pedigree)
+        self.diagonal = 1.0 + F
+        self.inverse = _henderson_inverse(self.pedigree, D)
+        self.logdet = float(np.log(D).sum())
+        self._dense = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def dense(self, what: str = "the pedigree's A") -> np.ndarray:
+        """A (tabular method), formed once; refused in one line when it would not fit in memory."""
+        if self._dense is None:
+            from ..engines.dense import available_memory  # the engines import the model, which imports this
+
+            n, have = len(self.ids), available_memory()
+            if have is not None and 8.0 * n * n > 0.5 * have:
+                raise InputError(
+                    f"{what} over {n} animals is given by its sparse inverse, and the chosen engine needs it "
+                    f"dense: {8.0 * n * n / 2**30:.1f} GB, about {have / 2**30:.1f} GB is available; use "
+                    "engine='mme' (or 'auto'), which works with A⁻¹")
+            self._dense = _tabular(self.pedigree)
+        return self._dense
 
 
 def pedigree_summary(ped: Pedigree, source="pedigree") -> list[str]:

@@ -1,0 +1,728 @@
+"""The mixed-model-equations engine: Henderson's equations, never V (docs/design.md §3).
+
+Unknowns s = (b, u_1, …, u_T): the fixed effects and, for the genetic term and every random
+term t, u_t over every level of its relationship 𝒦_t and every row of Σ_t, Var(u_t) = G_t =
+𝒦_t ⊗ Σ_t.  With W = [X Z_1 … Z_T] and R = blockdiag over records of ΣE[rows of the record]:
+
+    C = W'R⁻¹W + blockdiag(0, G_1⁻¹, …, G_T⁻¹),   C ŝ = r = W'R⁻¹y,   Py = R⁻¹ê, ê = y − Wŝ
+    log|V| + log|X'V⁻¹X| = log|R| + Σ_t (d_t log|𝒦_t| + n_t log|Σ_t|) + log|C|
+    y'Py = y'R⁻¹y − ŝ'r
+
+and for ML log|V| is the same plus log|C^XX| (X'V⁻¹X = (C^XX)⁻¹, C^XX the fixed block of C⁻¹).
+With Ĉ = C⁻¹ (REML), or C⁻¹ − C⁻¹[:,X] (C^XX)⁻¹ C⁻¹[X,:] = [[0, 0], [0, C_ZZ⁻¹]] (ML),
+Z_t'PZ_t = G_t⁻¹ − G_t⁻¹ Ĉ_tt G_t⁻¹ and Z_t'Py = G_t⁻¹ û_t give, for an element (a, b) of Σ_t
+(μ = 2 − δ_ab, Û_t the levels × d_t BLUPs),
+
+    ∂ℓ/∂σ_ab = −½ μ [n_t Σ⁻¹ − Σ⁻¹ (A_t + Û_t'𝒦_t⁻¹Û_t) Σ⁻¹]_ab,   A_t[a,b] = Σ_jj' 𝒦⁻¹_jj' Ĉ[(j,a),(j',b)]
+
+and for an element of ΣE, with S_r = ΣE over record r's rows and Q_r = W_r Ĉ W_r',
+
+    ∂ℓ/∂σ_ab = −½ μ [Σ_r S_r⁻¹ − S_r⁻¹ (Q_r + ê_r ê_r') S_r⁻¹]_ab      (embedded in ΣE's rows),
+
+summed per pattern of observed rows (S_r is the same for every record of a pattern).  Only the
+elements of Ĉ on the pattern of C are needed.  AI = ½ F'PF with F = [V_k Py]: V_k Py =
+Z_t vec(Û_t Σ_t⁻¹ ∂Σ_t) for a term, ∂R R⁻¹ê for the residual; F'PF = F'R⁻¹F − (W'R⁻¹F)'Ĉ(W'R⁻¹F).
+
+Two factorisations of C, chosen here:
+
+* **dense C**, where some 𝒦_t⁻¹ is dense (a genomic K): C splits into the connected components
+  of its pattern (the unknowns linked through a value, a record, a block of Σ_t and a connected
+  part of 𝒦_t: the environments for a heterogeneous ΣG); each (small ones batched together) is
+  factored by LAPACK Cholesky and inverted whole.  Cost Σ n_g³ for n_g unknowns per group.
+* **sparse C**, where every 𝒦_t⁻¹ is sparse (identity, diagonal, a pedigree's A⁻¹): an LDL'
+  factor by QDLDL (``qdldl`` on PyPI: wheels for every platform, no system library, AMD
+  ordering; CHOLMOD through scikit-sparse needs SuiteSparse installed) and the elements of C⁻¹
+  on the pattern of L + L' by Takahashi's recurrences (:class:`_SelectedInverse`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import qdldl
+import scipy.linalg as sla
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from ..errors import InputError
+from ..model import Model
+from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
+from .dense import available_memory
+
+_BATCH = 256  # components below this many unknowns are factored together, in batches of about this size
+_SPARSE_WORK = 30.0  # a flop of the vectorised sparse factor and inverse against one of LAPACK's
+
+
+class MMENotApplicable(Exception):
+    """The mixed-model equations cannot be formed for this model (``reason``: one line)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _logdet_sparse(matrix: sp.spmatrix, what: str) -> float:
+    """log|M| of a sparse positive definite matrix (its LDL' factor)."""
+    d = qdldl.Solver(sp.triu(matrix, format="csc"), upper=True).factors()[1]
+    if not np.all(d > 0):
+        raise MMENotApplicable(f"{what} is not positive definite")
+    return float(np.log(d).sum())
+
+
+class _Kernel:
+    """𝒦_t⁻¹ over a term's levels and log|𝒦_t|: sparse (identity, diagonal, a pedigree's A⁻¹)
+    or dense (inverted by :meth:`prepare`)."""
+
+    def __init__(self, factor):
+        self.name = factor.name
+        self.n = len(factor.levels)
+        rel = factor.relationship
+        self.dense_kernel = None
+        if rel is None:
+            self.inverse, self.logdet = sp.identity(self.n, format="csr"), 0.0
+        elif factor.kernel_inverse is not None:
+            self.inverse, self.logdet = sp.csr_matrix(factor.kernel_inverse), float(rel.logdet)
+        elif np.count_nonzero(rel - np.diag(np.diag(rel))) == 0:
+            diag = np.diag(rel)
+            if not np.all(diag > 0):
+                raise MMENotApplicable(f"the relationship of {self.name!r} has a zero diagonal element")
+            self.inverse, self.logdet = sp.diags(1.0 / diag, format="csr"), float(np.log(diag).sum())
+        else:
+            self.inverse, self.logdet, self.dense_kernel = None, None, rel
+
+    @property
+    def sparse(self) -> bool:
+        return self.dense_kernel is None
+
+    def components(self) -> np.ndarray:
+        """Connected component of every level in the relationship's pattern."""
+        pattern = self.inverse if self.sparse else sp.csr_matrix(self.dense_kernel != 0)
+        return connected_components(pattern, directed=False)[1]
+
+    def prepare(self) -> None:
+        """Invert a dense 𝒦 (Cholesky); a singular one cannot enter the equations."""
+        if self.sparse or self.inverse is not None:
+            return
+        try:
+            chol = sla.cholesky(self.dense_kernel, lower=True, check_finite=False)
+        except (sla.LinAlgError, ValueError):
+            raise MMENotApplicable(f"the relationship of {self.name!r} is singular (not positive definite), so "
+                                   "its inverse does not exist") from None
+        self.logdet = 2.0 * float(np.log(np.diag(chol)).sum())
+        self.inverse = sla.cho_solve((chol, True), np.eye(self.n), check_finite=False)
+
+    def times(self, values: np.ndarray) -> np.ndarray:
+        """𝒦⁻¹ · values (levels × k)."""
+        return self.inverse @ values
+
+
+class _Patterns:
+    """The residual by records grouped by their pattern of observed rows of ΣE: for pattern p,
+    ``values[p]`` (records × k) are the observed values of its records and ``rows[p]`` their rows."""
+
+    def __init__(self, residual, n_obs: int):
+        rec, idx = residual.unit, residual.index
+        order = np.lexsort((idx, rec))  # record-major, then row
+        counts = np.bincount(rec)
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        keys = {}
+        self.values, self.rows = [], []
+        for k in np.unique(counts):
+            recs = np.flatnonzero(counts == k)
+            vals = order[start[recs][:, None] + np.arange(k)[None, :]]  # (records, k)
+            rows = idx[vals]
+            _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+            for g, f in enumerate(first):
+                keys[tuple(rows[f])] = vals[inv.ravel() == g]
+        for r, vals in keys.items():
+            self.rows.append(np.array(r))
+            self.values.append(vals)
+        self.n_records = len(counts)
+
+    def inverses(self, SE: np.ndarray):
+        """(S_p⁻¹ per pattern, log|R|)."""
+        invs, logdet = [], 0.0
+        for rows, vals in zip(self.rows, self.values):
+            try:
+                chol = sla.cholesky(SE[np.ix_(rows, rows)], lower=True, check_finite=False)
+            except (sla.LinAlgError, ValueError):
+                raise NotPositiveDefinite("ΣE") from None
+            logdet += 2.0 * len(vals) * float(np.log(np.diag(chol)).sum())
+            invs.append(sla.cho_solve((chol, True), np.eye(len(rows)), check_finite=False))
+        return invs, logdet
+
+    def apply(self, invs, values: np.ndarray) -> np.ndarray:
+        """R⁻¹·values (N or N × c), pattern by pattern."""
+        out = np.empty_like(values)
+        for vals, inv in zip(self.values, invs):
+            out[vals] = np.einsum("rk...,kj->rj...", values[vals], inv)
+        return out
+
+
+def _structure_inverse(S: np.ndarray, blocks) -> tuple[np.ndarray, float]:
+    """Σ⁻¹ block by positive-definite block (exact zeros elsewhere) and log|Σ|."""
+    inv, logdet = np.zeros_like(S), 0.0
+    for blk in blocks:
+        blk = np.asarray(blk)
+        try:
+            chol = sla.cholesky(S[np.ix_(blk, blk)], lower=True, check_finite=False)
+        except (sla.LinAlgError, ValueError):
+            raise NotPositiveDefinite("Σ") from None
+        logdet += 2.0 * float(np.log(np.diag(chol)).sum())
+        inv[np.ix_(blk, blk)] = sla.cho_solve((chol, True), np.eye(len(blk)), check_finite=False)
+    return inv, logdet
+
+
+def _block_mask(blocks, dim: int) -> np.ndarray:
+    mask = np.zeros((dim, dim), dtype=bool)
+    for blk in blocks:
+        mask[np.ix_(blk, blk)] = True
+    return mask
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """concat(arange(s, s + n) for s, n in zip(starts, sizes))."""
+    total = int(sizes.sum())
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.repeat(starts, sizes) + (np.arange(total) - offsets)
+
+
+class _DenseC:
+    """C factored group by group (connected components of C, small ones batched) with LAPACK;
+    C⁻¹ kept whole within each group."""
+
+    def __init__(self, starts: np.ndarray, sizes: np.ndarray, rows, cols, q: int):
+        self.starts, self.sizes = starts, sizes
+        self.offsets = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) ** 2)])
+        self.group = np.repeat(np.arange(len(sizes)), sizes)
+        self.local = np.arange(q) - starts[self.group]
+        self.slots_of_c = self.slots(rows, cols)
+        self.q = q
+
+    def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Positions of C[i, j] (i, j in one group) in the flat storage of the groups."""
+        g = self.group[i]
+        return self.offsets[g] + self.local[i].astype(np.int64) * self.sizes[g] + self.local[j]
+
+    def block(self, flat: np.ndarray, g: int) -> np.ndarray:
+        n = int(self.sizes[g])
+        return flat[self.offsets[g]:self.offsets[g + 1]].reshape(n, n)
+
+    def factor(self, values: np.ndarray, dense_parts) -> float:
+        """Factor C from its sparse ``values`` (at ``slots_of_c``) and ``dense_parts`` [(group,
+        local start, matrix)]; keep C⁻¹; return log|C|."""
+        flat = np.bincount(self.slots_of_c, weights=values, minlength=int(self.offsets[-1]))
+        for g, start, part in dense_parts:
+            self.block(flat, g)[start:start + len(part), start:start + len(part)] += part
+        logdet = 0.0
+        for g in range(len(self.sizes)):
+            M = self.block(flat, g)
+            try:
+                chol = sla.cholesky(M, lower=True, overwrite_a=True, check_finite=False)
+            except (sla.LinAlgError, ValueError) as err:
+                raise NotPositiveDefinite(str(err)) from None
+            logdet += 2.0 * float(np.log(np.diag(chol)).sum())
+            inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=1)
+            if info != 0:
+                raise NotPositiveDefinite("dpotri failed")
+            M[...] = np.tril(inv) + np.tril(inv, -1).T
+        self.inv = flat
+        return logdet
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        out = np.empty_like(rhs)
+        for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
+            out[s:s + n] = self.block(self.inv, g) @ rhs[s:s + n]
+        return out
+
+    def selected(self) -> np.ndarray:
+        """Storage of C⁻¹ (indexed by :meth:`slots`)."""
+        return self.inv
+
+    def diagonal(self, i: np.ndarray) -> np.ndarray:
+        return self.inv[self.slots(i, i)]
+
+
+class _SelectedInverse:
+    """Takahashi's recurrences for Z = C⁻¹ on the pattern of L (C = LDL', L unit lower):
+
+        Z[i,j] = −Σ_{k∈S_j} Z[i,k] L[k,j]  (i ∈ S_j),   Z[j,j] = 1/D_j − Σ_{k∈S_j} L[k,j] Z[k,j]
+
+    with S_j the rows of column j of L.  Z[S_j, S_j] lies on the pattern (S_j is a clique of
+    the filled graph) and belongs to ancestors of j in the elimination tree, so the columns of
+    one depth are computed together, root first, each depth in a few vectorised operations.
+    Storage: Z's strict lower part in L's CSC order, then its diagonal."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, n: int):
+        self.n, self.nnz = n, len(indices)
+        self.keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr)) * n + indices
+        sizes = np.diff(indptr)
+        parent = np.where(sizes > 0, indices[np.minimum(indptr[:-1], max(len(indices) - 1, 0))], -1)
+        depth = np.zeros(n, dtype=np.int64)
+        for j in range(n - 1, -1, -1):  # parents come after their children
+            if parent[j] >= 0:
+                depth[j] = depth[parent[j]] + 1
+        order = np.argsort(depth, kind="stable")
+        bounds = np.flatnonzero(np.diff(depth[order])) + 1
+        self.levels = []
+        for cols in np.split(order, bounds):
+            s = sizes[cols]
+            xs = _ranges(indptr[cols], s)  # positions in L of the columns' entries
+            col_of_x = np.repeat(np.arange(len(cols)), s)
+            count = s[col_of_x]
+            tgt = np.repeat(np.arange(len(xs)), count)
+            ys = _ranges(np.repeat(indptr[cols], s), count)
+            slot = self.slots(indices[xs][tgt], indices[ys])
+            self.levels.append((cols, xs, col_of_x, tgt, ys, slot))
+        self.pairs = sum(len(lv[3]) for lv in self.levels)
+
+    def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Storage positions of Z[i, j] (permuted indices, on the pattern of L + L')."""
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        pos = np.searchsorted(self.keys, lo.astype(np.int64) * self.n + hi)
+        diag = lo == hi
+        found = diag | (self.keys[np.minimum(pos, self.nnz - 1)] == lo.astype(np.int64) * self.n + hi) \
+            if self.nnz else diag
+        if not np.all(found):
+            raise AssertionError("an element of C⁻¹ off the pattern of L + L' was asked for")
+        return np.where(diag, self.nnz + lo, pos)
+
+    def compute(self, ldata: np.ndarray, d: np.ndarray) -> np.ndarray:
+        z = np.zeros(self.nnz + self.n)
+        for cols, xs, col_of_x, tgt, ys, slot in self.levels:
+            zx = -np.bincount(tgt, weights=z[slot] * ldata[ys], minlength=len(xs))
+            z[xs] = zx
+            z[self.nnz + cols] = 1.0 / d[cols] - np.bincount(col_of_x, weights=ldata[xs] * zx, minlength=len(cols))
+        return z
+
+
+class _SparseC:
+    """C factored by QDLDL (fill-reducing AMD order), with the elements of C⁻¹ on the pattern
+    of L + L' by :class:`_SelectedInverse`."""
+
+    def __init__(self, rows, cols, q: int, values: np.ndarray):
+        upper = rows <= cols
+        key = cols[upper].astype(np.int64) * q + rows[upper]
+        uniq, slot = np.unique(key, return_inverse=True)
+        self.upper, self.slot, self.q = upper, slot, q
+        self.indices = (uniq % q).astype(np.int32)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(uniq // q, minlength=q))])
+        self.solver = qdldl.Solver(self._matrix(values), upper=True)
+        L, _, perm = self.solver.factors()
+        self.perm = np.asarray(perm)
+        self.position = np.empty(q, dtype=np.int64)
+        self.position[self.perm] = np.arange(q)
+        L = sp.csc_matrix(L)
+        L.sort_indices()
+        self.pattern = L.indptr.copy()
+        self.takahashi = None
+        self.nnz_l = L.nnz
+        self.l_columns = np.diff(L.indptr)
+
+    def _matrix(self, values: np.ndarray) -> sp.csc_matrix:
+        data = np.bincount(self.slot, weights=values[self.upper], minlength=len(self.indices))
+        return sp.csc_matrix((data, self.indices, self.indptr), shape=(self.q, self.q))
+
+    def selected_setup(self) -> "_SelectedInverse":
+        if self.takahashi is None:
+            L = sp.csc_matrix(self.solver.factors()[0])
+            L.sort_indices()
+            self.takahashi = _SelectedInverse(L.indptr, L.indices, self.q)
+        return self.takahashi
+
+    def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return self.selected_setup().slots(self.position[i], self.position[j])
+
+    def factor(self, values: np.ndarray, dense_parts) -> float:
+        self.solver.update(self._matrix(values), upper=True)
+        L, d, _ = self.solver.factors()
+        if not np.all(d > 0):
+            raise NotPositiveDefinite("C is not positive definite")
+        self._L, self._d = L, d
+        return float(np.log(d).sum())
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        if rhs.ndim == 1:
+            return self.solver.solve(rhs)
+        return np.column_stack([self.solver.solve(np.ascontiguousarray(c)) for c in rhs.T]) \
+            if rhs.shape[1] else rhs.copy()
+
+    def selected(self) -> np.ndarray:
+        L = sp.csc_matrix(self._L)
+        L.sort_indices()
+        if not np.array_equal(L.indptr, self.pattern):
+            raise AssertionError("the pattern of L changed between factorisations")
+        return self.selected_setup().compute(L.data, self._d)
+
+    def diagonal(self, i: np.ndarray) -> np.ndarray:
+        return self.selected()[self.slots(i, i)]
+
+
+class MMEEngine(Engine):
+    """ℓ, score and AI from Henderson's mixed-model equations (module docstring)."""
+
+    name = "mme"
+
+    def __init__(self, model: Model):
+        self.model = model
+        d = model.design
+        self.y, self.X = d.y, d.X
+        n, p = len(d.y), d.X.shape[1]
+        terms = model.terms()
+        self.terms, self.residual = terms[:-1], terms[-1]
+        self.params = model.elements()
+        self.const = restricted_constant(n, p, model.method)
+        self.kernels = [_Kernel(t.factor) for t in self.terms]
+        self.levels = [t.factor.observed[t.unit] for t in self.terms]  # level of each value
+        self.patterns = _Patterns(self.residual, n)
+        self._layout(n, p)
+        self._equations(n, p)
+        self.sparse = all(k.sparse for k in self.kernels)
+        if self.sparse:
+            self.C = _SparseC(self.rows, self.cols, self.q, self._values(model.start())[0])
+            cols = self.C.l_columns.astype(float)
+            self.flops = float((cols ** 2).sum()) * _SPARSE_WORK
+            work = 12.0 * float((cols ** 2).sum()) + 8.0 * (3 * self.C.nnz_l + len(self.rows))
+        else:
+            self.C = _DenseC(self.group_starts, self.group_sizes, self.rows, self.cols, self.q)
+            self.flops = float((self.group_sizes.astype(float) ** 3).sum())
+            work = 8.0 * (2 * float((self.group_sizes.astype(float) ** 2).sum())
+                          + sum(k.n ** 2 for k in self.kernels if not k.sparse))
+        self.memory = work + 8.0 * n * (len(self.params) + p) * 3 + 8.0 * self.q * (len(self.params) + p) * 2
+        self._check_memory()
+
+    # -- structure ----------------------------------------------------------------------------
+    def _layout(self, n: int, p: int) -> None:
+        """Order the unknowns so that every connected component of C is contiguous (fixed effects
+        first, then per term its atoms: the levels of one connected part of 𝒦_t × the rows of
+        one block of Σ_t, level-major), and batch the small components into groups."""
+        X = self.X
+        vo, fc = np.nonzero(X)
+        edges_a, edges_b = [vo], [n + fc]
+        offset = n + p
+        self.atom_offset, atom_of, block_of_rows, comps = [], [], [], []
+        for term, kern, lev in zip(self.terms, self.kernels, self.levels):
+            blocks = term.structure.blocks
+            block_of = np.zeros(term.structure.dim, dtype=np.int64)
+            for b, blk in enumerate(blocks):
+                block_of[np.asarray(blk)] = b
+            comp = kern.components()
+            n_comp = int(comp.max()) + 1
+            atom = block_of[term.index] * n_comp + comp[lev]
+            edges_a.append(np.arange(n))
+            edges_b.append(offset + atom)
+            self.atom_offset.append(offset)
+            atom_of.append(n_comp)
+            block_of_rows.append(block_of)
+            comps.append(comp)
+            offset += len(blocks) * n_comp
+        res = self.residual
+        rblock = np.zeros(res.structure.dim, dtype=np.int64)
+        for b, blk in enumerate(res.structure.blocks):
+            rblock[np.asarray(blk)] = b
+        _, rnode = np.unique(res.unit.astype(np.int64) * len(res.structure.blocks) + rblock[res.index],
+                             return_inverse=True)
+        edges_a.append(np.arange(n))
+        edges_b.append(offset + rnode)
+        total = offset + int(rnode.max()) + 1
+        a, b = np.concatenate(edges_a), np.concatenate(edges_b)
+        graph = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(total, total))
+        label = connected_components(graph, directed=False)[1]
+        # every unknown with its sort key (component, kind, atom, level, row)
+        keys = [[label[n + np.arange(p)], np.zeros(p, np.int64), np.arange(p), np.zeros(p, np.int64),
+                 np.zeros(p, np.int64)]]
+        for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
+            dim = term.structure.dim
+            lv = np.repeat(np.arange(kern.n), dim)
+            row = np.tile(np.arange(dim), kern.n)
+            atom = block_of_rows[t][row] * atom_of[t] + comps[t][lv]
+            keys.append([label[self.atom_offset[t] + atom], np.full(len(lv), t + 1), atom, lv, row])
+        keys = [np.concatenate(k) for k in zip(*keys)]
+        order = np.lexsort(keys[::-1])
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        self.q = len(order)
+        self.fixed = position[:p]
+        self.pos, start = [], p
+        for term, kern in zip(self.terms, self.kernels):
+            size = kern.n * term.structure.dim
+            self.pos.append(position[start:start + size].reshape(kern.n, term.structure.dim))
+            start += size
+        # components in order, the small ones batched into groups of about _BATCH unknowns
+        comp_sizes = np.bincount(keys[0][order])
+        comp_sizes = comp_sizes[comp_sizes > 0]
+        sizes, current = [], 0
+        for s in comp_sizes.tolist():
+            if s >= _BATCH:
+                if current:
+                    sizes.append(current)
+                    current = 0
+                sizes.append(s)
+            else:
+                current += s
+                if current >= _BATCH:
+                    sizes.append(current)
+                    current = 0
+        if current:
+            sizes.append(current)
+        self.group_sizes = np.array(sizes, dtype=np.int64)
+        self.group_starts = np.concatenate([[0], np.cumsum(self.group_sizes)[:-1]]).astype(np.int64)
+        # dense-kernel atoms: (term, level ids, rows) as contiguous ranges in global order
+        self.atoms = []
+        for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
+            if kern.sparse:
+                continue
+            for b, blk in enumerate(term.structure.blocks):
+                rows = np.sort(np.asarray(blk))
+                for c in range(atom_of[t]):
+                    lv = np.flatnonzero(comps[t] == c)
+                    first = self.pos[t][lv[0], rows[0]]
+                    self.atoms.append((t, lv, rows, int(first)))
+
+    def _equations(self, n: int, p: int) -> None:
+        """The pattern of C with, for every stored contribution, its constant factor and which
+        θ-dependent coefficient (an element of some S_p⁻¹ or Σ_t⁻¹) multiplies it."""
+        # W (N × q): X's non-zeros, then one unknown per term
+        vo, fc = np.nonzero(self.X)
+        w_rows = [vo] + [np.arange(n)] * len(self.terms)
+        w_cols = [self.fixed[fc]] + [pos[lev, term.index] for pos, lev, term in
+                                     zip(self.pos, self.levels, self.terms)]
+        w_vals = [self.X[vo, fc]] + [np.ones(n)] * len(self.terms)
+        self.W = sp.csr_matrix((np.concatenate(w_vals), (np.concatenate(w_rows), np.concatenate(w_cols))),
+                               shape=(n, self.q))
+        self.z_cols = np.column_stack(w_cols[1:]) if self.terms else np.zeros((n, 0), np.int64)
+        rows, cols, base, coef = [], [], [], []
+        ncoef = 0
+        self.pattern_coef = []
+        Wp = self.W
+        rmask = _block_mask(self.residual.structure.blocks, self.residual.structure.dim)
+        pair_o, pair_o2, pair_group = [], [], []
+        n_groups = 0
+        for prow, vals in zip(self.patterns.rows, self.patterns.values):
+            k = len(prow)
+            self.pattern_coef.append(ncoef)
+            for i in range(k):
+                for j in range(k):
+                    if not rmask[prow[i], prow[j]]:
+                        continue
+                    o, o2 = vals[:, i], vals[:, j]
+                    # W[o]' W[o2] record by record: every pair of the two rows' entries
+                    A, B = Wp[o], Wp[o2]
+                    na, nb = np.diff(A.indptr), np.diff(B.indptr)
+                    rec_a = np.repeat(np.arange(len(o)), na)
+                    cnt = nb[rec_a]
+                    ia = np.repeat(np.arange(A.nnz), cnt)
+                    ib = _ranges(B.indptr[:-1][rec_a], cnt)
+                    rows.append(A.indices[ia])
+                    cols.append(B.indices[ib])
+                    base.append(A.data[ia] * B.data[ib])
+                    coef.append(np.full(len(ia), ncoef + i * k + j))
+                    pair_o.append(o)
+                    pair_o2.append(o2)
+                    pair_group.append(np.full(len(o), n_groups))
+                    n_groups += 1
+            ncoef += k * k
+        self.pair_o, self.pair_o2 = np.concatenate(pair_o), np.concatenate(pair_o2)
+        self.pair_group, self.n_pair_groups = np.concatenate(pair_group), n_groups
+        # G⁻¹ of the sparse kernels: 𝒦⁻¹[j, j'] Σ⁻¹[a, b] for (a, b) in one block of Σ
+        self.term_coef, self.kernel_entries = [], []
+        for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
+            dim = term.structure.dim
+            self.term_coef.append(ncoef)
+            if kern.sparse:
+                kin = kern.inverse.tocoo()
+                ab = np.flatnonzero(_block_mask(term.structure.blocks, dim).ravel())
+                a, b = ab // dim, ab % dim
+                r = self.pos[t][np.repeat(kin.row, len(ab)), np.tile(a, kin.nnz)]
+                c = self.pos[t][np.repeat(kin.col, len(ab)), np.tile(b, kin.nnz)]
+                rows.append(r)
+                cols.append(c)
+                base.append(np.repeat(kin.data, len(ab)))
+                coef.append(ncoef + np.tile(ab, kin.nnz))
+                self.kernel_entries.append((r, c, np.tile(ab, kin.nnz), np.repeat(kin.data, len(ab))))
+            else:
+                self.kernel_entries.append(None)
+            ncoef += dim * dim
+        self.rows, self.cols = np.concatenate(rows), np.concatenate(cols)
+        self.base, self.coef = np.concatenate(base), np.concatenate(coef)
+        self.n_coef = ncoef
+
+    def _check_memory(self) -> None:
+        have = available_memory()
+        if have is None or self.memory <= 0.8 * have:
+            return
+        raise InputError(
+            f"the MME engine needs about {self.memory / 2**30:.1f} GB for {self.q} unknowns ({self.summary()}) "
+            f"and about {have / 2**30:.1f} GB is available; fit fewer traits or environments at once, or a "
+            "two-stage analysis of genotype means per environment")
+
+    def summary(self) -> str:
+        if self.sparse:
+            return f"sparse C: {self.q:,} unknowns, {self.C.nnz_l:,} non-zeros in its factor"
+        sizes = self.group_sizes
+        if len(sizes) == 1:
+            return f"dense C: {self.q:,} unknowns"
+        return f"dense C: {self.q:,} unknowns in {len(sizes)} independent blocks of {min(sizes):,}–{max(sizes):,}"
+
+    def prepare(self) -> None:
+        """Invert the dense relationships (raises :class:`MMENotApplicable` for a singular one)."""
+        for kern in self.kernels:
+            kern.prepare()
+
+    # -- one θ ------------------------------------------------------------------------------------
+    def _values(self, theta: np.ndarray):
+        """(values of C's stored contributions, Σ_t⁻¹ per term, S_p⁻¹ per pattern, log|R| + log|G|)."""
+        mats = self.model.matrices(theta)
+        invs, logdet = self.patterns.inverses(mats[-1])
+        coef = np.empty(self.n_coef)
+        for start, inv in zip(self.pattern_coef, invs):
+            coef[start:start + inv.size] = inv.ravel()
+        sig_inv = []
+        for t, (term, kern, S) in enumerate(zip(self.terms, self.kernels, mats[:-1])):
+            inv, ld = _structure_inverse(S, term.structure.blocks)
+            sig_inv.append(inv)
+            coef[self.term_coef[t]:self.term_coef[t] + inv.size] = inv.ravel()
+            if kern.logdet is not None:
+                logdet += term.structure.dim * kern.logdet + kern.n * ld
+        return self.base * coef[self.coef], sig_inv, invs, logdet
+
+    def _factor(self, theta: np.ndarray):
+        self.prepare()
+        values, sig_inv, r_inv, logdet = self._values(theta)
+        dense_parts = []
+        for t, lv, rows, first in self.atoms:
+            part = np.kron(self.kernels[t].inverse[np.ix_(lv, lv)], sig_inv[t][np.ix_(rows, rows)])
+            g = self.C.group[first]
+            dense_parts.append((g, int(self.C.local[first]), part))
+        logdet_c = self.C.factor(values, dense_parts)
+        ry = self.patterns.apply(r_inv, self.y)
+        r = self.W.T @ ry
+        s = self.C.solve(r)
+        ypy = float(self.y @ ry - s @ r)
+        return sig_inv, r_inv, logdet + logdet_c, s, ypy
+
+    def _fixed_block(self):
+        """B = C⁻¹[:, X] (q × p) and C^XX."""
+        E = np.zeros((self.q, len(self.fixed)))
+        E[self.fixed, np.arange(len(self.fixed))] = 1.0
+        B = self.C.solve(E)
+        return B, B[self.fixed]
+
+    def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
+        reml = self.model.method == "reml"
+        sig_inv, r_inv, logdet, s, ypy = self._factor(theta)
+        B = cxx = None
+        if not reml or derivatives:
+            B, cxx = self._fixed_block()
+        if not reml:
+            sign, ld = np.linalg.slogdet(cxx)
+            if sign <= 0:
+                raise NotPositiveDefinite("C^XX")
+            logdet += ld
+        loglik = -0.5 * (self.const + logdet + ypy)
+        if not derivatives:
+            return Evaluation(loglik)
+        return Evaluation(loglik, *self._derivatives(s, sig_inv, r_inv, B, cxx, reml))
+
+    def _derivatives(self, s, sig_inv, r_inv, B, cxx, reml):
+        n = len(self.y)
+        e = self.y - self.W @ s
+        w = self.patterns.apply(r_inv, e)  # Py
+        zinv = self.C.selected()
+        Q = None if reml else np.linalg.inv(cxx)
+        blups = [s[pos] for pos in self.pos]
+        mats = []  # per term: n_t Σ⁻¹ − Σ⁻¹ (A_t + Û'𝒦⁻¹Û) Σ⁻¹
+        for t, (term, kern, U, Si) in enumerate(zip(self.terms, self.kernels, blups, sig_inv)):
+            dim = term.structure.dim
+            A = np.zeros((dim, dim))
+            entries = self.kernel_entries[t]
+            if entries is not None:
+                _, _, ab, kval = entries
+                A.ravel()[:] = np.bincount(ab, weights=kval * zinv[self._queries[0][t]], minlength=dim * dim)
+            for tt, lv, rows, first in self.atoms:
+                if tt != t:
+                    continue
+                g, start = self.C.group[first], int(self.C.local[first])
+                size = len(lv) * len(rows)
+                sub = self.C.block(zinv, g)[start:start + size, start:start + size]
+                sub = sub.reshape(len(lv), len(rows), len(lv), len(rows))
+                A[np.ix_(rows, rows)] += np.einsum("jakb,jk->ab", sub, kern.inverse[np.ix_(lv, lv)])
+            if not reml:  # Ĉ_tt = C^tt − B_t Q B_t'
+                Bt = B[self.pos[t]]  # (levels, d, p)
+                KB = kern.times(Bt.reshape(kern.n, -1)).reshape(Bt.shape)
+                A -= np.einsum("jap,pq,jbq->ab", Bt, Q, KB)
+            quad = U.T @ kern.times(U)
+            mats.append(kern.n * Si - Si @ (A + quad) @ Si)
+        # the residual: Σ_p S_p⁻¹ and S_p⁻¹ (Σ_r Q_r + ê_r ê_r') S_p⁻¹, embedded in ΣE
+        o, o2 = self.pair_o, self.pair_o2
+        WB = self.W @ B
+        Xo, Xo2 = self.X[o], self.X[o2]
+        qv = np.einsum("np,np->n", Xo, WB[o2]) + np.einsum("np,np->n", WB[o], Xo2) \
+            - np.einsum("np,pq,nq->n", Xo, cxx, Xo2)
+        for slots in self._queries[1]:
+            qv += zinv[slots]
+        if not reml:
+            qv -= np.einsum("np,pq,nq->n", WB[o], Q, WB[o2])
+        qv += e[o] * e[o2]
+        sums = np.bincount(self.pair_group, weights=qv, minlength=self.n_pair_groups)
+        dimE = self.residual.structure.dim
+        ME = np.zeros((dimE, dimE))
+        g = 0
+        rmask = _block_mask(self.residual.structure.blocks, dimE)
+        for prow, vals, inv in zip(self.patterns.rows, self.patterns.values, r_inv):
+            k = len(prow)
+            S = np.zeros((k, k))
+            for i in range(k):
+                for j in range(k):
+                    if rmask[prow[i], prow[j]]:
+                        S[i, j] = sums[g]
+                        g += 1
+            ME[np.ix_(prow, prow)] += len(vals) * inv - inv @ S @ inv
+        mats.append(ME)
+        # score and F = [V_k Py]
+        wrec = np.zeros((self.patterns.n_records, dimE))
+        wrec[self.residual.unit, self.residual.index] = w
+        kts = [U @ Si for U, Si in zip(blups, sig_inv)] + [wrec]
+        units = self.levels + [self.residual.unit]
+        idx = [t.index for t in self.terms] + [self.residual.index]
+        k_params = len(self.params)
+        score = np.empty(k_params)
+        F = np.empty((n, k_params))
+        for k, (t, a, b) in enumerate(self.params):
+            mult = 1.0 if a == b else 2.0
+            score[k] = -0.5 * mult * mats[t][a, b]
+            kt, unit, index = kts[t], units[t], idx[t]
+            col = np.where(index == a, kt[unit, b], 0.0)
+            if a != b:
+                col += np.where(index == b, kt[unit, a], 0.0)
+            F[:, k] = col
+        RF = self.patterns.apply(r_inv, F)
+        WRF = self.W.T @ RF
+        ai = F.T @ RF - WRF.T @ self.C.solve(WRF)
+        if not reml:
+            BW = B.T @ WRF
+            ai += BW.T @ Q @ BW
+        ai *= 0.5
+        return score, (ai + ai.T) / 2
+
+    @cached_property
+    def _queries(self):
+        """Where the elements of C⁻¹ the score needs are stored: per sparse-kernel term those
+        on the pattern of its G⁻¹, and Σ over term pairs of those between the unknowns of two
+        values of one record."""
+        kernel = [None if e is None else self.C.slots(e[0], e[1]) for e in self.kernel_entries]
+        pairs = [self.C.slots(self.z_cols[self.pair_o, t], self.z_cols[self.pair_o2, t2])
+                 for t in range(len(self.terms)) for t2 in range(len(self.terms))]
+        return kernel, pairs
+
+    def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
+        """BLUEs b̂ with Cov(b̂) = C^XX, BLUPs û_t of every level of every term, PEV = the
+        diagonal of C^{u_t u_t}, fitted values Wŝ."""
+        _, _, _, s, _ = self._factor(theta)
+        B, cxx = self._fixed_block()
+        diag = self.C.diagonal(np.arange(self.q)) if pev else None
+        preds = [(s[pos], diag[pos] if pev else None) for pos in self.pos]
+        out = Solution(s[self.fixed], cxx, preds[0][0], self.W @ s, preds[0][1])
+        out.random = {t.factor.name: p for t, p in zip(self.terms[1:], preds[1:])}
+        return out

@@ -117,6 +117,15 @@ class _Cells:
             out[:, c] = (self.Bm[sl].T @ z[sl].reshape(sl.stop - sl.start, -1)).reshape(out[:, c].shape)
         return out
 
+    def quadratic(self, W: np.ndarray) -> np.ndarray:
+        """E'QE for Q with blocks W (r, d, d) in rotated rows: S[m, m'] = Σ_j Bm[m,j] W[j,c_m,c_m'] Bm[m',j]."""
+        S = np.empty((len(self), len(self)))
+        for i, (c1, sl1) in enumerate(self.groups):
+            for c2, sl2 in self.groups[i:]:
+                S[sl1, sl2] = (self.Bm[sl1] * W[:, c1, c2]) @ self.Bm[sl2].T
+                S[sl2, sl1] = S[sl1, sl2].T
+        return S
+
     def pair(self, lam: np.ndarray) -> np.ndarray:
         """A_j Λ A_j' in cell coordinates: out[j, c, c'] = Σ_{m∈c, m'∈c'} Bm[m,j] Λ[m,m'] Bm[m',j]."""
         out = np.zeros((self.r, self.d, self.d))
@@ -142,9 +151,8 @@ class _Fill:
     def __init__(self, b: _CompletedBlock, st: _BlockState):
         cells = b.cells
         W = np.einsum("ci,ji,ei->jce", st.phi, st.delta, st.phi)  # (r, d, d)
-        S = cells.gather(W[:, :, cells.col] * cells.Bm.T[:, None, :])
         try:
-            self.chol = sla.cholesky((S + S.T) / 2, lower=True, check_finite=False)
+            self.chol = sla.cholesky(cells.quadratic(W), lower=True, check_finite=False)
         except (sla.LinAlgError, ValueError):
             raise NotPositiveDefinite("(V⁻¹)_MM is not positive definite") from None
         self.logdet = 2.0 * float(np.log(np.diag(self.chol)).sum())
@@ -155,6 +163,13 @@ class _Fill:
     def solve(self, z: np.ndarray) -> np.ndarray:
         """S⁻¹ z."""
         return sla.cho_solve((self.chol, True), z, check_finite=False)
+
+    def inverse(self) -> np.ndarray:
+        """S⁻¹ (LAPACK dpotri)."""
+        inv, info = sla.lapack.dpotri(self.chol, lower=1)  # the lower triangle; above it the factor's zeros
+        if info:
+            raise NotPositiveDefinite("dpotri failed on (V⁻¹)_MM")
+        return inv + np.tril(inv, -1).T
 
 
 class CompletedEngine(SpectralEngine):
@@ -210,7 +225,7 @@ class CompletedEngine(SpectralEngine):
         fill = st.extra
         if fill is None:
             return A_g, A_e
-        lam = fill.solve(np.eye(len(b.cells)))
+        lam = fill.inverse()
         if reml:
             lam += fill.xi @ C @ fill.xi.T
         gam = b.cells.pair(lam)  # Γ_j in cell coordinates
@@ -218,7 +233,7 @@ class CompletedEngine(SpectralEngine):
             sc = b.cells.scatter((b.T @ C @ fill.xi.T).T).reshape(b.cells.r, b.d, b.d, b.c)
             cross = np.einsum("jeck,jk->jce", sc, b.xt)
             gam -= cross + cross.transpose(0, 2, 1)
-        gam = np.einsum("ci,jce,eI->jiI", st.phi, gam, st.phi)
+        gam = st.phi.T @ gam @ st.phi  # Φ'Γ_jΦ
         dgd = st.delta[:, :, None] * gam * st.delta[:, None, :]
         return A_g - np.einsum("j,jiI->iI", b.s, dgd), A_e - dgd.sum(0)
 

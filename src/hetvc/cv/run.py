@@ -35,7 +35,7 @@ from ..study.folder import StudyError, lock_folder, machine_info, read_config
 from ..study.progress import StudyProgress
 from .result import CVResult
 from .schemes import SCHEMES, make_folds
-from .task import PREDICTION_COLUMNS, CVTask, FullFit, Inputs
+from .task import PREDICTION_COLUMNS, PROCESS_CACHE, CVTask, FullFit, Inputs
 
 FORMAT = "hetvc-cv"
 FIT_COLUMNS = ["scheme", "model", "fold", "key", "hidden_env", "hidden_trait", "n_hidden", "n_test", "status",
@@ -99,8 +99,11 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
         n_todo = sum(len(t.models) for t in todo)
         prog = StudyProgress(progress, total, total - n_todo, log_every, label="hetvc cv") if progress else None
         t0 = time.monotonic()
-        _, described = run_all(todo, sink, prog, scheduler=scheduler, workers=workers, total=total,
-                               where=out if out is not None else "memory")
+        try:
+            _, described = run_all(todo, sink, prog, scheduler=scheduler, workers=workers, total=total,
+                                   where=out if out is not None else "memory")
+        finally:
+            PROCESS_CACHE.clear()  # what the folds run in this process kept
         sink.finish(time.monotonic() - t0, described)
         rows = [sink.rows[(t.key, m)] for t in tasks for m in t.models]
     result = _result(rows)

@@ -3,7 +3,7 @@
 :meth:`CVTask.run` masks the fold's hidden values in a copy of the data *before* any model is
 built from it (so a hidden value can never reach its own prediction), fits every model of the
 task sharing one :class:`~hetvc.engines.EigenCache` (the models of a fold see the same
-kinship blocks), and predicts the fold's test records.  A :class:`FullFit` task fits a model
+kinship blocks, and so do some folds: :data:`PROCESS_CACHE`), and predicts the fold's test records.  A :class:`FullFit` task fits a model
 to all the data, for the accuracy r/√h².  Both return one row (a dict) per model; a fit that
 fails is a row with its status, and the run goes on.
 
@@ -33,6 +33,11 @@ from ..options import FitOptions
 from .schemes import Fold
 
 NEW_ENV_SCHEMES = ("cv0", "cv00")
+#: eigendecompositions of kinship blocks kept by a process across the folds it fits (a block
+#: recurs: an environment's lines in every CV0 fold, the same cells in every CV2t trait fold);
+#: keyed by the block's contents, so reuse never changes a result
+PROCESS_CACHE = EigenCache()
+MAX_CACHED_BLOCKS = 16
 PREDICTION_COLUMNS = ["scheme", "model", "fold", "id", "env", "trait", "observed", "predicted"]
 
 
@@ -133,7 +138,9 @@ class CVTask:
         base = dict(scheme=self.scheme.upper(), fold=fold.index, key=self.key, hidden_env=fold.env,
                     hidden_trait=fold.trait, n_hidden=int(fold.hidden.sum()) * len(hidden_traits),
                     n_test=int(fold.test.sum()))
-        cache = EigenCache()
+        if len(PROCESS_CACHE) > MAX_CACHED_BLOCKS:
+            PROCESS_CACHE.clear()
+        cache = PROCESS_CACHE
         rows = []
         for model in self.models:
             t0 = time.perf_counter()
@@ -174,7 +181,7 @@ class FullFit:
         base = dict(scheme="FULL", fold=0, key="full", model=self.model)
         t0 = time.perf_counter()
         try:
-            fitted = self.inputs.fit(self.inputs.data, self.model, EigenCache())
+            fitted = self.inputs.fit(self.inputs.data, self.model, PROCESS_CACHE)
         except Exception as err:  # noqa: BLE001
             return [dict(_row(base, error=err, seconds=time.perf_counter() - t0), h2=None)]
         h2 = fitted.heritability()[["env", "trait", "h2"]]

@@ -1,5 +1,7 @@
 """Cross-validation schemes and cross_validate (hetvc.cv)."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,3 +246,14 @@ def test_resume_runs_only_what_is_missing_and_refuses_other_settings(sim, tmp_pa
     changed.loc[0, "t1"] += 1
     with pytest.raises(HetvcError, match="data ="):
         cross_validate(changed, sim.K, "t1", "env", **kw)
+
+
+def test_dask_cluster_gives_the_same_predictions(sim, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    kw = dict(schemes=("cv2",), folds=3, models=("homogeneous",), seed=5)
+    local = cross_validate(sim.pheno, sim.K, "t1", "env", **kw)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        remote = cross_validate(sim.pheno, sim.K, "t1", "env", scheduler=client, out=tmp_path, **kw)
+    np.testing.assert_allclose(remote.predictions["predicted"], local.predictions["predicted"], rtol=0, atol=1e-12)
+    assert "Dask" in json.loads((tmp_path / "cv.json").read_text())["runs"][0]["backend"]

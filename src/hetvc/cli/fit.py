@@ -699,7 +699,9 @@ _model_options = [
     click.option("--residual", type=click.Choice(RESIDUAL), default="homogeneous", show_default=True,
                  help="Residual structure ΣE (and the default residual of --compare items)."),
     click.option("--method", type=click.Choice(["reml", "ml"]), default="reml", show_default=True),
-    click.option("--engine", type=click.Choice(["auto", "dense", "spectral"]), default="auto", show_default=True),
+    click.option("--engine", type=click.Choice(["auto", "dense", "spectral", "mme"]), default="auto", show_default=True,
+                 help="auto: spectral where exact, else the mixed-model equations (mme) or dense, whichever an "
+                      "iteration costs less; the choice and why are in the report"),
     click.option("--tol", type=float, default=1e-8, show_default=True, help="Convergence tolerance (Newton decrement)."),
     click.option("--max-iter", type=int, default=200, show_default=True,
                  help="Most iterations per model (AI steps and L-BFGS iterations together)."),

@@ -34,6 +34,7 @@ def test_cli_cv_writes_the_tables_and_reads_a_fold_file(trial, tmp_path):
     assert "CV1, t1: predictive ability" in res.output and "CV2T, t2" in res.output
     fits = pd.read_csv(out / "fits.csv")
     assert sorted(fits.loc[fits["scheme"] == "CV1", "fold"].unique()) == [1, 2, 3, 4]  # the file's folds
+    assert sorted(fits.loc[fits["scheme"] == "CV2T", "fold"].unique()) == [1, 2, 3, 4]  # as many
     table = pd.read_csv(out / "ability.csv")
     assert {"r", "se", "n_folds", "h2", "accuracy"} <= set(table.columns)
     pred = pd.read_csv(out / "predictions.csv", dtype={"id": str})

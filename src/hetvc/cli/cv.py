@@ -44,14 +44,15 @@ def read_fold_file(path, id: str) -> pd.DataFrame:
 
 
 def _folds(value: str, id: str):
-    """(number of folds, fold table or None) from --folds: a number or a fold file."""
+    """(number of folds, fold table or None) from --folds: a number, or a fold file (whose
+    number of folds CV2 then uses too)."""
     try:
         return int(value), None
     except ValueError:
         pass
     if not Path(value).is_file():
         raise InputError(f"--folds takes a number of folds or a fold file (id, fold); {value!r} is neither")
-    return 5, read_fold_file(value, id)
+    return None, read_fold_file(value, id)
 
 
 def print_table(table: pd.DataFrame) -> None:
@@ -73,7 +74,7 @@ def print_table(table: pd.DataFrame) -> None:
                    "lines in a new environment).")
 @click.option("--folds", default="5", show_default=True, metavar="K|FILE",
               help="Number of folds, or a fold file (id, fold: BGLR's cv_folds.csv) giving the line folds of "
-                   "cv1 and cv00 (cv2 folds still come from --seed).")
+                   "cv1 and cv00 (cv2 then has as many folds, drawn from --seed).")
 @click.option("--models", default="homogeneous,heterogeneous", show_default=True, metavar="LIST",
               help="Genetic structures to compare (any of hetvc fit's, e.g. unstructured,fa1,csh).")
 @click.option("--residual", default="homogeneous", show_default=True, help="Residual structure of every model.")

@@ -43,7 +43,7 @@ FIT_COLUMNS = ["scheme", "model", "fold", "key", "hidden_env", "hidden_trait", "
 
 
 def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
-                   schemes=("cv1", "cv2"), folds: int = 5,
+                   schemes=("cv1", "cv2"), folds: int | None = None,
                    models=("homogeneous", "heterogeneous"), seed=1, residual: str = "homogeneous",
                    fold_table: pd.DataFrame | None = None, options: FitOptions | None = None,
                    accuracy: bool = False, out=None, workers: int | None = 0, scheduler=None,
@@ -52,7 +52,8 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
 
     data, K, traits, env, id, residual : as in :func:`hetvc.fit` (``env`` is required).
     schemes : any of ``"cv1"``, ``"cv2"``, ``"cv2t"`` (several traits), ``"cv0"``, ``"cv00"``.
-    folds : number of folds (line folds for CV1/CV00, cell folds for CV2/CV2t; unused by CV0).
+    folds : number of folds (line folds for CV1/CV00, cell folds for CV2/CV2t; unused by CV0);
+        default 5, or as many as the fold table has.
     models : genetic structures to compare (``genetic=`` of :func:`hetvc.fit`).
     seed : the folds' random seed; the folds do not depend on the order of fitting.
     fold_table : DataFrame with columns ``id`` (named as ``id``) and ``fold``: the line folds
@@ -79,6 +80,8 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
     options = replace(options if options is not None else FitOptions(), pev=False)
     if workers != 0 or scheduler is not None:
         options = replace(options, threads=1)  # the workers fill the cores
+    if folds is None:
+        folds = int(fold_table["fold"].nunique()) if fold_table is not None and "fold" in fold_table else 5
     data = data.reset_index(drop=True)
     inputs = Inputs(data, K, traits, env, id, residual, options)
     ids, envs = data[id].to_numpy(), data[env].to_numpy()

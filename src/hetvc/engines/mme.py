@@ -43,6 +43,7 @@ import numpy as np
 import qdldl
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg.lapack import dtrtri
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
@@ -245,55 +246,76 @@ class _DenseC:
 
 
 class _SelectedInverse:
-    """Takahashi's recurrences for Z = C⁻¹ on the pattern of L (C = LDL', L unit lower):
+    """Z = C⁻¹ on the pattern of L + L' (C = LDL', L unit lower) by Takahashi's recurrences,
+    supernode by supernode (columns J with one structure S below them), root first:
 
-        Z[i,j] = −Σ_{k∈S_j} Z[i,k] L[k,j]  (i ∈ S_j),   Z[j,j] = 1/D_j − Σ_{k∈S_j} L[k,j] Z[k,j]
+        Z_SJ = −Z_SS L_SJ L_JJ⁻¹,   Z_JJ = L_JJ⁻ᵀ (D_J⁻¹ L_JJ⁻¹ − L_SJ' Z_SJ)
 
-    with S_j the rows of column j of L.  Z[S_j, S_j] lies on the pattern (S_j is a clique of
-    the filled graph) and belongs to ancestors of j in the elimination tree, so the columns of
-    one depth are computed together, root first, each depth in a few vectorised operations.
-    Storage: Z's strict lower part in L's CSC order, then its diagonal."""
+    Z_SS lies on the pattern (S is a clique of the filled graph) in supernodes computed before.
+    Each supernode is a dense block (rows J ∪ S) × J, so the work is dense products."""
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, n: int):
-        self.n, self.nnz = n, len(indices)
-        self.keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr)) * n + indices
-        sizes = np.diff(indptr)
-        parent = np.where(sizes > 0, indices[np.minimum(indptr[:-1], max(len(indices) - 1, 0))], -1)
-        depth = np.zeros(n, dtype=np.int64)
-        for j in range(n - 1, -1, -1):  # parents come after their children
-            if parent[j] >= 0:
-                depth[j] = depth[parent[j]] + 1
-        order = np.argsort(depth, kind="stable")
-        bounds = np.flatnonzero(np.diff(depth[order])) + 1
-        self.levels = []
-        for cols in np.split(order, bounds):
-            s = sizes[cols]
-            xs = _ranges(indptr[cols], s)  # positions in L of the columns' entries
-            col_of_x = np.repeat(np.arange(len(cols)), s)
-            count = s[col_of_x]
-            tgt = np.repeat(np.arange(len(xs)), count)
-            ys = _ranges(np.repeat(indptr[cols], s), count)
-            slot = self.slots(indices[xs][tgt], indices[ys])
-            self.levels.append((cols, xs, col_of_x, tgt, ys, slot))
-        self.pairs = sum(len(lv[3]) for lv in self.levels)
+        self.n = n
+        count = np.diff(indptr)
+        first_row = indices[np.minimum(indptr[:-1], max(len(indices) - 1, 0))]
+        join = (count[:-1] > 0) & (first_row[:-1] == np.arange(1, n)) & (count[:-1] == count[1:] + 1)
+        starts = np.flatnonzero(np.concatenate([[True], ~join]))
+        self.first = starts
+        self.last = np.concatenate([starts[1:], [n]]) - 1
+        width = self.last - self.first + 1
+        below = count[self.last]
+        self.offset = np.concatenate([[0], np.cumsum((width + below) * width)])
+        snode = np.repeat(np.arange(len(starts)), width)
+        self.snode, self.width, self.below = snode, width, below
+        self.keys = np.repeat(np.arange(n, dtype=np.int64), count) * n + indices
+        self.indptr, self.indices = indptr, indices
+        # where L's entries go in the blocks
+        col = np.repeat(np.arange(n), count)
+        self.l_slots = self.slots(indices, col)
+        self.diag_slots = self.slots(np.arange(n), np.arange(n))
+        self.pairs = int((below.astype(np.int64) ** 2).sum())
+        self.flops = float((below.astype(float) ** 2 * width + below * width.astype(float) ** 2 + width ** 3.0).sum())
 
-    def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Storage positions of Z[i, j] (permuted indices, on the pattern of L + L')."""
-        lo, hi = np.minimum(i, j), np.maximum(i, j)
-        pos = np.searchsorted(self.keys, lo.astype(np.int64) * self.n + hi)
-        diag = lo == hi
-        found = diag | (self.keys[np.minimum(pos, self.nnz - 1)] == lo.astype(np.int64) * self.n + hi) \
-            if self.nnz else diag
-        if not np.all(found):
+    @cached_property
+    def gathers(self) -> list:
+        """Where Z_SS of every supernode is stored (s × s positions; int32 where they fit)."""
+        small = self.offset[-1] < 2 ** 31
+        out = []
+        for K in range(len(self.first)):
+            S = self.indices[self.indptr[self.last[K]]:self.indptr[self.last[K] + 1]]
+            pos = self.slots(np.repeat(S, len(S)), np.tile(S, len(S))) if len(S) else None
+            out.append(pos.astype(np.int32) if small and pos is not None else pos)
+        return out
+
+    def slots(self, i: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Storage positions of Z[i, k] (permuted indices on the pattern of L + L')."""
+        i, k = np.maximum(i, k), np.minimum(i, k)
+        K = self.snode[k]
+        last = self.last[K]
+        rank = np.searchsorted(self.keys, last.astype(np.int64) * self.n + i) - self.indptr[last]
+        lrow = np.where(i <= last, i - self.first[K], self.width[K] + rank)
+        if not np.all((i <= last) | (self.keys[np.minimum(self.indptr[last] + rank, len(self.keys) - 1)]
+                                     == last.astype(np.int64) * self.n + i)):
             raise AssertionError("an element of C⁻¹ off the pattern of L + L' was asked for")
-        return np.where(diag, self.nnz + lo, pos)
+        return self.offset[K] + lrow * self.width[K] + (k - self.first[K])
 
     def compute(self, ldata: np.ndarray, d: np.ndarray) -> np.ndarray:
-        z = np.zeros(self.nnz + self.n)
-        for cols, xs, col_of_x, tgt, ys, slot in self.levels:
-            zx = -np.bincount(tgt, weights=z[slot] * ldata[ys], minlength=len(xs))
-            z[xs] = zx
-            z[self.nnz + cols] = 1.0 / d[cols] - np.bincount(col_of_x, weights=ldata[xs] * zx, minlength=len(cols))
+        lflat = np.zeros(self.offset[-1])
+        lflat[self.l_slots] = ldata
+        lflat[self.diag_slots] = 1.0
+        z = np.zeros(self.offset[-1])
+        for K in range(len(self.first) - 1, -1, -1):
+            w, s, f = int(self.width[K]), int(self.below[K]), int(self.first[K])
+            block = lflat[self.offset[K]:self.offset[K + 1]].reshape(w + s, w)
+            linv = dtrtri(block[:w], lower=1, unitdiag=1)[0]  # L_JJ⁻¹ (its unit diagonal is stored)
+            out = z[self.offset[K]:self.offset[K + 1]].reshape(w + s, w)
+            top = linv / d[f:f + w, None]
+            if s:
+                LS = block[w:]
+                zsj = -(z[self.gathers[K]].reshape(s, s) @ (LS @ linv))
+                out[w:] = zsj
+                top -= LS.T @ zsj
+            out[:w] = linv.T @ top
         return z
 
 
@@ -316,23 +338,15 @@ class _SparseC:
         L = sp.csc_matrix(L)
         L.sort_indices()
         self.pattern = L.indptr.copy()
-        self.takahashi = None
         self.nnz_l = L.nnz
-        self.l_columns = np.diff(L.indptr)
+        self.takahashi = _SelectedInverse(L.indptr, L.indices, q)
 
     def _matrix(self, values: np.ndarray) -> sp.csc_matrix:
         data = np.bincount(self.slot, weights=values[self.upper], minlength=len(self.indices))
         return sp.csc_matrix((data, self.indices, self.indptr), shape=(self.q, self.q))
 
-    def selected_setup(self) -> "_SelectedInverse":
-        if self.takahashi is None:
-            L = sp.csc_matrix(self.solver.factors()[0])
-            L.sort_indices()
-            self.takahashi = _SelectedInverse(L.indptr, L.indices, self.q)
-        return self.takahashi
-
     def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return self.selected_setup().slots(self.position[i], self.position[j])
+        return self.takahashi.slots(self.position[i], self.position[j])
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
         self.solver.update(self._matrix(values), upper=True)
@@ -353,7 +367,7 @@ class _SparseC:
         L.sort_indices()
         if not np.array_equal(L.indptr, self.pattern):
             raise AssertionError("the pattern of L changed between factorisations")
-        return self.selected_setup().compute(L.data, self._d)
+        return self.takahashi.compute(L.data, self._d)
 
     def diagonal(self, i: np.ndarray) -> np.ndarray:
         return self.selected()[self.slots(i, i)]
@@ -381,9 +395,9 @@ class MMEEngine(Engine):
         self.sparse = all(k.sparse for k in self.kernels)
         if self.sparse:
             self.C = _SparseC(self.rows, self.cols, self.q, self._values(model.start())[0])
-            cols = self.C.l_columns.astype(float)
-            self.flops = float((cols ** 2).sum()) * _SPARSE_WORK
-            work = 12.0 * float((cols ** 2).sum()) + 8.0 * (3 * self.C.nnz_l + len(self.rows))
+            tk = self.C.takahashi
+            self.flops = tk.flops * _SPARSE_WORK
+            work = 8.0 * (tk.pairs + 3 * tk.offset[-1] + 3 * self.C.nnz_l + 2 * len(self.rows))
         else:
             self.C = _DenseC(self.group_starts, self.group_sizes, self.rows, self.cols, self.q)
             self.flops = float((self.group_sizes.astype(float) ** 3).sum())

@@ -1,38 +1,43 @@
 """The mixed-model-equations engine: Henderson's equations, never V (docs/design.md §3).
 
-Unknowns s = (b, u_1, …, u_T): the fixed effects and, for the genetic term and every random
-term t, u_t over every level of its relationship 𝒦_t and every row of Σ_t, Var(u_t) = G_t =
-𝒦_t ⊗ Σ_t.  With W = [X Z_1 … Z_T] and R = blockdiag over records of ΣE[rows of the record]:
+Unknowns: the fixed effects b and, for the genetic term and every random term t, u_t over
+every level of its relationship 𝒦_t and every row of Σ_t, Var(u_t) = G_t = 𝒦_t ⊗ Σ_t.  The
+equations are solved for v_t with u_t = (I ⊗ L_t) v_t, Σ_t = L_t L_t' (Cholesky, block by block),
+so that Var(v_t) = 𝒦_t ⊗ I and Σ_t⁻¹ never appears: C stays well conditioned when Σ_t is
+near singular (an estimate on the boundary).  With W̃ = [X, Z_t (I ⊗ L_t)] and R =
+blockdiag over records of ΣE[rows of the record]:
 
-    C = W'R⁻¹W + blockdiag(0, G_1⁻¹, …, G_T⁻¹),   C ŝ = r = W'R⁻¹y,   Py = R⁻¹ê, ê = y − Wŝ
-    log|V| + log|X'V⁻¹X| = log|R| + Σ_t (d_t log|𝒦_t| + n_t log|Σ_t|) + log|C|
-    y'Py = y'R⁻¹y − ŝ'r
+    C̃ = W̃'R⁻¹W̃ + blockdiag(0, 𝒦_1⁻¹ ⊗ I, …),   C̃ ŝ = r = W̃'R⁻¹y,   Py = R⁻¹ê, ê = y − W̃ŝ
+    log|V| + log|X'V⁻¹X| = log|R| + Σ_t d_t log|𝒦_t| + log|C̃|,   y'Py = y'R⁻¹y − ŝ'r
 
-and for ML log|V| is the same plus log|C^XX| (X'V⁻¹X = (C^XX)⁻¹, C^XX the fixed block of C⁻¹).
-With Ĉ = C⁻¹ (REML), or C⁻¹ − C⁻¹[:,X] (C^XX)⁻¹ C⁻¹[X,:] = [[0, 0], [0, C_ZZ⁻¹]] (ML),
-Z_t'PZ_t = G_t⁻¹ − G_t⁻¹ Ĉ_tt G_t⁻¹ and Z_t'Py = G_t⁻¹ û_t give, for an element (a, b) of Σ_t
-(μ = 2 − δ_ab, Û_t the levels × d_t BLUPs),
+(|C̃| = |C| Π_t |Σ_t|^{n_t}), and for ML log|V| is the same plus log|C^XX| (X'V⁻¹X =
+(C^XX)⁻¹, C^XX the fixed block of C̃⁻¹).  With Ĉ = C̃⁻¹ (REML), or C̃⁻¹ − C̃⁻¹[:,X] (C^XX)⁻¹
+C̃⁻¹[X,:] (ML: the inverse of the random part alone), Z_t'PZ_t = G_t⁻¹ − G_t⁻¹ Ĉ_uu G_t⁻¹ and
+Z_t'Py = G_t⁻¹û_t give, for an element (a, b) of Σ_t (μ = 2 − δ_ab, n_t levels),
 
-    ∂ℓ/∂σ_ab = −½ μ [n_t Σ⁻¹ − Σ⁻¹ (A_t + Û_t'𝒦_t⁻¹Û_t) Σ⁻¹]_ab,   A_t[a,b] = Σ_jj' 𝒦⁻¹_jj' Ĉ[(j,a),(j',b)]
+    ∂ℓ/∂σ_ab = −½ μ [L⁻ᵀ (n_t I − Ã_t) L⁻¹ − Ŵ_t'𝒦_t⁻¹Ŵ_t]_ab,   Ã_t[a,b] = Σ_jj' 𝒦⁻¹_jj' Ĉ[(j,a),(j',b)],
 
-and for an element of ΣE, with S_r = ΣE over record r's rows and Q_r = W_r Ĉ W_r',
+Ŵ_t = Û_t Σ_t⁻¹ = V̂_t L_t⁻¹ (levels × d_t), and for an element of ΣE, with S_r = ΣE over
+record r's rows and Q_r = W̃_r Ĉ W̃_r',
 
     ∂ℓ/∂σ_ab = −½ μ [Σ_r S_r⁻¹ − S_r⁻¹ (Q_r + ê_r ê_r') S_r⁻¹]_ab      (embedded in ΣE's rows),
 
 summed per pattern of observed rows (S_r is the same for every record of a pattern).  Only the
-elements of Ĉ on the pattern of C are needed.  AI = ½ F'PF with F = [V_k Py]: V_k Py =
-Z_t vec(Û_t Σ_t⁻¹ ∂Σ_t) for a term, ∂R R⁻¹ê for the residual; F'PF = F'R⁻¹F − (W'R⁻¹F)'Ĉ(W'R⁻¹F).
+elements of Ĉ on the pattern of C̃ are needed.  AI = ½ F'PF with F = [V_k Py]: V_k Py = Z_t
+vec(Ŵ_t ∂Σ_t) for a term, ∂R R⁻¹ê for the residual; F'PF = F'R⁻¹F − (W̃'R⁻¹F)'Ĉ(W̃'R⁻¹F).
+BLUPs û_t = (I ⊗ L_t) v̂_t, PEVs the diagonal of (I ⊗ L_t) C̃^{vv} (I ⊗ L_t)'.
 
 Two factorisations of C, chosen here:
 
-* **dense C**, where some 𝒦_t⁻¹ is dense (a genomic K): C splits into the connected components
+* **dense C̃**, where some 𝒦_t⁻¹ is dense (a genomic K): C̃ splits into the connected components
   of its pattern (the unknowns linked through a value, a record, a block of Σ_t and a connected
   part of 𝒦_t: the environments for a heterogeneous ΣG); each (small ones batched together) is
   factored by LAPACK Cholesky and inverted whole.  Cost Σ n_g³ for n_g unknowns per group.
-* **sparse C**, where every 𝒦_t⁻¹ is sparse (identity, diagonal, a pedigree's A⁻¹): an LDL'
+* **sparse C̃**, where every 𝒦_t⁻¹ is sparse (identity, diagonal, a pedigree's A⁻¹): an LDL'
   factor by QDLDL (``qdldl`` on PyPI: wheels for every platform, no system library, AMD
-  ordering; CHOLMOD through scikit-sparse needs SuiteSparse installed) and the elements of C⁻¹
-  on the pattern of L + L' by Takahashi's recurrences (:class:`_SelectedInverse`).
+  ordering; CHOLMOD through scikit-sparse needs SuiteSparse installed) and the elements of C̃⁻¹
+  on the pattern of L + L' by Takahashi's recurrences, supernode by supernode
+  (:class:`_SelectedInverse`).
 """
 
 from __future__ import annotations
@@ -161,18 +166,26 @@ class _Patterns:
         return out
 
 
-def _structure_inverse(S: np.ndarray, blocks) -> tuple[np.ndarray, float]:
-    """Σ⁻¹ block by positive-definite block (exact zeros elsewhere) and log|Σ|."""
-    inv, logdet = np.zeros_like(S), 0.0
+def _structure_cholesky(S: np.ndarray, blocks) -> np.ndarray:
+    """L with Σ = LL', block by positive-definite block (exact zeros elsewhere)."""
+    L = np.zeros_like(S)
     for blk in blocks:
         blk = np.asarray(blk)
         try:
-            chol = sla.cholesky(S[np.ix_(blk, blk)], lower=True, check_finite=False)
+            L[np.ix_(blk, blk)] = sla.cholesky(S[np.ix_(blk, blk)], lower=True, check_finite=False)
         except (sla.LinAlgError, ValueError):
             raise NotPositiveDefinite("Σ") from None
-        logdet += 2.0 * float(np.log(np.diag(chol)).sum())
-        inv[np.ix_(blk, blk)] = sla.cho_solve((chol, True), np.eye(len(blk)), check_finite=False)
-    return inv, logdet
+    return L
+
+
+def _block_triangular_inverse(L: np.ndarray, blocks) -> np.ndarray:
+    """L⁻¹ of a block-diagonal lower-triangular L."""
+    out = np.zeros_like(L)
+    for blk in blocks:
+        blk = np.asarray(blk)
+        out[np.ix_(blk, blk)] = sla.solve_triangular(L[np.ix_(blk, blk)], np.eye(len(blk)), lower=True,
+                                                     check_finite=False)
+    return out
 
 
 def _block_mask(blocks, dim: int) -> np.ndarray:
@@ -374,7 +387,9 @@ class _SparseC:
 
 
 class MMEEngine(Engine):
-    """ℓ, score and AI from Henderson's mixed-model equations (module docstring)."""
+    """ℓ, score and AI from Henderson's mixed-model equations (module docstring).  ``flops``
+    and ``memory``: the estimated cost of one iteration, and its bytes (refused in one line
+    when the machine cannot hold them)."""
 
     name = "mme"
 
@@ -495,24 +510,37 @@ class MMEEngine(Engine):
                     self.atoms.append((t, lv, rows, int(first)))
 
     def _equations(self, n: int, p: int) -> None:
-        """The pattern of C with, for every stored contribution, its constant factor and which
-        θ-dependent coefficient (an element of some S_p⁻¹ or Σ_t⁻¹) multiplies it."""
-        # W (N × q): X's non-zeros, then one unknown per term
+        """The pattern of C̃ and, for every stored contribution, what it is made of.
+
+        W̃ = [X, Z_t (I ⊗ L_t)]: value o has X's entries and, per term, L_t[a(o), c] at unknown
+        (level(o), c) for every row c of a(o)'s block of Σ_t (``w_base`` × the θ-dependent
+        coefficient ``w_coef``).  W̃'R⁻¹W̃ is, per pattern p and positions (i, j) of its
+        records, Σ W̃[o_i, ·]' S_p⁻¹[i, j] W̃[o_j, ·]: every pair of entries (ea, eb) of the two
+        rows, with coefficient index ``s_coef``.  (𝒦_t⁻¹ ⊗ I) is stored on the pattern of
+        𝒦_t⁻¹ ⊗ (the blocks of Σ_t), zero off the diagonal of I, so that the elements of C̃⁻¹
+        the score needs lie on the pattern of the factor."""
         vo, fc = np.nonzero(self.X)
-        w_rows = [vo] + [np.arange(n)] * len(self.terms)
-        w_cols = [self.fixed[fc]] + [pos[lev, term.index] for pos, lev, term in
-                                     zip(self.pos, self.levels, self.terms)]
-        w_vals = [self.X[vo, fc]] + [np.ones(n)] * len(self.terms)
-        self.W = sp.csr_matrix((np.concatenate(w_vals), (np.concatenate(w_rows), np.concatenate(w_cols))),
-                               shape=(n, self.q))
-        self.z_cols = np.column_stack(w_cols[1:]) if self.terms else np.zeros((n, 0), np.int64)
-        rows, cols, base, coef = [], [], [], []
-        ncoef = 0
-        self.pattern_coef = []
-        Wp = self.W
+        rows, cols, base, coef = [vo], [self.fixed[fc]], [self.X[vo, fc]], [np.zeros(len(vo), np.int64)]
+        self.l_offset, start = [], 1  # coefficient 0 is 1 (X's entries)
+        for t, (term, pos, lev) in enumerate(zip(self.terms, self.pos, self.levels)):
+            dim = term.structure.dim
+            mask = _block_mask(term.structure.blocks, dim)
+            a, c = np.nonzero(mask[term.index])  # value (by position) × row of its block
+            rows.append(a)
+            cols.append(pos[lev[a], c])
+            base.append(np.ones(len(a)))
+            coef.append(start + term.index[a] * dim + c)
+            self.l_offset.append(start)
+            start += dim * dim
+        self.n_lcoef = start
+        r, c, b, k = (np.concatenate(v) for v in (rows, cols, base, coef))
+        order = np.lexsort((c, r))
+        self.w_indices, self.w_base, self.w_coef = c[order], b[order], k[order]
+        self.w_indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
+        # W̃'R⁻¹W̃: pairs of entries of two values of one record
         rmask = _block_mask(self.residual.structure.blocks, self.residual.structure.dim)
-        pair_o, pair_o2, pair_group = [], [], []
-        n_groups = 0
+        ea, eb, sc = [], [], []
+        self.pattern_coef, ncoef = [], 0
         for prow, vals in zip(self.patterns.rows, self.patterns.values):
             k = len(prow)
             self.pattern_coef.append(ncoef)
@@ -521,46 +549,37 @@ class MMEEngine(Engine):
                     if not rmask[prow[i], prow[j]]:
                         continue
                     o, o2 = vals[:, i], vals[:, j]
-                    # W[o]' W[o2] record by record: every pair of the two rows' entries
-                    A, B = Wp[o], Wp[o2]
-                    na, nb = np.diff(A.indptr), np.diff(B.indptr)
-                    rec_a = np.repeat(np.arange(len(o)), na)
-                    cnt = nb[rec_a]
-                    ia = np.repeat(np.arange(A.nnz), cnt)
-                    ib = _ranges(B.indptr[:-1][rec_a], cnt)
-                    rows.append(A.indices[ia])
-                    cols.append(B.indices[ib])
-                    base.append(A.data[ia] * B.data[ib])
-                    coef.append(np.full(len(ia), ncoef + i * k + j))
-                    pair_o.append(o)
-                    pair_o2.append(o2)
-                    pair_group.append(np.full(len(o), n_groups))
-                    n_groups += 1
+                    na, nb = self.w_indptr[o + 1] - self.w_indptr[o], self.w_indptr[o2 + 1] - self.w_indptr[o2]
+                    xa = _ranges(self.w_indptr[o], na)
+                    cnt = np.repeat(nb, na)
+                    ea.append(np.repeat(xa, cnt))
+                    eb.append(_ranges(np.repeat(self.w_indptr[o2], na), cnt))
+                    sc.append(np.full(int(cnt.sum()), ncoef + i * k + j))
             ncoef += k * k
-        self.pair_o, self.pair_o2 = np.concatenate(pair_o), np.concatenate(pair_o2)
-        self.pair_group, self.n_pair_groups = np.concatenate(pair_group), n_groups
-        # G⁻¹ of the sparse kernels: 𝒦⁻¹[j, j'] Σ⁻¹[a, b] for (a, b) in one block of Σ
-        self.term_coef, self.kernel_entries = [], []
+        self.ea, self.eb, self.s_coef = np.concatenate(ea), np.concatenate(eb), np.concatenate(sc)
+        self.n_scoef = ncoef
+        # 𝒦_t⁻¹ ⊗ I of the sparse kernels, on the pattern of 𝒦_t⁻¹ ⊗ (blocks of Σ_t)
+        g_rows, g_cols, g_vals = [], [], []
+        self.kernel_entries = []
         for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
-            dim = term.structure.dim
-            self.term_coef.append(ncoef)
-            if kern.sparse:
-                kin = kern.inverse.tocoo()
-                ab = np.flatnonzero(_block_mask(term.structure.blocks, dim).ravel())
-                a, b = ab // dim, ab % dim
-                r = self.pos[t][np.repeat(kin.row, len(ab)), np.tile(a, kin.nnz)]
-                c = self.pos[t][np.repeat(kin.col, len(ab)), np.tile(b, kin.nnz)]
-                rows.append(r)
-                cols.append(c)
-                base.append(np.repeat(kin.data, len(ab)))
-                coef.append(ncoef + np.tile(ab, kin.nnz))
-                self.kernel_entries.append((r, c, np.tile(ab, kin.nnz), np.repeat(kin.data, len(ab))))
-            else:
+            if not kern.sparse:
                 self.kernel_entries.append(None)
-            ncoef += dim * dim
-        self.rows, self.cols = np.concatenate(rows), np.concatenate(cols)
-        self.base, self.coef = np.concatenate(base), np.concatenate(coef)
-        self.n_coef = ncoef
+                continue
+            dim = term.structure.dim
+            kin = kern.inverse.tocoo()
+            ab = np.flatnonzero(_block_mask(term.structure.blocks, dim).ravel())
+            a, b = np.tile(ab // dim, kin.nnz), np.tile(ab % dim, kin.nnz)
+            r = self.pos[t][np.repeat(kin.row, len(ab)), a]
+            c = self.pos[t][np.repeat(kin.col, len(ab)), b]
+            kval = np.repeat(kin.data, len(ab))
+            g_rows.append(r)
+            g_cols.append(c)
+            g_vals.append(np.where(a == b, kval, 0.0))
+            self.kernel_entries.append((r, c, a * dim + b, kval))
+        self.g_vals = np.concatenate(g_vals) if g_vals else np.zeros(0)
+        wcols = self.w_indices
+        self.rows = np.concatenate([wcols[self.ea]] + g_rows)
+        self.cols = np.concatenate([wcols[self.eb]] + g_cols)
 
     def _check_memory(self) -> None:
         have = available_memory()
@@ -586,38 +605,41 @@ class MMEEngine(Engine):
 
     # -- one θ ------------------------------------------------------------------------------------
     def _values(self, theta: np.ndarray):
-        """(values of C's stored contributions, Σ_t⁻¹ per term, S_p⁻¹ per pattern, log|R| + log|G|)."""
+        """(values of C̃'s stored contributions, W̃, L_t per term, S_p⁻¹ per pattern,
+        log|R| + Σ_t d_t log|𝒦_t|)."""
         mats = self.model.matrices(theta)
         invs, logdet = self.patterns.inverses(mats[-1])
-        coef = np.empty(self.n_coef)
-        for start, inv in zip(self.pattern_coef, invs):
-            coef[start:start + inv.size] = inv.ravel()
-        sig_inv = []
-        for t, (term, kern, S) in enumerate(zip(self.terms, self.kernels, mats[:-1])):
-            inv, ld = _structure_inverse(S, term.structure.blocks)
-            sig_inv.append(inv)
-            coef[self.term_coef[t]:self.term_coef[t] + inv.size] = inv.ravel()
+        lcoef = np.ones(self.n_lcoef)
+        chols = []
+        for term, kern, S, start in zip(self.terms, self.kernels, mats[:-1], self.l_offset):
+            L = _structure_cholesky(S, term.structure.blocks)
+            chols.append(L)
+            lcoef[start:start + L.size] = L.ravel()
             if kern.logdet is not None:
-                logdet += term.structure.dim * kern.logdet + kern.n * ld
-        return self.base * coef[self.coef], sig_inv, invs, logdet
+                logdet += term.structure.dim * kern.logdet
+        W = sp.csr_matrix((self.w_base * lcoef[self.w_coef], self.w_indices, self.w_indptr),
+                          shape=(len(self.y), self.q))
+        scoef = np.zeros(self.n_scoef)
+        for start, inv in zip(self.pattern_coef, invs):
+            scoef[start:start + inv.size] = inv.ravel()
+        values = np.concatenate([W.data[self.ea] * W.data[self.eb] * scoef[self.s_coef], self.g_vals])
+        return values, W, chols, invs, logdet
 
     def _factor(self, theta: np.ndarray):
         self.prepare()
-        values, sig_inv, r_inv, logdet = self._values(theta)
+        values, W, chols, r_inv, logdet = self._values(theta)
         dense_parts = []
         for t, lv, rows, first in self.atoms:
-            part = np.kron(self.kernels[t].inverse[np.ix_(lv, lv)], sig_inv[t][np.ix_(rows, rows)])
-            g = self.C.group[first]
-            dense_parts.append((g, int(self.C.local[first]), part))
-        logdet_c = self.C.factor(values, dense_parts)
+            part = np.kron(self.kernels[t].inverse[np.ix_(lv, lv)], np.eye(len(rows)))
+            dense_parts.append((self.C.group[first], int(self.C.local[first]), part))
+        logdet += self.C.factor(values, dense_parts)
         ry = self.patterns.apply(r_inv, self.y)
-        r = self.W.T @ ry
+        r = W.T @ ry
         s = self.C.solve(r)
-        ypy = float(self.y @ ry - s @ r)
-        return sig_inv, r_inv, logdet + logdet_c, s, ypy
+        return W, chols, r_inv, logdet, s, float(self.y @ ry - s @ r)
 
     def _fixed_block(self):
-        """B = C⁻¹[:, X] (q × p) and C^XX."""
+        """B̃ = C̃⁻¹[:, X] (q × p) and C^XX."""
         E = np.zeros((self.q, len(self.fixed)))
         E[self.fixed, np.arange(len(self.fixed))] = 1.0
         B = self.C.solve(E)
@@ -625,7 +647,7 @@ class MMEEngine(Engine):
 
     def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         reml = self.model.method == "reml"
-        sig_inv, r_inv, logdet, s, ypy = self._factor(theta)
+        W, chols, r_inv, logdet, s, ypy = self._factor(theta)
         B = cxx = None
         if not reml or derivatives:
             B, cxx = self._fixed_block()
@@ -637,82 +659,77 @@ class MMEEngine(Engine):
         loglik = -0.5 * (self.const + logdet + ypy)
         if not derivatives:
             return Evaluation(loglik)
-        return Evaluation(loglik, *self._derivatives(s, sig_inv, r_inv, B, cxx, reml))
+        return Evaluation(loglik, *self._derivatives(W, chols, r_inv, s, B, cxx, reml))
 
-    def _derivatives(self, s, sig_inv, r_inv, B, cxx, reml):
+    @cached_property
+    def _queries(self):
+        """Where the elements of C̃⁻¹ the score needs are stored: per sparse-kernel term those on
+        the pattern of 𝒦_t⁻¹ ⊗ (blocks of Σ_t), and those of W̃'R⁻¹W̃."""
+        kernel = [None if e is None else self.C.slots(e[0], e[1]) for e in self.kernel_entries]
+        wcols = self.w_indices
+        return kernel, self.C.slots(wcols[self.ea], wcols[self.eb])
+
+    def _derivatives(self, W, chols, r_inv, s, B, cxx, reml):
         n = len(self.y)
-        e = self.y - self.W @ s
+        e = self.y - W @ s
         w = self.patterns.apply(r_inv, e)  # Py
         zinv = self.C.selected()
+        kernel_slots, pair_slots = self._queries
         Q = None if reml else np.linalg.inv(cxx)
-        blups = [s[pos] for pos in self.pos]
-        mats = []  # per term: n_t Σ⁻¹ − Σ⁻¹ (A_t + Û'𝒦⁻¹Û) Σ⁻¹
-        for t, (term, kern, U, Si) in enumerate(zip(self.terms, self.kernels, blups, sig_inv)):
+        mats, kts = [], []  # per term: tr(P V_k) − y'P V_k P y as a matrix; Û Σ⁻¹ = V̂ L⁻¹
+        for t, (term, kern, L) in enumerate(zip(self.terms, self.kernels, chols)):
             dim = term.structure.dim
-            A = np.zeros((dim, dim))
+            A = np.zeros((dim, dim))  # Ã[a,b] = Σ_jj' 𝒦⁻¹_jj' Ĉ̃[(j,a),(j',b)]
             entries = self.kernel_entries[t]
             if entries is not None:
-                _, _, ab, kval = entries
-                A.ravel()[:] = np.bincount(ab, weights=kval * zinv[self._queries[0][t]], minlength=dim * dim)
+                A.ravel()[:] = np.bincount(entries[2], weights=entries[3] * zinv[kernel_slots[t]],
+                                           minlength=dim * dim)
             for tt, lv, rows, first in self.atoms:
                 if tt != t:
                     continue
-                g, start = self.C.group[first], int(self.C.local[first])
-                size = len(lv) * len(rows)
+                g, start, size = self.C.group[first], int(self.C.local[first]), len(lv) * len(rows)
                 sub = self.C.block(zinv, g)[start:start + size, start:start + size]
                 sub = sub.reshape(len(lv), len(rows), len(lv), len(rows))
                 A[np.ix_(rows, rows)] += np.einsum("jakb,jk->ab", sub, kern.inverse[np.ix_(lv, lv)])
-            if not reml:  # Ĉ_tt = C^tt − B_t Q B_t'
+            if not reml:  # Ĉ̃_tt = C̃^tt − B̃_t Q B̃_t'
                 Bt = B[self.pos[t]]  # (levels, d, p)
                 KB = kern.times(Bt.reshape(kern.n, -1)).reshape(Bt.shape)
                 A -= np.einsum("jap,pq,jbq->ab", Bt, Q, KB)
-            quad = U.T @ kern.times(U)
-            mats.append(kern.n * Si - Si @ (A + quad) @ Si)
-        # the residual: Σ_p S_p⁻¹ and S_p⁻¹ (Σ_r Q_r + ê_r ê_r') S_p⁻¹, embedded in ΣE
-        o, o2 = self.pair_o, self.pair_o2
-        WB = self.W @ B
-        Xo, Xo2 = self.X[o], self.X[o2]
-        qv = np.einsum("np,np->n", Xo, WB[o2]) + np.einsum("np,np->n", WB[o], Xo2) \
-            - np.einsum("np,pq,nq->n", Xo, cxx, Xo2)
-        for slots in self._queries[1]:
-            qv += zinv[slots]
-        if not reml:
-            qv -= np.einsum("np,pq,nq->n", WB[o], Q, WB[o2])
-        qv += e[o] * e[o2]
-        sums = np.bincount(self.pair_group, weights=qv, minlength=self.n_pair_groups)
+            linv = _block_triangular_inverse(L, term.structure.blocks)
+            kt = s[self.pos[t]] @ linv
+            kts.append(kt)
+            mats.append(linv.T @ (kern.n * np.eye(dim) - A) @ linv - kt.T @ kern.times(kt))
+        # the residual: Σ_p n_p S_p⁻¹ − S_p⁻¹ (Σ_r Q_r + ê_r ê_r') S_p⁻¹, embedded in ΣE's rows
+        qsum = np.bincount(self.s_coef, weights=W.data[self.ea] * W.data[self.eb] * zinv[pair_slots],
+                           minlength=self.n_scoef)
+        WB = W @ B
         dimE = self.residual.structure.dim
         ME = np.zeros((dimE, dimE))
-        g = 0
-        rmask = _block_mask(self.residual.structure.blocks, dimE)
-        for prow, vals, inv in zip(self.patterns.rows, self.patterns.values, r_inv):
+        for prow, vals, inv, start in zip(self.patterns.rows, self.patterns.values, r_inv, self.pattern_coef):
             k = len(prow)
-            S = np.zeros((k, k))
-            for i in range(k):
-                for j in range(k):
-                    if rmask[prow[i], prow[j]]:
-                        S[i, j] = sums[g]
-                        g += 1
+            S = qsum[start:start + k * k].reshape(k, k) + e[vals].T @ e[vals]
+            if not reml:
+                wb = WB[vals]  # (records, k, p)
+                S -= np.einsum("rip,pq,rjq->ij", wb, Q, wb)
             ME[np.ix_(prow, prow)] += len(vals) * inv - inv @ S @ inv
         mats.append(ME)
         # score and F = [V_k Py]
         wrec = np.zeros((self.patterns.n_records, dimE))
         wrec[self.residual.unit, self.residual.index] = w
-        kts = [U @ Si for U, Si in zip(blups, sig_inv)] + [wrec]
+        kts.append(wrec)
         units = self.levels + [self.residual.unit]
         idx = [t.index for t in self.terms] + [self.residual.index]
-        k_params = len(self.params)
-        score = np.empty(k_params)
-        F = np.empty((n, k_params))
+        score = np.empty(len(self.params))
+        F = np.empty((n, len(self.params)))
         for k, (t, a, b) in enumerate(self.params):
-            mult = 1.0 if a == b else 2.0
-            score[k] = -0.5 * mult * mats[t][a, b]
+            score[k] = -0.5 * (1.0 if a == b else 2.0) * mats[t][a, b]
             kt, unit, index = kts[t], units[t], idx[t]
             col = np.where(index == a, kt[unit, b], 0.0)
             if a != b:
                 col += np.where(index == b, kt[unit, a], 0.0)
             F[:, k] = col
         RF = self.patterns.apply(r_inv, F)
-        WRF = self.W.T @ RF
+        WRF = W.T @ RF
         ai = F.T @ RF - WRF.T @ self.C.solve(WRF)
         if not reml:
             BW = B.T @ WRF
@@ -720,23 +737,23 @@ class MMEEngine(Engine):
         ai *= 0.5
         return score, (ai + ai.T) / 2
 
-    @cached_property
-    def _queries(self):
-        """Where the elements of C⁻¹ the score needs are stored: per sparse-kernel term those
-        on the pattern of its G⁻¹, and Σ over term pairs of those between the unknowns of two
-        values of one record."""
-        kernel = [None if e is None else self.C.slots(e[0], e[1]) for e in self.kernel_entries]
-        pairs = [self.C.slots(self.z_cols[self.pair_o, t], self.z_cols[self.pair_o2, t2])
-                 for t in range(len(self.terms)) for t2 in range(len(self.terms))]
-        return kernel, pairs
-
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
-        """BLUEs b̂ with Cov(b̂) = C^XX, BLUPs û_t of every level of every term, PEV = the
-        diagonal of C^{u_t u_t}, fitted values Wŝ."""
-        _, _, _, s, _ = self._factor(theta)
-        B, cxx = self._fixed_block()
-        diag = self.C.diagonal(np.arange(self.q)) if pev else None
-        preds = [(s[pos], diag[pos] if pev else None) for pos in self.pos]
-        out = Solution(s[self.fixed], cxx, preds[0][0], self.W @ s, preds[0][1])
+        """BLUEs b̂ with Cov(b̂) = C^XX, BLUPs û_t = (I ⊗ L_t) v̂_t of every level of every term,
+        PEV = the diagonal of (I ⊗ L_t) C̃^{v_t v_t} (I ⊗ L_t)', fitted values W̃ṽ."""
+        W, chols, _, _, s, _ = self._factor(theta)
+        _, cxx = self._fixed_block()
+        zinv = self.C.selected() if pev else None
+        preds = []
+        for term, pos, L in zip(self.terms, self.pos, chols):
+            blup = s[pos] @ L.T
+            if pev:
+                dim = term.structure.dim
+                a, c = np.nonzero(_block_mask(term.structure.blocks, dim))
+                block = np.zeros((len(pos), dim, dim))
+                block[:, a, c] = zinv[self.C.slots(pos[:, a].ravel(), pos[:, c].ravel())].reshape(len(pos), -1)
+                preds.append((blup, np.einsum("ac,jcd,ad->ja", L, block, L)))
+            else:
+                preds.append((blup, None))
+        out = Solution(s[self.fixed], cxx, preds[0][0], W @ s, preds[0][1])
         out.random = {t.factor.name: p for t, p in zip(self.terms[1:], preds[1:])}
         return out

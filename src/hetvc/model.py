@@ -71,6 +71,26 @@ class Factor:
         kbar = float(np.mean(self.diagonal()[self.observed]))
         return kbar if kbar > 0 else 1.0
 
+    def centred_variance(self) -> float:
+        """k̄ = mean diag 𝒦 − mean 𝒦 over the observed levels (the mean diagonal when that is not
+        positive): the variance among the observed levels per unit of Σ.  A pedigree's A enters
+        through a sparse solve with A⁻¹, never formed."""
+        w = np.zeros(len(self.levels))
+        w[self.observed] = 1.0
+        kbar = float(np.mean(self.diagonal()[self.observed]))
+        rel = self.relationship
+        if rel is None:
+            kw = w
+        elif isinstance(rel, PedigreeRelationship):
+            import qdldl
+            import scipy.sparse as sp
+
+            kw = qdldl.Solver(sp.triu(rel.inverse, format="csc"), upper=True).solve(w)
+        else:
+            kw = rel @ w
+        centred = kbar - float(w @ kw) / len(self.observed) ** 2
+        return centred if centred > 1e-8 * abs(kbar) else (kbar if kbar > 0 else 1.0)
+
     def observed_kernel(self) -> np.ndarray | None:
         """The relationship between the observed units (None for the identity)."""
         kernel = self.kernel

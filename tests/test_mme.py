@@ -241,3 +241,13 @@ def test_engine_name_is_checked():
     data, K = _replicated()
     with pytest.raises(InputError, match="'mme'"):
         choose_engine(_model(data, K, "homogeneous"), "mm")
+
+
+def test_centred_variance_without_forming_a():
+    """Factor.centred_variance (A through a sparse solve with A⁻¹) equals it from the dense A."""
+    data, ped = _pedigree()
+    rel = PedigreeRelationship(ped)
+    sparse = _model(data, rel, "homogeneous").genetic_factor()
+    A = pd.DataFrame(rel.dense(), index=rel.ids, columns=rel.ids)
+    dense = _model(data, A, "homogeneous").genetic_factor()
+    assert sparse.centred_variance() == pytest.approx(dense.centred_variance(), rel=1e-12)

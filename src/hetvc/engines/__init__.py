@@ -18,7 +18,7 @@ ENGINES = ("auto", "dense", "spectral", "mme")
 
 #: an MME iteration's fixed cost in flops (its Python work per evaluation), and the factor by
 #: which it must undercut the dense engine's Σ_c N_c³ to be chosen
-MME_OVERHEAD, MME_MARGIN = 2e7, 2.0
+MME_OVERHEAD, MME_MARGIN = 2e8, 2.0
 
 
 class EngineChoice(NamedTuple):
@@ -88,8 +88,7 @@ def _mme(model, eng: MMEEngine, why: str) -> EngineChoice:
     """The MME engine with its dense relationships inverted: "mme: <why> [sparse C: …]"."""
     eng.prepare()
     d = model.design
-    return EngineChoice(eng, f"mme: {why}; {eng.q - d.X.shape[1]:,} random effects for {d.n_obs:,} values "
-                             f"[{eng.summary()}]")
+    return EngineChoice(eng, f"mme: {why}; {eng.q:,} equations for {d.n_obs:,} values [{eng.summary()}]")
 
 
 def _mme_or_dense(model, why: str) -> EngineChoice:

@@ -586,17 +586,20 @@ class MMEEngine(Engine):
         if have is None or self.memory <= 0.8 * have:
             return
         raise InputError(
-            f"the MME engine needs about {self.memory / 2**30:.1f} GB for {self.q} unknowns ({self.summary()}) "
+            f"the MME engine needs about {self.memory / 2**30:.1f} GB for {self.q:,} equations ({self.summary()}) "
             f"and about {have / 2**30:.1f} GB is available; fit fewer traits or environments at once, or a "
             "two-stage analysis of genotype means per environment")
 
     def summary(self) -> str:
+        """How C̃ is factored: "sparse C, 3,858,340 non-zeros in its factor", "dense C in 6
+        independent blocks of 3,002"."""
         if self.sparse:
-            return f"sparse C: {self.q:,} unknowns, {self.C.nnz_l:,} non-zeros in its factor"
+            return f"sparse C, {self.C.nnz_l:,} non-zeros in its factor"
         sizes = self.group_sizes
         if len(sizes) == 1:
-            return f"dense C: {self.q:,} unknowns"
-        return f"dense C: {self.q:,} unknowns in {len(sizes)} independent blocks of {min(sizes):,}–{max(sizes):,}"
+            return "dense C"
+        span = f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
+        return f"dense C in {len(sizes)} independent blocks of {span}"
 
     def prepare(self) -> None:
         """Invert the dense relationships (raises :class:`MMENotApplicable` for a singular one)."""

@@ -68,14 +68,6 @@ class MMENotApplicable(Exception):
         self.reason = reason
 
 
-def _logdet_sparse(matrix: sp.spmatrix, what: str) -> float:
-    """log|M| of a sparse positive definite matrix (its LDL' factor)."""
-    d = qdldl.Solver(sp.triu(matrix, format="csc"), upper=True).factors()[1]
-    if not np.all(d > 0):
-        raise MMENotApplicable(f"{what} is not positive definite")
-    return float(np.log(d).sum())
-
-
 class _Kernel:
     """𝒦_t⁻¹ over a term's levels and log|𝒦_t|: sparse (identity, diagonal, a pedigree's A⁻¹)
     or dense (inverted by :meth:`prepare`)."""
@@ -127,7 +119,7 @@ class _Patterns:
     """The residual by records grouped by their pattern of observed rows of ΣE: for pattern p,
     ``values[p]`` (records × k) are the observed values of its records and ``rows[p]`` their rows."""
 
-    def __init__(self, residual, n_obs: int):
+    def __init__(self, residual):
         rec, idx = residual.unit, residual.index
         order = np.lexsort((idx, rec))  # record-major, then row
         counts = np.bincount(rec)
@@ -254,9 +246,6 @@ class _DenseC:
         """Storage of C⁻¹ (indexed by :meth:`slots`)."""
         return self.inv
 
-    def diagonal(self, i: np.ndarray) -> np.ndarray:
-        return self.inv[self.slots(i, i)]
-
 
 class _SelectedInverse:
     """Z = C⁻¹ on the pattern of L + L' (C = LDL', L unit lower) by Takahashi's recurrences,
@@ -382,9 +371,6 @@ class _SparseC:
             raise AssertionError("the pattern of L changed between factorisations")
         return self.takahashi.compute(L.data, self._d)
 
-    def diagonal(self, i: np.ndarray) -> np.ndarray:
-        return self.selected()[self.slots(i, i)]
-
 
 class MMEEngine(Engine):
     """ℓ, score and AI from Henderson's mixed-model equations (module docstring).  ``flops``
@@ -404,9 +390,9 @@ class MMEEngine(Engine):
         self.const = restricted_constant(n, p, model.method)
         self.kernels = [_Kernel(t.factor) for t in self.terms]
         self.levels = [t.factor.observed[t.unit] for t in self.terms]  # level of each value
-        self.patterns = _Patterns(self.residual, n)
+        self.patterns = _Patterns(self.residual)
         self._layout(n, p)
-        self._equations(n, p)
+        self._equations(n)
         self.sparse = all(k.sparse for k in self.kernels)
         if self.sparse:
             self.C = _SparseC(self.rows, self.cols, self.q, self._values(model.start())[0])
@@ -509,7 +495,7 @@ class MMEEngine(Engine):
                     first = self.pos[t][lv[0], rows[0]]
                     self.atoms.append((t, lv, rows, int(first)))
 
-    def _equations(self, n: int, p: int) -> None:
+    def _equations(self, n: int) -> None:
         """The pattern of C̃ and, for every stored contribution, what it is made of.
 
         W̃ = [X, Z_t (I ⊗ L_t)]: value o has X's entries and, per term, L_t[a(o), c] at unknown

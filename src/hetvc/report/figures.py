@@ -2,8 +2,8 @@
 
 The one module of :mod:`hetvc.report` that imports matplotlib (the package does not import it:
 :func:`~hetvc.report.write.write_report` does when it draws).  One convention: a figure is a
-:class:`~matplotlib.figure.Figure` on an Agg canvas made by ``_figure`` (never pyplot, so no
-global state and nothing to close) and written by ``_save``.
+:class:`~matplotlib.figure.Figure` on an Agg canvas made by ``new_figure`` (never pyplot, so no
+global state and nothing to close) and written by ``save_figure``.
 
 Every function takes fitted models (:class:`~hetvc.results.FitResult`) and a path, draws one
 figure and writes it atomically (:func:`hetvc.io_utils.atomic_path`); it returns the path.
@@ -29,7 +29,7 @@ They read only what a fit stores, so they work as well on a fit reloaded with
   in-sample fit (the environment means and the BLUPs of the same records inflate r), not
   prediction accuracy, which needs cross-validation (``hetvc cv``, planned).
 
-Each has a ``..._figure`` twin that returns the unsaved Figure.  Colours that tell environments,
+Each has a ``...new_figure`` twin that returns the unsaved Figure.  Colours that tell environments,
 models or genotypes apart come from a qualitative palette (``palette``: "tab10", "tab20"), and
 titles are wrapped to the figure's width.
 """
@@ -61,7 +61,8 @@ __all__ = [
     "heritability", "heritability_figure", "fit_label", "observed_fitted", "write_figures",
     "phenotypic_correlations_figure", "genetic_correlations_figure",
     "environment_correlations_figure", "latent_regression_figure", "observed_fitted_figure",
-    "environment_order", "latent_regression", "latent_scores",
+    "environment_order", "latent_regression", "latent_scores", "new_figure", "save_figure", "axes_title",
+    "palette",
 ]
 
 DPI = 110
@@ -96,13 +97,15 @@ def _suptitle(fig: Figure, text: str, fontsize: float = 11):
     fig.suptitle(_wrap(text, fig.get_figwidth(), fontsize), fontsize=fontsize)
 
 
-def _title(ax, text: str, fontsize: float = 10, ncols: int = 1):
+def axes_title(ax, text: str, fontsize: float = 10, ncols: int = 1):
     """An axes title wrapped to the width of one of ``ncols`` columns of the figure."""
     width = 0.85 * ax.figure.get_figwidth() / max(ncols, 1)
     ax.set_title(_wrap(text, width, fontsize), fontsize=fontsize)
 
 
-def _figure(ncols: int, nrows: int, w: float, h: float) -> tuple[Figure, np.ndarray]:
+def new_figure(ncols: int, nrows: int, w: float, h: float) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure of ``ncols`` × ``nrows`` panels of ``w`` × ``h`` inches (no
+    pyplot state) and its axes, flattened."""
     fig = Figure(figsize=(w * ncols, h * nrows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
@@ -114,7 +117,8 @@ def _grid(n: int, max_cols: int = 5) -> tuple[int, int]:
     return ncols, int(math.ceil(n / ncols))
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically; returns the path."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -133,7 +137,7 @@ def _corr_heatmap(ax, R: np.ndarray, labels, title: str, cells=None, fontsize=9)
     im = ax.imshow(R, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=fontsize)
     ax.set_yticks(range(len(labels)), labels, fontsize=fontsize)
-    _title(ax, title, 10, ncols=_columns(ax))
+    axes_title(ax, title, 10, ncols=_columns(ax))
     n = len(labels)
     if n <= 8:
         for i in range(n):
@@ -164,7 +168,7 @@ def _hide_unused(axes, used: int):
 # -- figures ------------------------------------------------------------------------------------
 def phenotypic_correlations(fit, path) -> Path:
     """Trait-by-trait phenotypic correlation within each environment (paper Fig. 2)."""
-    return _save(phenotypic_correlations_figure(fit), path)
+    return save_figure(phenotypic_correlations_figure(fit), path)
 
 
 def phenotypic_correlations_figure(fit) -> Figure:
@@ -173,17 +177,17 @@ def phenotypic_correlations_figure(fit) -> Figure:
     envs, traits = list(fit.envs), list(fit.traits)
     ncols, nrows = _grid(len(envs), 5 if len(traits) == 2 else 4)
     if len(traits) == 1:
-        fig, axes = _figure(1, 1, 4.2, 3.2)
+        fig, axes = new_figure(1, 1, 4.2, 3.2)
         ax = axes[0]
         data = [wide.loc[wide["env"] == e, traits[0]].dropna() for e in envs]
         key = "tick_labels" if _mpl_has_tick_labels() else "labels"
         ax.boxplot(data, **{key: envs})
         ax.set_ylabel(traits[0])
-        _title(ax, f"{traits[0]} by environment (one trait: no correlation to show)")
+        axes_title(ax, f"{traits[0]} by environment (one trait: no correlation to show)")
         ax.tick_params(axis="x", rotation=45)
         return fig
     if len(traits) == 2:
-        fig, axes = _figure(ncols, nrows, 3.2, 3.0)
+        fig, axes = new_figure(ncols, nrows, 3.2, 3.0)
         a, b = traits
         colors = palette(len(envs))
         for k, e in enumerate(envs):
@@ -195,13 +199,13 @@ def phenotypic_correlations_figure(fit) -> Figure:
                 slope, icpt = np.polyfit(sub[a], sub[b], 1)
                 xs = np.linspace(sub[a].min(), sub[a].max(), 2)
                 ax.plot(xs, icpt + slope * xs, color="black", lw=1)
-            _title(ax, f"{e}: r = {r:.2f} (n = {len(sub)})", ncols=ncols)
+            axes_title(ax, f"{e}: r = {r:.2f} (n = {len(sub)})", ncols=ncols)
             ax.set_xlabel(a)
             ax.set_ylabel(b)
         _hide_unused(axes, len(envs))
         _suptitle(fig, "Phenotypic correlation between traits in each environment")
         return fig
-    fig, axes = _figure(ncols, nrows, 3.3, 3.1)
+    fig, axes = new_figure(ncols, nrows, 3.3, 3.1)
     im = None
     for k, e in enumerate(envs):
         sub = wide.loc[wide["env"] == e, traits]
@@ -229,7 +233,7 @@ def _genetic_matrix(fit):
 def genetic_correlations(fit, path) -> Path:
     """Genetic correlations between traits in each environment (colour) with the genetic
     covariances in the cells; a single panel when ΣG is the same everywhere."""
-    return _save(genetic_correlations_figure(fit), path)
+    return save_figure(genetic_correlations_figure(fit), path)
 
 
 def genetic_correlations_figure(fit) -> Figure:
@@ -240,7 +244,7 @@ def genetic_correlations_figure(fit) -> Figure:
     shared = not fit.genetic_structure.env_specific
     panels = ["all environments"] if shared else envs
     ncols, nrows = _grid(len(panels), 5)
-    fig, axes = _figure(ncols, nrows, max(2.8, 0.8 * m + 1.4), max(2.6, 0.8 * m + 1.2))
+    fig, axes = new_figure(ncols, nrows, max(2.8, 0.8 * m + 1.4), max(2.6, 0.8 * m + 1.2))
     im = None
     for k, e in enumerate(panels):
         l = 0 if shared else envs.index(e)
@@ -276,7 +280,7 @@ def environment_correlations(fit, path) -> Path:
     """Genetic correlations between environments, one heat map per trait, the environments
     ordered by a hierarchical clustering (:func:`environment_order`, the same order in every
     panel) so that environments that rank genotypes alike sit together."""
-    return _save(environment_correlations_figure(fit), path)
+    return save_figure(environment_correlations_figure(fit), path)
 
 
 def environment_correlations_figure(fit) -> Figure:
@@ -289,7 +293,7 @@ def environment_correlations_figure(fit) -> Figure:
     labels = [envs[k] for k in order]
     ncols, nrows = _grid(m, 3)
     side = max(3.4, 0.35 * L + 2.0)
-    fig, axes = _figure(ncols, nrows, side, side * 0.9)
+    fig, axes = new_figure(ncols, nrows, side, side * 0.9)
     im = None
     for i, t in enumerate(traits):
         im = _corr_heatmap(axes[i], blocks[i][np.ix_(order, order)], labels, f"{t}",
@@ -307,7 +311,7 @@ def latent_regression(fit, path, n: int = 3) -> Path:
     the ``n`` phenotyped genotypes with the highest and the ``n`` with the lowest factor-1 score
     (:func:`hetvc.breeding.latent_scores`) in those environments, each with the line through the origin of
     slope its score (û_jl ≈ λ*_l1 f_j1 + … + λ*_lk f_jk, the first term drawn)."""
-    return _save(latent_regression_figure(fit, n), path)
+    return save_figure(latent_regression_figure(fit, n), path)
 
 
 def latent_regression_figure(fit, n: int = 3) -> Figure:
@@ -318,7 +322,7 @@ def latent_regression_figure(fit, n: int = 3) -> Figure:
     lo = fit.loadings().assign(env=lambda d: d["env"].astype(str))
     bl = fit.blups().assign(id=lambda d: d["id"].astype(str), env=lambda d: d["env"].astype(str))
     ncols, nrows = _grid(len(traits), 2)
-    fig, axes = _figure(ncols, nrows, 4.6, 3.8)
+    fig, axes = new_figure(ncols, nrows, 4.6, 3.8)
     for i, t in enumerate(traits):
         ax = axes[i]
         lam1 = lo[lo["trait"] == t].set_index("env").loc[envs, "f1"].to_numpy(dtype=float)
@@ -352,7 +356,7 @@ def latent_regression_figure(fit, n: int = 3) -> Figure:
         top.set_xticks(lam1, envs, rotation=90, fontsize=6)
         ax.set_xlabel("environment's loading on factor 1 (λ*₁)")
         ax.set_ylabel(f"BLUP of {t}")
-        _title(ax, t, ncols=ncols)
+        axes_title(ax, t, ncols=ncols)
         ax.legend(fontsize=6, frameon=False, loc="best")
     _hide_unused(axes, len(traits))
     _suptitle(fig, f"Latent regression on factor 1 ({model_name(fit)}): the {n} genotypes with the "
@@ -389,7 +393,7 @@ def heritability_figure(fits, selected: str | None = None) -> Figure:
     colors = palette(len(fits))
     width = float(np.clip(0.45 * (len(ticks)) * max(1.0, len(drawn) / 4) + 1.95, 3.6, 11.0))
     ncols, nrows = _grid(len(traits), 1 if width > 6 else 3)
-    fig, axes = _figure(ncols, nrows, width, 3.0)
+    fig, axes = new_figure(ncols, nrows, width, 3.0)
     xs = np.arange(len(ticks))
     step = 0.8 / max(len(drawn), 1)
     rotate = len(ticks) > 4
@@ -423,7 +427,7 @@ def heritability_figure(fits, selected: str | None = None) -> Figure:
         ax.set_xlim(-0.6, len(ticks) - 0.4)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("h²")
-        _title(ax, t, ncols=ncols)
+        axes_title(ax, t, ncols=ncols)
         ax.grid(axis="y", alpha=0.3)
     _hide_unused(axes, len(traits))
     handles, labels = axes[0].get_legend_handles_labels()
@@ -443,7 +447,7 @@ def heritability(fits, path, selected: str | None = None) -> Path:
     lie on the boundary).
 
     ``fits``: a FitResult or a dict name → FitResult (same traits and environments)."""
-    return _save(heritability_figure(fits, selected), path)
+    return save_figure(heritability_figure(fits, selected), path)
 
 
 OBSERVED_FITTED_NOTE = ("in-sample fit, not prediction accuracy: r is inflated by the environment "
@@ -454,7 +458,7 @@ OBSERVED_FITTED_NOTE = ("in-sample fit, not prediction accuracy: r is inflated b
 def observed_fitted(fit, path) -> Path:
     """Observed against fitted values (Xb̂ + Zû), one panel per trait, coloured by environment:
     an in-sample fit (:data:`OBSERVED_FITTED_NOTE`), not prediction accuracy."""
-    return _save(observed_fitted_figure(fit), path)
+    return save_figure(observed_fitted_figure(fit), path)
 
 
 def observed_fitted_figure(fit) -> Figure:
@@ -462,7 +466,7 @@ def observed_fitted_figure(fit) -> Figure:
     obs = fit.fitted()
     traits, envs = list(fit.traits), list(fit.envs)
     ncols, nrows = _grid(len(traits), 3)
-    fig, axes = _figure(ncols, nrows, 3.4, 3.2)
+    fig, axes = new_figure(ncols, nrows, 3.4, 3.2)
     colors = palette(len(envs))
     for i, t in enumerate(traits):
         ax = axes[i]
@@ -475,7 +479,7 @@ def observed_fitted_figure(fit) -> Figure:
         hi = float(max(sub["fitted"].max(), sub["y"].max()))
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
         r = np.corrcoef(sub["fitted"], sub["y"])[0, 1] if len(sub) > 2 else np.nan
-        _title(ax, f"{t}: in-sample r = {r:.2f}", ncols=ncols)
+        axes_title(ax, f"{t}: in-sample r = {r:.2f}", ncols=ncols)
         ax.set_xlabel("fitted (in-sample)")
         ax.set_ylabel("observed")
     _hide_unused(axes, len(traits))

@@ -213,14 +213,8 @@ def _parameter_count(model) -> list[str]:
 # -- after the fit ------------------------------------------------------------------------------------
 def kinship_variance(model) -> float:
     """k̄ = mean diag K − mean K over the phenotyped genotypes (mean diag K if that is ≤ 0);
-    O(q²) without copying K."""
-    d = model.design
-    obs = np.unique(d.geno)
-    w = np.zeros(d.K.shape[0])
-    w[obs] = 1.0
-    kbar = float(np.mean(np.diag(d.K)[obs]))
-    centred = kbar - float(w @ (d.K @ w)) / len(obs) ** 2
-    return centred if centred > 1e-8 * abs(kbar) else (kbar if kbar > 0 else 1.0)
+    a pedigree's A through A⁻¹ (:meth:`hetvc.model.Factor.centred_variance`), never formed."""
+    return model.genetic_factor().centred_variance()
 
 
 def unidentified(model, ai: np.ndarray) -> np.ndarray:

@@ -184,15 +184,24 @@ def _fit_args(sim, **kw):
     return {**dict(data=sim.pheno, K=sim.K, traits=sim.truth.traits, env="env"), **kw}
 
 
-def test_one_missing_value_goes_dense_with_reason():
+def test_one_missing_value_completes_the_layout_with_reason():
     sim = _sim(n=60, seed=4)
     pheno = sim.pheno.copy()
     pheno.loc[pheno.index[16], "t2"] = np.nan  # data row 17
     r = hetvc.fit(**_fit_args(sim, data=pheno))
-    assert r.engine == "dense"
-    assert r.engine_reason.startswith("dense: 1 missing trait value (first: data row 17, trait 't2')")
-    with pytest.raises(InputError, match="engine='spectral' does not apply.*1 missing trait value"):
-        hetvc.fit(**_fit_args(sim, data=pheno, engine="spectral"))
+    assert r.engine == "spectral"
+    assert r.engine_reason.startswith("spectral with 1 completed cell (")
+    dense = hetvc.fit(**_fit_args(sim, data=pheno, engine="dense"))
+    assert abs(r.loglik - dense.loglik) < 1e-8
+    forced = hetvc.fit(**_fit_args(sim, data=pheno, engine="spectral"))
+    assert forced.engine_reason.startswith("forced by engine='spectral'; spectral with 1 completed cell")
+    # a replicate keeps the layout from being completed: dense, saying why
+    extra = pheno.iloc[[3]].assign(t1=0.5, t2=0.25)
+    rep = pd.concat([pheno, extra], ignore_index=True)
+    r = hetvc.fit(**_fit_args(sim, data=rep))
+    assert r.engine == "dense" and "replicate" in r.engine_reason
+    with pytest.raises(InputError, match="engine='spectral' does not apply.*replicate"):
+        hetvc.fit(**_fit_args(sim, data=rep, engine="spectral"))
     # a record with no trait at all is ignored by the design, so the rest stays spectral
     pheno.loc[pheno.index[16], "t1"] = np.nan
     model = _model(pheno, sim.K, sim.truth.traits, "heterogeneous", "homogeneous")

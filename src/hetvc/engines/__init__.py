@@ -5,12 +5,14 @@ from typing import NamedTuple
 from ..errors import InputError
 from ..kinship.pedigree import PedigreeRelationship
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution
+from .completed import CompletedEngine, completed_plan
 from .dense import DenseEngine, independent_blocks
 from .mme import MMEEngine, MMENotApplicable
 from .spectral import EigenCache, KinshipEigen, NotApplicable, SpectralEngine, SpectralNotApplicable, plan
 
 __all__ = [
-    "Engine", "Evaluation", "Solution", "NotPositiveDefinite", "DenseEngine", "SpectralEngine", "MMEEngine",
+    "Engine", "Evaluation", "Solution", "NotPositiveDefinite", "DenseEngine", "SpectralEngine", "CompletedEngine",
+    "MMEEngine",
     "EigenCache", "KinshipEigen", "EngineChoice", "NotApplicable", "choose_engine",
 ]
 
@@ -32,12 +34,14 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None) 
     """The engine to use for ``model``, and why.
 
     ``"auto"``: the spectral engine whenever it is exact for the design (see
-    :func:`hetvc.engines.spectral.plan`); else the mixed-model equations (:class:`MMEEngine`)
+    :func:`hetvc.engines.spectral.plan`), or on the layout completed by the few missing cells
+    that keep it from applying (:func:`hetvc.engines.completed.completed_plan`); else the
+    mixed-model equations (:class:`MMEEngine`)
     when a relationship is a pedigree's sparse A⁻¹, or when an MME iteration is estimated at
     well under the dense engine's (few random effects for many values, sparse relationships);
     else the dense engine, with the reason, e.g.
     ``"dense: 1 missing trait value (first: data row 18, trait 't2'); ..."``.
-    ``"spectral"`` and ``"mme"`` force one and raise :class:`~hetvc.errors.InputError` when it
+    ``"spectral"`` (which takes a completed layout too) and ``"mme"`` force one and raise :class:`~hetvc.errors.InputError` when it
     does not apply; ``"dense"`` forces the dense engine.  ``eigen``: an :class:`EigenCache`
     whose eigendecompositions of K are reused (and extended) by the spectral engine.
     """
@@ -65,9 +69,13 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None) 
                              f"{err.reason}") from None
     spectral_plan = plan(model)
     if isinstance(spectral_plan, NotApplicable):
+        completed = _completed(model, eigen, engine)
+        if isinstance(completed, EngineChoice):
+            return completed
+        why = spectral_plan.reason if completed in spectral_plan.reason else f"{spectral_plan.reason}; {completed}"
         if engine == "spectral":
-            raise InputError(f"engine='spectral' does not apply to these data: {spectral_plan.reason}")
-        return _mme_or_dense(model, spectral_plan.reason)
+            raise InputError(f"engine='spectral' does not apply to these data: {why}")
+        return _mme_or_dense(model, why)
     try:
         eng = SpectralEngine(model, spectral_plan, eigen=eigen)
     except SpectralNotApplicable as err:
@@ -76,6 +84,19 @@ def choose_engine(model, engine: str = "auto", eigen: EigenCache | None = None) 
         return _mme_or_dense(model, err.reason)
     prefix = "forced by engine='spectral'; " if engine == "spectral" else ""
     return EngineChoice(eng, f"{prefix}{spectral_plan.description} [{eng.summary()}]")
+
+
+def _completed(model, eigen, engine: str) -> EngineChoice | str:
+    """The spectral engine on the completed layout, or why not."""
+    cplan = completed_plan(model)
+    if isinstance(cplan, NotApplicable):
+        return cplan.reason
+    try:
+        eng = CompletedEngine(model, cplan, eigen=eigen)
+    except SpectralNotApplicable as err:
+        return err.reason
+    prefix = "forced by engine='spectral'; " if engine == "spectral" else ""
+    return EngineChoice(eng, f"{prefix}{cplan.description} [{eng.summary()}]")
 
 
 def _dense(model, why: str) -> EngineChoice:

@@ -2,7 +2,7 @@
 ℓ within 1e-8, score and AI within 1e-7 of their largest entry at several θ, BLUEs, BLUPs and
 PEVs of every term; whole fits to 1e-6 relative; the score against differences of its own ℓ;
 both factorisations (dense C for a genomic K, sparse C for identity, diagonal and pedigree
-relationships); the automatic choice and engine='mme'."""
+relationships, a GRM of low rank through its factor); the automatic choice and engine='mme'."""
 
 import numpy as np
 import pandas as pd
@@ -89,6 +89,56 @@ def test_evaluation_and_solution_equal_dense(problem, genetic, residual, random,
     mme = MMEEngine(model)
     assert mme.sparse == (kinship == "diagonal")
     _agree(model, mme, _thetas(model))
+
+
+@pytest.fixture(scope="module")
+def low_rank():
+    """70 genotypes (4 more without records) × 3 environments, 2 replicates, 2 blocks per
+    environment, 15 % of the values missing, and a GRM of 20 centred markers (rank 20)."""
+    data, K, *_ = make_problem(4, n_geno=70, n_env=3, genetic="heterogeneous", missing=0.15, p_env=0.8,
+                               reps=2, blocks=2, n_untested=4)
+    M = np.random.default_rng(0).binomial(2, 0.3, size=(len(K), 20)).astype(float)
+    M -= M.mean(0)
+    return data, pd.DataFrame(M @ M.T / 20, index=K.index, columns=K.index)
+
+
+@pytest.mark.parametrize("genetic,residual,random,method", [
+    ("homogeneous", "homogeneous", None, "reml"),
+    ("heterogeneous", "heterogeneous", None, "ml"),
+    ("unstructured", "homogeneous", ["env:block"], "ml"),
+    ("diagonal", "homogeneous", None, "reml"),  # a record's two traits in two blocks of ΣG
+])
+def test_low_rank_kinship_equals_dense(low_rank, genetic, residual, random, method):
+    """K = WW' of rank 20 < 0.8·74: the genetic part has 20·d unknowns, ℓ and all else unchanged."""
+    data, K = low_rank
+    model = _model(data, K, genetic, residual, random, method)
+    mme = MMEEngine(model)
+    assert np.linalg.matrix_rank(K.to_numpy()) == 20 and mme.kernels[0].n == 20
+    assert mme.summary().endswith("genetic part of rank 20 (K = WW')")
+    _agree(model, mme, _thetas(model))
+
+
+def test_full_rank_kinship_keeps_the_dense_k_route(low_rank):
+    data, _ = low_rank
+    _, K, *_ = make_problem(4, n_geno=70, n_env=3, n_untested=4)  # K = MM'/p + 0.05 I
+    mme = MMEEngine(_model(data, K, "heterogeneous"))
+    assert mme.lowrank is None and mme.kernels[0].n == 74 and "rank" not in mme.summary()
+
+
+@pytest.mark.parametrize("genetic,method", [("homogeneous", "reml"), ("heterogeneous", "ml"),
+                                            ("unstructured", "reml")])
+def test_low_rank_whole_fit_equals_dense(low_rank, genetic, method):
+    data, K = low_rank
+    kw = dict(env="env", genetic=genetic, method=method, tol=1e-10)
+    a = hetvc.fit(data, K, TRAITS, engine="dense", **kw)
+    b = hetvc.fit(data, K, TRAITS, engine="mme", **kw)
+    assert a.converged and b.converged
+    assert b.engine_reason.endswith("genetic part of rank 20 (K = WW')]")
+    assert b.loglik == pytest.approx(a.loglik, abs=1e-8)
+    assert len(b.blup) == len(K)  # every genotype of K, the 4 without records too
+    for x, y in [(a.theta, b.theta), (np.sqrt(np.diag(a.theta_cov)), np.sqrt(np.diag(b.theta_cov))),
+                 (a.beta, b.beta), (a.blup, b.blup), (a.pev, b.pev)]:
+        np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-6 * np.nanmax(np.abs(x)))
 
 
 def test_random_term_with_a_relationship(problem):

@@ -38,6 +38,12 @@ Two factorisations of C, chosen here:
   ordering; CHOLMOD through scikit-sparse needs SuiteSparse installed) and the elements of C̃⁻¹
   on the pattern of L + L' by Takahashi's recurrences, supernode by supernode
   (:class:`_SelectedInverse`).
+
+A genetic K of low rank r < 0.8 n (a GRM of few markers; pivoted Cholesky with a random probe,
+spectral's :func:`low_rank_eigen`) enters through its factor, K = WW' (W: n × r), as u = (W ⊗ I)a
+with Var(a) = I_r ⊗ ΣG: the same V, so the formulas above hold with 𝒦 = I_r (log|𝒦| = 0) and
+Z_G(W ⊗ I) for Z_G; the genetic part has r·d unknowns (:class:`_LowRank`), û_j = (W_j ⊗ I)â and
+PEV(u_j) = (W_j ⊗ L) C̃^{vv} (W_j ⊗ L)' for every genotype of K.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from ..errors import InputError
 from ..model import Model
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
 from .dense import available_memory
+from .spectral import low_rank_eigen
 
 _BATCH = 256  # components below this many unknowns are factored together, in batches of about this size
 _SPARSE_WORK = 30.0  # a flop of the vectorised sparse factor and inverse against one of LAPACK's
@@ -69,14 +76,16 @@ class MMENotApplicable(Exception):
 
 
 class _Kernel:
-    """𝒦_t⁻¹ over a term's levels and log|𝒦_t|: sparse (identity, diagonal, a pedigree's A⁻¹)
-    or dense (inverted by :meth:`prepare`)."""
+    """𝒦_t⁻¹ over a term's unknown levels and log|𝒦_t|: sparse (identity, diagonal, a pedigree's
+    A⁻¹), dense (inverted by :meth:`prepare`) or, with ``low_rank`` and a dense K = WW' of rank
+    r < 0.8 n (spectral's :func:`low_rank_eigen`, W = U diag(s)^½), the identity over r factor
+    levels a with u = (W ⊗ I) a (then ``W`` is set and ``n`` = r)."""
 
-    def __init__(self, factor):
+    def __init__(self, factor, low_rank: bool = False):
         self.name = factor.name
         self.n = len(factor.levels)
         rel = factor.relationship
-        self.dense_kernel = None
+        self.dense_kernel = self.W = None
         if rel is None:
             self.inverse, self.logdet = sp.identity(self.n, format="csr"), 0.0
         elif factor.kernel_inverse is not None:
@@ -87,14 +96,22 @@ class _Kernel:
                 raise MMENotApplicable(f"the relationship of {self.name!r} has a zero diagonal element")
             self.inverse, self.logdet = sp.diags(1.0 / diag, format="csr"), float(np.log(diag).sum())
         else:
-            self.inverse, self.logdet, self.dense_kernel = None, None, rel
+            eigen = low_rank_eigen(rel, factor.name) if low_rank else None
+            if eigen is None:
+                self.inverse, self.logdet, self.dense_kernel = None, None, rel
+            else:
+                self.W = eigen.vectors * np.sqrt(eigen.values)
+                self.n = eigen.rank
+                self.inverse, self.logdet = np.eye(self.n), 0.0
 
     @property
     def sparse(self) -> bool:
-        return self.dense_kernel is None
+        return self.dense_kernel is None and self.W is None
 
     def components(self) -> np.ndarray:
         """Connected component of every level in the relationship's pattern."""
+        if self.W is not None:
+            return np.zeros(self.n, dtype=np.int64)
         pattern = self.inverse if self.sparse else sp.csr_matrix(self.dense_kernel != 0)
         return connected_components(pattern, directed=False)[1]
 
@@ -217,10 +234,10 @@ class _DenseC:
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
         """Factor C from its sparse ``values`` (at ``slots_of_c``) and ``dense_parts`` [(group,
-        local start, matrix)]; keep C⁻¹; return log|C|."""
+        index of its block, matrix)]; keep C⁻¹; return log|C|."""
         flat = np.bincount(self.slots_of_c, weights=values, minlength=int(self.offsets[-1]))
-        for g, start, part in dense_parts:
-            self.block(flat, g)[start:start + len(part), start:start + len(part)] += part
+        for g, ix, part in dense_parts:
+            self.block(flat, g)[ix] += part
         logdet = 0.0
         for g in range(len(self.sizes)):
             M = self.block(flat, g)
@@ -372,6 +389,121 @@ class _SparseC:
         return self.takahashi.compute(L.data, self._d)
 
 
+class _LowRank:
+    """The genetic term through K = WW' (W: n × r): u = (W ⊗ I) a with the unknowns a over the r
+    factor levels (𝒦 = I_r).  W̃ = W̄T: W̄ is W̃ with the genetic columns Z_G(I_n ⊗ L) over
+    genotype × row (column q + j·d + c) and T = [I; W ⊗ I] (:meth:`lift` T·, :meth:`reduce` T'·).
+    The genetic block of C̃ is Σ_κ G_κ ⊗ L_κ'S_p⁻¹L_κ + I over the classes κ of records
+    (pattern p, genetic rows a_κ of its values, L_κ = L[a_κ, :]) with G_κ = Σ_{records r ∈ κ}
+    W_j(r)'W_j(r) (r × r, formed once); its cross with another unknown s is C̃[s, (k, c)] =
+    Σ_j A[(s, c), j] W[j, k], A the pairs of W̄ entries (s, (j, c)) within records.  The sums
+    Σ_r W̃_rĈW̃_r' of the residual's score take Σ_kk' G_κ[k, k'] Ĉ[(k, ·), (k', ·)] per class
+    and (ĈT')[s, (j, c)] = Σ_k Ĉ[s, (k, c)] W[j, k] for the cross pairs."""
+
+    def __init__(self, W: np.ndarray, pos: np.ndarray, q: int, term, levels: np.ndarray, patterns):
+        self.W, self.pos, self.q = W, pos, q
+        n = len(W)
+        dim = term.structure.dim
+        block_of = np.zeros(dim, dtype=np.int64)
+        for b, blk in enumerate(term.structure.blocks):
+            block_of[np.asarray(blk)] = b
+        groups = {}
+        for p, vals in enumerate(patterns.values):
+            geno = levels[vals[:, 0]]
+            if not np.array_equal(levels[vals], np.repeat(geno[:, None], vals.shape[1], axis=1)):
+                raise AssertionError("the values of one record belong to two genotypes")
+            uniq, inv = np.unique(term.index[vals], axis=0, return_inverse=True)
+            for c, a in enumerate(uniq):
+                counts = np.bincount(geno[inv.ravel() == c], minlength=n)
+                nz = np.flatnonzero(counts)
+                G = W[nz].T @ (counts[nz, None] * W[nz])
+                cs = np.flatnonzero(np.isin(block_of, block_of[a]))
+                groups.setdefault(tuple(cs), []).append((p, a, G))
+        self.groups = [(np.array(cs), [(p, a) for p, a, _ in cl], np.stack([G for *_, G in cl]))
+                       for cs, cl in groups.items()]
+
+    def pairs(self, s_entry, e_entry, coef, upper, w_indices) -> tuple:
+        """Keep the cross pairs of W̄ entries (s_entry of an unknown, e_entry of a genotype
+        column; ``upper``: C's orientation); return C̃'s (rows, cols) of the cross elements."""
+        dim = self.pos.shape[1]
+        col = w_indices[e_entry] - self.q
+        key = w_indices[s_entry].astype(np.int64) * dim + col % dim
+        uniq, self.sc = np.unique(key, return_inverse=True)
+        self.j, self.s_entry, self.e_entry, self.coef, self.upper = col // dim, s_entry, e_entry, coef, upper
+        rows = np.repeat(uniq // dim, self.pos.shape[0])
+        cols = self.pos[:, uniq % dim].T.ravel()
+        self.n_sc = len(uniq)
+        return np.concatenate([rows, cols]), np.concatenate([cols, rows])
+
+    def place(self, C: "_DenseC", atoms) -> None:
+        """Where the genetic blocks lie in the groups of C̃."""
+        self.ix = []
+        for cs, _, _ in self.groups:
+            pos = self.pos[:, cs].ravel()
+            g = C.group[pos]
+            if not np.all(g == g[0]):
+                raise AssertionError("the genetic unknowns of one class lie in two groups")
+            loc = C.local[pos]
+            contiguous = np.array_equal(loc, np.arange(loc[0], loc[0] + len(loc)))
+            self.ix.append((g[0], (slice(loc[0], loc[0] + len(loc)),) * 2 if contiguous else np.ix_(loc, loc)))
+        self.atoms = [(C.group[first], int(C.local[first]), rows) for t, _, rows, first in atoms if t == 0]
+
+    def lift(self, x: np.ndarray) -> np.ndarray:
+        """T x: q (× m) → q + n·d."""
+        tail = self.W @ x[self.pos].reshape(len(self.pos), -1)
+        return np.concatenate([x, tail.reshape(-1, *x.shape[1:])])
+
+    def reduce(self, z: np.ndarray) -> np.ndarray:
+        """T' z: q + n·d (× m) → q."""
+        out = z[:self.q].copy()
+        out[self.pos] += (self.W.T @ z[self.q:].reshape(len(self.W), -1)).reshape(self.pos.shape + z.shape[1:])
+        return out
+
+    def parts(self, L: np.ndarray, r_inv) -> list:
+        """C̃'s genetic blocks Σ_κ G_κ ⊗ L_κ'S_p⁻¹L_κ (the identity is an atom's)."""
+        out = []
+        for (cs, classes, Gs), (g, ix) in zip(self.groups, self.ix):
+            M = np.stack([L[np.ix_(a, cs)].T @ r_inv[p] @ L[np.ix_(a, cs)] for p, a in classes])
+            size = len(Gs[0]) * len(cs)
+            out.append((g, ix, np.tensordot(Gs, M, axes=(0, 0)).transpose(0, 2, 1, 3).reshape(size, size)))
+        return out
+
+    def cross(self, wdata: np.ndarray, scoef: np.ndarray) -> np.ndarray:
+        """Values of C̃[s, (k, c)] (and its mirror) at the rows/cols of :meth:`pairs`."""
+        u = self.upper
+        A = sp.csr_matrix((wdata[self.s_entry[u]] * wdata[self.e_entry[u]] * scoef[self.coef[u]],
+                           (self.sc[u], self.j[u])), shape=(self.n_sc, len(self.W)))
+        v = np.asarray(A @ self.W).ravel()
+        return np.concatenate([v, v])
+
+    def record_sums(self, wdata, zinv, cross_inv, L, C, pattern_coef, n_scoef) -> np.ndarray:
+        """Σ_r W̃_rĈW̃_r' per pattern of its cross pairs and genetic pairs (stored as qsum)."""
+        CW = cross_inv.reshape(self.n_sc, -1) @ self.W.T  # (ĈT')[s, (j, c)]
+        q = np.bincount(self.coef, weights=wdata[self.s_entry] * wdata[self.e_entry] * CW[self.sc, self.j],
+                        minlength=n_scoef)
+        r = self.W.shape[1]
+        for (cs, classes, Gs), (g, ix) in zip(self.groups, self.ix):
+            sub = C.block(zinv, g)[ix].reshape(r, len(cs), r, len(cs))
+            H = np.tensordot(Gs, sub, axes=([1, 2], [0, 2]))  # Σ_kk' G_κ[k,k'] Ĉ[(k,a),(k',b)]
+            for (p, a), h in zip(classes, H):
+                La = L[np.ix_(a, cs)]
+                q[pattern_coef[p]:pattern_coef[p] + len(a) ** 2] += (La @ h @ La.T).ravel()
+        return q
+
+    def pev(self, L: np.ndarray, zinv: np.ndarray, C: "_DenseC") -> np.ndarray:
+        """PEV(u_j,a) = (W_j ⊗ L[a]) Ĉ^{vv} (W_j ⊗ L[a])' for every genotype of K."""
+        r = self.W.shape[1]
+        out = np.zeros((len(self.W), self.pos.shape[1]))
+        for g, start, rows in self.atoms:
+            db = len(rows)
+            sub = C.block(zinv, g)[start:start + r * db, start:start + r * db].reshape(r, db, r, db)
+            Lb = L[np.ix_(rows, rows)]
+            S = np.tensordot(Lb, np.tensordot(sub, Lb, axes=([3], [1])), axes=([1], [1]))  # (a, k, l, b)
+            for i, a in enumerate(rows):
+                out[:, a] = np.einsum("jk,jk->j", self.W @ S[i, :, :, i], self.W)
+        return out
+
+
 class MMEEngine(Engine):
     """ℓ, score and AI from Henderson's mixed-model equations (module docstring).  ``flops``
     and ``memory``: the estimated cost of one iteration, and its bytes (refused in one line
@@ -388,10 +520,14 @@ class MMEEngine(Engine):
         self.terms, self.residual = terms[:-1], terms[-1]
         self.params = model.elements()
         self.const = restricted_constant(n, p, model.method)
-        self.kernels = [_Kernel(t.factor) for t in self.terms]
+        self.kernels = [_Kernel(t.factor, low_rank=i == 0) for i, t in enumerate(self.terms)]
         self.levels = [t.factor.observed[t.unit] for t in self.terms]  # level of each value
         self.patterns = _Patterns(self.residual)
         self._layout(n, p)
+        W = self.kernels[0].W
+        self.lowrank = None if W is None else _LowRank(W, self.pos[0], self.q, self.terms[0], self.levels[0],
+                                                       self.patterns)
+        self.n_lifted = 0 if W is None else len(W) * self.terms[0].structure.dim  # W̄'s genotype columns
         self._equations(n)
         self.sparse = all(k.sparse for k in self.kernels)
         if self.sparse:
@@ -404,6 +540,14 @@ class MMEEngine(Engine):
             self.flops = float((self.group_sizes.astype(float) ** 3).sum())
             work = 8.0 * (2 * float((self.group_sizes.astype(float) ** 2).sum())
                           + sum(k.n ** 2 for k in self.kernels if not k.sparse))
+            if self.lowrank is not None:  # forming the genetic blocks and the sums of the residual's score
+                lr = self.lowrank
+                lr.place(self.C, self.atoms)
+                n_geno, r = lr.W.shape
+                blocks = sum(len(G) * (r * len(cs)) ** 2 for cs, _, G in lr.groups)
+                self.flops += 4.0 * blocks + 4.0 * lr.n_sc * n_geno * r
+                work += 8.0 * (n_geno * r + sum(G.size for *_, G in lr.groups) + lr.n_sc * n_geno
+                               + 2 * max((r * len(cs)) ** 2 for cs, _, _ in lr.groups))
         self.memory = work + 8.0 * n * (len(self.params) + p) * 3 + 8.0 * self.q * (len(self.params) + p) * 2
         self._check_memory()
 
@@ -424,7 +568,7 @@ class MMEEngine(Engine):
                 block_of[np.asarray(blk)] = b
             comp = kern.components()
             n_comp = int(comp.max()) + 1
-            atom = block_of[term.index] * n_comp + comp[lev]
+            atom = block_of[term.index] * n_comp + (comp[lev] if kern.W is None else 0)
             edges_a.append(np.arange(n))
             edges_b.append(offset + atom)
             self.atom_offset.append(offset)
@@ -513,7 +657,7 @@ class MMEEngine(Engine):
             mask = _block_mask(term.structure.blocks, dim)
             a, c = np.nonzero(mask[term.index])  # value (by position) × row of its block
             rows.append(a)
-            cols.append(pos[lev[a], c])
+            cols.append(pos[lev[a], c] if self.kernels[t].W is None else self.q + lev[a] * dim + c)
             base.append(np.ones(len(a)))
             coef.append(start + term.index[a] * dim + c)
             self.l_offset.append(start)
@@ -542,8 +686,19 @@ class MMEEngine(Engine):
                     eb.append(_ranges(np.repeat(self.w_indptr[o2], na), cnt))
                     sc.append(np.full(int(cnt.sum()), ncoef + i * k + j))
             ncoef += k * k
-        self.ea, self.eb, self.s_coef = np.concatenate(ea), np.concatenate(eb), np.concatenate(sc)
+        ea, eb, sc = np.concatenate(ea), np.concatenate(eb), np.concatenate(sc)
         self.n_scoef = ncoef
+        cross_rows, cross_cols = [], []
+        if self.lowrank is not None:  # pairs with genotype columns: the cross ones kept, the genetic ones by class
+            lifted = self.w_indices >= self.q
+            la, lb = lifted[ea], lifted[eb]
+            mixed = la != lb
+            cross_rows, cross_cols = self.lowrank.pairs(
+                np.where(lb, ea, eb)[mixed], np.where(lb, eb, ea)[mixed], sc[mixed], lb[mixed], self.w_indices)
+            keep = ~la & ~lb
+            ea, eb, sc = ea[keep], eb[keep], sc[keep]
+            cross_rows, cross_cols = [cross_rows], [cross_cols]
+        self.ea, self.eb, self.s_coef = ea, eb, sc
         # 𝒦_t⁻¹ ⊗ I of the sparse kernels, on the pattern of 𝒦_t⁻¹ ⊗ (blocks of Σ_t)
         g_rows, g_cols, g_vals = [], [], []
         self.kernel_entries = []
@@ -564,8 +719,8 @@ class MMEEngine(Engine):
             self.kernel_entries.append((r, c, a * dim + b, kval))
         self.g_vals = np.concatenate(g_vals) if g_vals else np.zeros(0)
         wcols = self.w_indices
-        self.rows = np.concatenate([wcols[self.ea]] + g_rows)
-        self.cols = np.concatenate([wcols[self.eb]] + g_cols)
+        self.rows = np.concatenate([wcols[self.ea]] + g_rows + cross_rows)
+        self.cols = np.concatenate([wcols[self.eb]] + g_cols + cross_cols)
 
     def _check_memory(self) -> None:
         have = available_memory()
@@ -578,14 +733,15 @@ class MMEEngine(Engine):
 
     def summary(self) -> str:
         """How C̃ is factored: "sparse C, 3,858,340 non-zeros in its factor", "dense C in 6
-        independent blocks of 3,002"."""
+        independent blocks of 3,002", "dense C, genetic part of rank 1,000 (K = WW')"."""
         if self.sparse:
             return f"sparse C, {self.C.nnz_l:,} non-zeros in its factor"
         sizes = self.group_sizes
+        rank = "" if self.lowrank is None else f", genetic part of rank {self.kernels[0].n:,} (K = WW')"
         if len(sizes) == 1:
-            return "dense C"
+            return "dense C" + rank
         span = f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
-        return f"dense C in {len(sizes)} independent blocks of {span}"
+        return f"dense C in {len(sizes)} independent blocks of {span}{rank}"
 
     def prepare(self) -> None:
         """Invert the dense relationships (raises :class:`MMENotApplicable` for a singular one)."""
@@ -607,12 +763,22 @@ class MMEEngine(Engine):
             if kern.logdet is not None:
                 logdet += term.structure.dim * kern.logdet
         W = sp.csr_matrix((self.w_base * lcoef[self.w_coef], self.w_indices, self.w_indptr),
-                          shape=(len(self.y), self.q))
+                          shape=(len(self.y), self.q + self.n_lifted))
         scoef = np.zeros(self.n_scoef)
         for start, inv in zip(self.pattern_coef, invs):
             scoef[start:start + inv.size] = inv.ravel()
-        values = np.concatenate([W.data[self.ea] * W.data[self.eb] * scoef[self.s_coef], self.g_vals])
-        return values, W, chols, invs, logdet
+        values = [W.data[self.ea] * W.data[self.eb] * scoef[self.s_coef], self.g_vals]
+        if self.lowrank is not None:
+            values.append(self.lowrank.cross(W.data, scoef))
+        return np.concatenate(values), W, chols, invs, logdet
+
+    def _lift(self, x: np.ndarray) -> np.ndarray:
+        """T x (W̃x = W̄Tx; the identity without a low-rank genetic term)."""
+        return x if self.lowrank is None else self.lowrank.lift(x)
+
+    def _reduce(self, z: np.ndarray) -> np.ndarray:
+        """T'z (W̃'z = T'W̄'z)."""
+        return z if self.lowrank is None else self.lowrank.reduce(z)
 
     def _factor(self, theta: np.ndarray):
         self.prepare()
@@ -620,10 +786,13 @@ class MMEEngine(Engine):
         dense_parts = []
         for t, lv, rows, first in self.atoms:
             part = np.kron(self.kernels[t].inverse[np.ix_(lv, lv)], np.eye(len(rows)))
-            dense_parts.append((self.C.group[first], int(self.C.local[first]), part))
+            start = int(self.C.local[first])
+            dense_parts.append((self.C.group[first], (slice(start, start + len(part)),) * 2, part))
+        if self.lowrank is not None:
+            dense_parts += self.lowrank.parts(chols[0], r_inv)
         logdet += self.C.factor(values, dense_parts)
         ry = self.patterns.apply(r_inv, self.y)
-        r = W.T @ ry
+        r = self._reduce(W.T @ ry)
         s = self.C.solve(r)
         return W, chols, r_inv, logdet, s, float(self.y @ ry - s @ r)
 
@@ -653,17 +822,22 @@ class MMEEngine(Engine):
     @cached_property
     def _queries(self):
         """Where the elements of C̃⁻¹ the score needs are stored: per sparse-kernel term those on
-        the pattern of 𝒦_t⁻¹ ⊗ (blocks of Σ_t), and those of W̃'R⁻¹W̃."""
+        the pattern of 𝒦_t⁻¹ ⊗ (blocks of Σ_t), those of W̃'R⁻¹W̃, and the low-rank cross ones."""
         kernel = [None if e is None else self.C.slots(e[0], e[1]) for e in self.kernel_entries]
         wcols = self.w_indices
-        return kernel, self.C.slots(wcols[self.ea], wcols[self.eb])
+        cross = None
+        if self.lowrank is not None:  # the first half of the cross elements appended to C̃'s pattern
+            size = self.lowrank.n_sc * self.kernels[0].n
+            start = len(self.rows) - 2 * size
+            cross = self.C.slots(self.rows[start:start + size], self.cols[start:start + size])
+        return kernel, self.C.slots(wcols[self.ea], wcols[self.eb]), cross
 
     def _derivatives(self, W, chols, r_inv, s, B, cxx, reml):
         n = len(self.y)
-        e = self.y - W @ s
+        e = self.y - W @ self._lift(s)
         w = self.patterns.apply(r_inv, e)  # Py
         zinv = self.C.selected()
-        kernel_slots, pair_slots = self._queries
+        kernel_slots, pair_slots, cross_slots = self._queries
         Q = None if reml else np.linalg.inv(cxx)
         mats, kts = [], []  # per term: tr(P V_k) − y'P V_k P y as a matrix; Û Σ⁻¹ = V̂ L⁻¹
         for t, (term, kern, L) in enumerate(zip(self.terms, self.kernels, chols)):
@@ -686,12 +860,15 @@ class MMEEngine(Engine):
                 A -= np.einsum("jap,pq,jbq->ab", Bt, Q, KB)
             linv = _block_triangular_inverse(L, term.structure.blocks)
             kt = s[self.pos[t]] @ linv
-            kts.append(kt)
+            kts.append(kt if kern.W is None else kern.W @ kt)  # per genotype: V_k Py = Z_G vec(W Â Σ⁻¹ ∂Σ)
             mats.append(linv.T @ (kern.n * np.eye(dim) - A) @ linv - kt.T @ kern.times(kt))
         # the residual: Σ_p n_p S_p⁻¹ − S_p⁻¹ (Σ_r Q_r + ê_r ê_r') S_p⁻¹, embedded in ΣE's rows
         qsum = np.bincount(self.s_coef, weights=W.data[self.ea] * W.data[self.eb] * zinv[pair_slots],
                            minlength=self.n_scoef)
-        WB = W @ B
+        if self.lowrank is not None:
+            qsum += self.lowrank.record_sums(W.data, zinv, zinv[cross_slots], chols[0], self.C, self.pattern_coef,
+                                             self.n_scoef)
+        WB = None if reml else W @ self._lift(B)
         dimE = self.residual.structure.dim
         ME = np.zeros((dimE, dimE))
         for prow, vals, inv, start in zip(self.patterns.rows, self.patterns.values, r_inv, self.pattern_coef):
@@ -718,7 +895,7 @@ class MMEEngine(Engine):
                 col += np.where(index == b, kt[unit, a], 0.0)
             F[:, k] = col
         RF = self.patterns.apply(r_inv, F)
-        WRF = W.T @ RF
+        WRF = self._reduce(W.T @ RF)
         ai = F.T @ RF - WRF.T @ self.C.solve(WRF)
         if not reml:
             BW = B.T @ WRF
@@ -733,9 +910,11 @@ class MMEEngine(Engine):
         _, cxx = self._fixed_block()
         zinv = self.C.selected() if pev else None
         preds = []
-        for term, pos, L in zip(self.terms, self.pos, chols):
+        for term, pos, L, kern in zip(self.terms, self.pos, chols, self.kernels):
             blup = s[pos] @ L.T
-            if pev:
+            if kern.W is not None:  # û = (W ⊗ L) v̂ for every genotype of K
+                preds.append((kern.W @ blup, self.lowrank.pev(L, zinv, self.C) if pev else None))
+            elif pev:
                 dim = term.structure.dim
                 a, c = np.nonzero(_block_mask(term.structure.blocks, dim))
                 block = np.zeros((len(pos), dim, dim))
@@ -743,6 +922,6 @@ class MMEEngine(Engine):
                 preds.append((blup, np.einsum("ac,jcd,ad->ja", L, block, L)))
             else:
                 preds.append((blup, None))
-        out = Solution(s[self.fixed], cxx, preds[0][0], W @ s, preds[0][1])
+        out = Solution(s[self.fixed], cxx, preds[0][0], W @ self._lift(s), preds[0][1])
         out.random = {t.factor.name: p for t, p in zip(self.terms[1:], preds[1:])}
         return out

@@ -18,7 +18,6 @@ many times slower with the process's default threading (issue 15: 3.98 s against
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import time
@@ -30,16 +29,11 @@ from hetvc.fitting import build_model, fit_model
 from hetvc.options import FitOptions
 from hetvc.simulate import simulate
 
+from _load import busy_cores
 from _report import Report, add_markdown_option, row, table
 
 HEADERS = ["setting", "load", "build s", "fit s", "seconds", "ratio", "logLik"]
 ALIGN = "llrrrrr"
-
-
-def _spin(ready) -> None:
-    ready.set()
-    while True:
-        pass
 
 
 def _blas_threads() -> str:
@@ -81,27 +75,14 @@ def main() -> None:
     settings = [(f"threads=None (process: {default})", None), ("threads=1 (default)", 1)]
     fit_model(build_model(sim.pheno, sim.K, list(sim.truth.traits), env="env", id="id",
                           genetic="heterogeneous"), FitOptions(pev=False))  # warm up
-    ctx = mp.get_context("spawn")
     print(table(HEADERS, [], ALIGN))
     results = []
     for load in ("idle", f"{args.busy} core{'s' if args.busy > 1 else ''} busy"):
-        spinners = []
-        if load != "idle":
-            for _ in range(args.busy):
-                ready = ctx.Event()
-                p = ctx.Process(target=_spin, args=(ready,), daemon=True)
-                p.start()
-                ready.wait(60)
-                spinners.append(p)
-        try:
+        with busy_cores(0 if load == "idle" else args.busy):
             for label, threads in settings:
                 results.append((label, threads, load, *_time(sim, threads, args.repeats)))
                 label, threads, load, b, f, s, ll = results[-1]
                 print(row([label, load, f"{b:.2f}", f"{f:.2f}", f"{s:.2f}", "", f"{ll:.4f}"]), flush=True)
-        finally:
-            for p in spinners:
-                p.terminate()
-                p.join()
     base = next(s for _, t, load, _, _, s, _ in results if t == 1 and load == "idle")
     rows = [[label, load, f"{b:.2f}", f"{f:.2f}", f"{s:.2f}", f"{s / base:.2f}", f"{ll:.4f}"]
             for label, _, load, b, f, s, ll in results]

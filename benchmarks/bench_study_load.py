@@ -17,7 +17,6 @@ one of 2 cores busy the study has about one core less: fair sharing alone makes 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import tempfile
 import time
@@ -28,16 +27,11 @@ from hetvc.options import FitOptions
 from hetvc.simulate import simulate
 from hetvc.study.scenario import replicate_seed
 
+from _load import busy_cores
 from _report import Report, add_markdown_option, row, table
 
 HEADERS = ["run", "load", "fits", "wall s", "wall s per fit", "median fit s", "ratio to quiet"]
 ALIGN = "llrrrrr"
-
-
-def _spin(ready) -> None:
-    ready.set()
-    while True:
-        pass
 
 
 def _isolated(scenarios, replicates: int, seed: int) -> tuple[float, int, list]:
@@ -64,7 +58,6 @@ def main() -> None:
     report = Report.from_args(args, __file__)
     scenarios = study.grid(w=[0.0, 1.0], rho=[0.5])
     cores = len(os.sched_getaffinity(0))
-    ctx = mp.get_context("spawn")
 
     seconds, fits, per_fit = _isolated(scenarios, args.replicates, args.seed)
     rows = [["isolated (this process, one after another)", "quiet", str(fits), f"{seconds:.1f}",
@@ -72,23 +65,11 @@ def main() -> None:
     print(table(HEADERS, rows, ALIGN), flush=True)
     quiet = {}
     for load, workers in (("quiet", cores), ("1 core busy", cores), ("quiet", 1), ("1 core busy", 1)):
-        spinners = []
-        if load != "quiet":
-            ready = ctx.Event()
-            p = ctx.Process(target=_spin, args=(ready,), daemon=True)
-            p.start()
-            ready.wait(60)
-            spinners.append(p)
-        try:
-            with tempfile.TemporaryDirectory() as out:
-                t0 = time.perf_counter()
-                res = study.run(out, scenarios, args.replicates, seed=args.seed, workers=workers, progress=None,
-                                summary=False)
-                wall = time.perf_counter() - t0
-        finally:
-            for p in spinners:
-                p.terminate()
-                p.join()
+        with busy_cores(0 if load == "quiet" else 1), tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            res = study.run(out, scenarios, args.replicates, seed=args.seed, workers=workers, progress=None,
+                            summary=False)
+            wall = time.perf_counter() - t0
         n = len(res.results)
         quiet.setdefault(workers, wall / n)
         rows.append([f"study.run, {workers} worker{'s' * (workers > 1)}", load, str(n), f"{wall:.1f}",

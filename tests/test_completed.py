@@ -19,6 +19,10 @@ from hetvc.examples import load_example
 from hetvc.fitting import build_model
 from hetvc.simulate import simulate
 
+from engine_checks import assert_evaluations_agree, assert_solutions_agree
+from engine_checks import rel as _rel
+from engine_checks import trial_thetas as _thetas
+
 
 def _sim(n=60, traits=2, locations=3, snps=200, design="split", covariates=0, seed=1, h2=0.3):
     return simulate(n=n, traits=traits, locations=locations, snps=snps, design=design,
@@ -41,22 +45,6 @@ def _holes(pheno, traits, values=0, records=0, seed=0):
 def _model(sim, pheno, genetic, residual, method="reml", covariates=0, env="env"):
     return build_model(pheno, sim.K, sim.truth.traits, env=env, genetic=genetic, residual=residual,
                        method=method, fixed=_fixed(covariates))
-
-
-def _thetas(model, k=3, seed=0):
-    """The default start and k − 1 random positive definite (ΣG, ΣE) around it."""
-    rng = np.random.default_rng(seed)
-    G, E = model.matrices(model.start())
-    out = [model.start()]
-    for _ in range(k - 1):
-        A = rng.normal(size=G.shape) * 0.4
-        B = rng.normal(size=E.shape) * 0.4
-        out.append(model.join(G + (A @ A.T) * np.mean(np.diag(G)), E + (B @ B.T) * np.mean(np.diag(E))))
-    return out
-
-
-def _rel(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-300)
 
 
 # (label, simulate kwargs, holes kwargs, genetic, residual, method)
@@ -94,20 +82,12 @@ def case(request):
 
 def test_loglik_score_ai_match_dense(case):
     model, dense, completed = case
-    for theta in _thetas(model):
-        a, b = dense.evaluate(theta), completed.evaluate(theta)
-        assert abs(a.loglik - b.loglik) < 1e-8
-        assert _rel(a.score, b.score) < 1e-7
-        assert _rel(a.ai, b.ai) < 1e-7
-        assert completed.evaluate(theta, derivatives=False).loglik == pytest.approx(b.loglik, abs=1e-12)
+    assert_evaluations_agree(dense, completed, _thetas(model))
 
 
 def test_blues_blups_pevs_match_dense(case):
     model, dense, completed = case
-    theta = _thetas(model)[1]
-    a, b = dense.solve(theta, pev=True), completed.solve(theta, pev=True)
-    for name in ("beta", "beta_cov", "blup", "fitted", "pev"):
-        assert _rel(getattr(a, name), getattr(b, name)) < 1e-6, name
+    assert_solutions_agree(dense, completed, _thetas(model)[1])
 
 
 def test_no_missing_cells_is_the_spectral_engine():

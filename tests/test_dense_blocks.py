@@ -5,22 +5,12 @@ import numpy as np
 import pytest
 
 import hetvc
-from hetvc.data import build_design
 from hetvc.engines import DenseEngine
 from hetvc.engines.dense import independent_blocks
-from hetvc.kinship import kinship_matrix
-from hetvc.model import Model
-from hetvc.random_terms import resolve_random
+from engine_checks import random_term_model as _model
 from reference import make_problem
 
 TRAITS = ["y1", "y2"]
-
-
-def _model(data, K, genetic, residual="homogeneous", random=None, method="reml"):
-    Kmat, ids = kinship_matrix(K, None)
-    design = build_design(data, Kmat, ids, TRAITS, "env", "id", None)
-    terms, _ = resolve_random(data, design, random)
-    return Model.build(design, genetic, residual, method, random=terms)
 
 
 @pytest.fixture(scope="module")

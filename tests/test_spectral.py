@@ -19,6 +19,10 @@ from hetvc.kinship import kinship_matrix
 from hetvc.model import Model
 from hetvc.simulate import simulate
 
+from engine_checks import assert_evaluations_agree, assert_solutions_agree
+from engine_checks import rel as _rel
+from engine_checks import trial_thetas as _thetas
+
 
 def _sim(n=60, traits=2, locations=3, snps=200, design="split", covariates=0, seed=1, h2=0.3):
     return simulate(n=n, traits=traits, locations=locations, snps=snps, design=design,
@@ -33,24 +37,6 @@ def _model(pheno, K, traits, genetic, residual, method="reml", fixed=None, env="
     Kmat, ids = kinship_matrix(K, None)
     design = build_design(pheno, Kmat, ids, traits, env, "id", fixed)
     return Model.build(design, genetic, residual, method)
-
-
-def _thetas(model, k=3, seed=0):
-    """The default start and k − 1 random positive definite (ΣG, ΣE) around it."""
-    rng = np.random.default_rng(seed)
-    G, E = model.matrices(model.start())
-    out = [model.start()]
-    for _ in range(k - 1):
-        A = rng.normal(size=G.shape) * 0.4
-        B = rng.normal(size=E.shape) * 0.4
-        G2 = G + (A @ A.T) * np.mean(np.diag(G))
-        E2 = E + (B @ B.T) * np.mean(np.diag(E))
-        out.append(model.join(G2, E2))  # join keeps the structure's pattern
-    return out
-
-
-def _rel(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-300)
 
 
 # (label, simulate kwargs, genetic, residual, method, env column)
@@ -85,21 +71,12 @@ def case(request):
 
 def test_loglik_score_ai_match_dense(case):
     model, dense, spectral = case
-    for theta in _thetas(model):
-        a, b = dense.evaluate(theta), spectral.evaluate(theta)
-        assert abs(a.loglik - b.loglik) < 1e-8
-        assert _rel(a.score, b.score) < 1e-7
-        assert _rel(a.ai, b.ai) < 1e-7
-        assert spectral.evaluate(theta, derivatives=False).loglik == pytest.approx(b.loglik, abs=1e-12)
+    assert_evaluations_agree(dense, spectral, _thetas(model))
 
 
 def test_blues_blups_pevs_match_dense(case):
     model, dense, spectral = case
-    theta = _thetas(model)[1]
-    a, b = dense.solve(theta, pev=True), spectral.solve(theta, pev=True)
-    for name in ("beta", "beta_cov", "blup", "fitted", "pev"):
-        assert _rel(getattr(a, name), getattr(b, name)) < 1e-6, name
-    assert spectral.solve(theta).pev is None
+    assert_solutions_agree(dense, spectral, _thetas(model)[1])
 
 
 def test_unbalanced_heterogeneous_with_unrecorded_genotypes():

@@ -1,8 +1,8 @@
 """The mixed-model-equations engine at scale (issue 15): whole fits, time, iterations, peak memory.
 
 (a) Replicated and unbalanced: G genotypes (the GRM of 1,000 simulated markers, rank ≤ 1,000,
-    which the MME engine takes through its factor K = WW') × 6 environments × 2 traits, 2 replicate plots, 10 % of the values missing; genetic homogeneous and
-    heterogeneous, residual homogeneous.  Beside each fit, the time of one dense Cholesky of
+    which the MME engine takes through its factor K = WW') × 6 environments × 2 traits, 2 replicate plots, 10 % of the values missing; genetic homogeneous,
+    heterogeneous and fa2 (``--structures``), residual homogeneous.  Beside each fit, the time of one dense Cholesky of
     the largest block of V the dense engine would factor (the price of one of its iterations;
     run when it fits in memory).
 (b) Animal model: a simulated pedigree over 10 generations, 2 traits, random dam and year
@@ -29,9 +29,7 @@ import scipy.linalg as sla
 from threadpoolctl import threadpool_limits
 
 import hetvc
-from hetvc.engines import choose_engine
 from hetvc.engines.dense import available_memory, independent_blocks
-from hetvc.optimize import maximize
 from hetvc.kinship.pedigree import Pedigree, _meuwissen_luo
 
 from _report import Report, add_markdown_option, table
@@ -137,17 +135,6 @@ def run_fit(model):
     return fit, time.perf_counter() - t, peak_mb() - before
 
 
-def run_engine(model):
-    """What a fit asks of its engine: the choice, AI-REML from the default start, BLUEs and
-    BLUPs with PEVs (hetvc.fit_model without its reporting, whose check of K's scale,
-    diagnostics.kinship_variance, still reads K densely)."""
-    before = peak_mb()
-    t = time.perf_counter()
-    eng, reason = choose_engine(model)
-    theta, _, record = maximize(eng, model, model.start())
-    eng.solve(theta, pev=True)
-    return eng, reason, record, time.perf_counter() - t, peak_mb() - before
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,6 +142,8 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="add 5,000 genotypes (≈ 110,000 values)")
     parser.add_argument("--animals", type=int, default=50000)
     parser.add_argument("--only", choices=["a", "b"], default=None)
+    parser.add_argument("--structures", default="homogeneous,heterogeneous,fa2",
+                        help="genetic structures of the trials (a)")
     parser.add_argument("--threads", type=int, default=1)
     add_markdown_option(parser)
     args = parser.parse_args()
@@ -165,7 +154,7 @@ def main() -> None:
         if args.only != "b":
             for n in sizes:
                 data, K = trial(n)
-                for genetic in ("homogeneous", "heterogeneous"):
+                for genetic in args.structures.split(","):
                     model = hetvc.build_model(data, K, ["t1", "t2"], env="env", id="id", genetic=genetic)
                     fit, secs, mb = run_fit(model)
                     chol = one_cholesky(model)
@@ -179,19 +168,19 @@ def main() -> None:
             data, ped = animal_model(args.animals)
             model = hetvc.build_model(data, ped, ["t1", "t2"], id="id", genetic="homogeneous",
                                       random=["dam", "year"])
-            eng, reason, record, secs, mb = run_engine(model)
+            fit, secs, mb = run_fit(model)
             rows.append([f"animal model, pedigree of {args.animals:,}, dam + year", f"{model.design.n_obs:,}",
-                         "homogeneous (A⁻¹)", eng.name, _unknowns(reason), f"{secs:.1f}", record.iterations,
-                         record.status, f"{mb:.0f}", "–"])
-            print(rows[-1], "|", reason, flush=True)
+                         "homogeneous (A⁻¹)", fit.engine, _unknowns(fit.engine_reason), f"{secs:.1f}",
+                         fit.record["iterations"], fit.record["status"], f"{mb:.0f}", "–"])
+            print(rows[-1], "|", fit.engine_reason, flush=True)
     align = "lrllrrrlrr"
     print(table(HEADERS, rows, align))
     report.write(table(HEADERS, rows, align), notes=[
         "one BLAS thread; the machine is shared (2 cores, other jobs running), so times are noisy",
         "equations: unknowns of the mixed-model equations, fixed and random effects (from engine_reason); "
         "– for the dense engine",
-        "the animal model is timed as the engine's work (choice, AI-REML, BLUPs with PEVs): hetvc.fit_model's "
-        "reporting reads the pedigree's A densely (diagnostics.kinship_variance)",
+        "each fit is hetvc.fit_model: engine choice, AI-REML (with its extra starts for a nonlinear structure), "
+        "BLUEs, BLUPs with PEVs and the result's diagnostics",
         "one dense Cholesky: of the largest block of V the dense engine would factor, in the same run "
         "(one of its iterations costs about three times that: factor, inverse, products); – where it "
         "does not fit in memory",

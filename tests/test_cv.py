@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import hetvc
+
 from hetvc.cv import CVResult, cross_validate, cv0, cv00, cv1, cv2, cv2t
 from hetvc.errors import HetvcError, InputError
 from hetvc.simulate import simulate
@@ -133,14 +135,21 @@ def test_table_shape_and_mean_row(sim):
         per_env = g[g["env"] != "mean"]
         assert (per_env["n_folds"] == 4).all()
         assert g.loc[g["env"] == "mean", "r"].item() == pytest.approx(per_env["r"].mean())
-    # CV0: heterogeneous cannot predict an unseen environment -> failed, left out
+    # CV0: a line's prediction in the hidden environment is its mean BLUP over the others
     fits = res.fits[res.fits["scheme"] == "CV0"]
-    assert fits.loc[fits["model"] == "heterogeneous", "status"].str.startswith("failed").all()
-    assert (fits.loc[fits["model"] == "homogeneous", "status"] == "ok").all()
+    assert (fits["status"] == "ok").all()
     cv0_rows = t[t["scheme"] == "CV0"]
-    assert set(cv0_rows["model"]) == {"homogeneous"}
+    assert set(cv0_rows["model"]) == {"homogeneous", "heterogeneous"}
     assert cv0_rows.loc[cv0_rows["env"] != "mean", "se"].isna().all()
     assert (cv0_rows.loc[cv0_rows["env"] != "mean", "n_folds"] == 1).all()
+    fold = cv0(*_cols(sim))[0]
+    masked = sim.pheno.copy()
+    masked.loc[fold.hidden, "t1"] = np.nan
+    blups = hetvc.fit(masked, sim.K, "t1", env="env", genetic="heterogeneous").blups()
+    assert fold.env not in set(blups["env"])
+    expected = blups.groupby("id")["blup"].mean()
+    got = res.predictions.query("scheme == 'CV0' and model == 'heterogeneous' and fold == 1")
+    np.testing.assert_allclose(got["predicted"], expected[got["id"]].to_numpy(), rtol=0, atol=1e-9)
 
 
 def test_accuracy(sim):

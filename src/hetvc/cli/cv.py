@@ -125,9 +125,11 @@ def cv_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale
                             progress=None if progress == "none" else progress, figures=not no_figures)
     table = result.accuracy() if accuracy else result.table()
     print_table(table)
-    bad = result.fits[result.fits["status"] != "ok"]
-    if len(bad):
-        click.echo(f"\n{len(bad)} of {len(result.fits)} fold fits failed or did not converge: see {Path(out) / 'ability.md'}")
+    status = result.fits["status"]
+    failed, unconverged = int(status.str.startswith("failed").sum()), int((status == "not converged").sum())
+    if failed or unconverged:
+        click.echo(f"\nof {len(status)} fold fits, {failed} failed (left out of the table) and {unconverged} did not "
+                   f"converge (kept): see {Path(out) / 'fits.csv'} and ability.md")
     click.echo(f"\nwrote {', '.join(str(f) for f in result.files)}")
 
 

@@ -45,7 +45,7 @@ def ability_markdown(table: pd.DataFrame, fits: pd.DataFrame) -> str:
         lines.append("")
     bad = fits[fits["status"] != "ok"]
     if len(bad):
-        lines += [f"## {len(bad)} of {len(fits)} fold fits not used or not converged", ""]
+        lines += [f"## {len(bad)} of {len(fits)} fold fits failed (left out) or did not converge (kept)", ""]
         for (scheme, model, status), g in bad.groupby(["scheme", "model", "status"], sort=False):
             lines.append(f"- {scheme} {model}, fold(s) {', '.join(map(str, g['fold']))}: {status}")
         lines.append("")

@@ -10,12 +10,12 @@ fails is a row with its status, and the run goes on.
 Prediction of a test record of line j in environment l for trait t:
 
 * CV1, CV2, CV2t: BLUE of the environment × trait mean (``mu[l][t]``) + BLUP of line j in l.
-* CV0, CV00: environment l has no records in the fold, so its mean is not estimable: the BLUP
-  alone is the prediction, and predictive ability is computed within environment (a
-  correlation ignores the missing constant).  Only a model whose genetic effect is shared by
-  all environments (``homogeneous``) predicts a line in an unseen environment (its BLUP is the
-  same everywhere); for the other structures the unseen environment has no genetic variance
-  of its own, and the fold × model is recorded as failed.
+* CV0, CV00: environment l has no records in the fold, so neither its mean nor its own genetic
+  effects are in the fit.  The prediction is the BLUP of line j's mean genetic value over the
+  environments of the fit, i.e. the mean of its BLUPs there (for ``homogeneous`` its one BLUP),
+  and predictive ability is computed within environment (a correlation ignores the missing
+  constant).  So every structure predicts a new environment, through what it learnt of the
+  lines' values in the others.
 """
 
 from __future__ import annotations
@@ -77,23 +77,17 @@ def _env_means(fit) -> dict:
     return out
 
 
-def predict(fit, ids, envs, traits, genetic: str, new_env: bool) -> np.ndarray:
-    """Predictions (records × traits) of the records (``ids``, ``envs``) from ``fit``; raises
-    ``LookupError`` where the model cannot predict (an environment without genetic variance in
-    the fit)."""
+def predict(fit, ids, envs, traits, new_env: bool) -> np.ndarray:
+    """Predictions (records × traits) of the records (``ids``, ``envs``) from ``fit`` (module
+    docstring); ``new_env``: their environments are not in the fit (CV0, CV00)."""
     b = fit.blups()
     env_text = np.array([str(e) for e in envs])
-    unseen = sorted(set(env_text) - {str(e) for e in fit.envs})
-    if unseen and genetic != "homogeneous":
-        raise LookupError(f"environment(s) {unseen} have no records in the fold, so the {genetic} model has "
-                          "no genetic effect there")
     means = {} if new_env else _env_means(fit)
     out = np.full((len(ids), len(traits)), np.nan)
     for t_i, trait in enumerate(traits):
         bt = b[b["trait"] == trait]
-        if unseen:  # homogeneous: a line's BLUP is the same in every environment
-            blup = bt.groupby("id", sort=False)["blup"].first()
-            u = blup.reindex(pd.Index(ids)).to_numpy(float)
+        if new_env:  # the line's mean BLUP over the environments of the fit
+            u = bt.groupby("id", sort=False)["blup"].mean().reindex(pd.Index(ids)).to_numpy(float)
         else:
             blup = pd.Series(bt["blup"].to_numpy(float),
                              index=pd.MultiIndex.from_arrays([bt["id"], bt["env"].astype(str)]))
@@ -105,7 +99,7 @@ def predict(fit, ids, envs, traits, genetic: str, new_env: bool) -> np.ndarray:
 
 def _row(base: dict, fit=None, error=None, seconds: float = 0.0) -> dict:
     if error is not None:
-        what = str(error).splitlines()[0] if isinstance(error, (HetvcError, LookupError)) else \
+        what = str(error).splitlines()[0] if isinstance(error, HetvcError) else \
             f"{type(error).__name__}: {error}".splitlines()[0]
         return dict(base, status=f"failed: {what}", engine="", iterations=None, seconds=seconds)
     return dict(base, status="ok" if fit.converged else "not converged", engine=fit.engine,
@@ -146,7 +140,7 @@ class CVTask:
             t0 = time.perf_counter()
             try:
                 fitted = inp.fit(masked, model, cache)
-                yhat = predict(fitted, ids, envs, hidden_traits, model, self.scheme in NEW_ENV_SCHEMES)
+                yhat = predict(fitted, ids, envs, hidden_traits, self.scheme in NEW_ENV_SCHEMES)
             except Exception as err:  # noqa: BLE001 - recorded as the fold's row, the run goes on
                 rows.append(dict(_row(dict(base, model=model), error=err, seconds=time.perf_counter() - t0),
                                  predictions=pd.DataFrame(columns=PREDICTION_COLUMNS)))

@@ -40,9 +40,13 @@ def ability_markdown(table: pd.DataFrame, fits: pd.DataFrame) -> str:
         acc = table[table["env"] == "mean"]
         lines += ["## Accuracy r/√h² (mean over environments; h² from each model's fit to all the data)", "",
                   "| scheme | trait | model | r | mean h² | accuracy |", "|---|---|---|---|---|---|"]
-        lines += [f"| {a.scheme} | {a.trait} | {a.model} | {a.r:.3f} | {a.h2:.3f} | {a.accuracy:.3f} |"
-                  for a in acc.itertuples(index=False)]
+        lines += [f"| {a.scheme} | {a.trait} | {a.model} | {a.r:.3f} | {a.h2:.3f} | {a.accuracy:.3f}"
+                  f"{' (> 1)' if a.accuracy > 1 else ''} |" for a in acc.itertuples(index=False)]
         lines.append("")
+        if (acc["accuracy"] > 1).any():
+            lines += ["An accuracy above 1 means the model's own h² understates what its predictions capture "
+                      "(a homogeneous model, say, counts the G×E variance as residual): r/√h² compares models "
+                      "only where their h² agree; compare r itself.", ""]
     bad = fits[fits["status"] != "ok"]
     if len(bad):
         lines += [f"## {len(bad)} of {len(fits)} fold fits failed (left out) or did not converge (kept)", ""]

@@ -187,6 +187,12 @@ class CompletedEngine(SpectralEngine):
                 raise SpectralNotApplicable(plan.reason)
         super().__init__(model, plan, eigen)
 
+    def memory_bytes(self, fixed) -> float:
+        """The spectral engine's, and per block the |M| × |M| matrices of the correction
+        (S = (V⁻¹)_MM, its inverse and a work copy)."""
+        cells = max(int((bp.obs < 0).sum()) for bp in self.plan.blocks)
+        return super().memory_bytes(fixed) + 8.0 * 3 * cells ** 2
+
     def _eigen(self, bp: BlockPlan) -> KinshipEigen:
         """K_b's eigendecomposition; at low rank r, U extended by an orthonormal basis of
         (I − UU')e_g for the genotypes g with a missing cell (rows with s = 0)."""

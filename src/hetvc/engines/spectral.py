@@ -82,6 +82,7 @@ import scipy.linalg as sla
 from ..errors import InputError
 from ..model import Model
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
+from .dense import available_memory
 
 __all__ = ["EigenCache", "KinshipEigen", "SpectralEngine", "SpectralPlan", "plan"]
 
@@ -476,9 +477,27 @@ class SpectralEngine(Engine):
                 raise SpectralNotApplicable(
                     f"block {bp.label!r} needs {xs.shape[1]} fixed-effect columns per cell "
                     f"({bp.obs.shape[1] * xs.shape[1]} in all, more than {MAX_FIXED_COLUMNS})")
+        self._check_memory(fixed)
         before = self.cache.misses
         self.blocks = [self.block_class(bp, model, self._eigen(bp), fx) for bp, fx in zip(spectral_plan.blocks, fixed)]
         self.computed = self.cache.misses - before
+
+    def memory_bytes(self, fixed) -> float:
+        """About the peak memory of the largest block: its K_b, eigenvectors and the
+        eigensolver's work (3 n_b² doubles), and its rotated data and fixed effects (4 n_b·d_b·c_b)."""
+        return max(8.0 * (3 * bp.obs.shape[0] ** 2 + 4 * bp.obs.size * max(xs.shape[1], 1))
+                   for bp, (xs, _) in zip(self.plan.blocks, fixed))
+
+    def _check_memory(self, fixed) -> None:
+        """Refuse, in one line with the numbers and the way out, blocks the machine cannot hold."""
+        need, have = self.memory_bytes(fixed), available_memory()
+        if have is None or need <= 0.8 * have:
+            return
+        n = max(bp.obs.shape[0] for bp in self.plan.blocks)
+        raise InputError(
+            f"the spectral engine needs about {need / 2**30:.1f} GB for a block of {n:,} genotypes (the "
+            f"eigendecomposition of its K) and about {have / 2**30:.1f} GB is available; use a GRM of fewer markers "
+            "than genotypes (low rank), fewer genotypes, or a machine with more memory")
 
     def _eigen(self, bp: BlockPlan) -> KinshipEigen:
         """The (cached) eigendecomposition of the block's K_b."""

@@ -96,8 +96,8 @@ def cv_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale
     """Cross-validate genomic prediction across environments on PHENO (CSV/TSV/Parquet).
 
     Every fold of every scheme is fitted by every model, the hidden records are predicted
-    (BLUE of the environment mean + BLUP of the line there; the BLUP alone in an unseen
-    environment), and predictive ability r(ŷ, y) is summarised per scheme × model ×
+    (BLUE of the environment mean + BLUP of the line there; in an unseen environment the
+    line's mean BLUP over the others), and predictive ability r(ŷ, y) is summarised per scheme × model ×
     environment × trait with its SE over folds.  Hidden values are masked before any model is
     built; K is used as given.  Writes OUT/predictions.csv, fits.csv, ability.csv, ability.md and
     ability.png; each finished fold is kept in OUT/folds/, so the same command resumes an

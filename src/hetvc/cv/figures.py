@@ -11,13 +11,16 @@ from ..report.figures import new_figure, save_figure, axes_title, palette
 
 
 def ability_figure(table: pd.DataFrame, path) -> Path:
-    """One panel per scheme × trait: for each model the mean r over environments with ± SE over
-    folds (black), and each environment's r (coloured points, one colour per environment)."""
-    panels = list(table[["scheme", "trait"]].drop_duplicates().itertuples(index=False, name=None))
+    """One panel per scheme (rows) × trait (columns): for each model the mean r over
+    environments with ± SE over folds (black), and each environment's r (coloured points, one
+    colour per environment)."""
+    schemes = list(dict.fromkeys(table["scheme"]))
+    traits = list(dict.fromkeys(table["trait"]))
+    panels = [(scheme, trait) for scheme in schemes for trait in traits]
     models = list(dict.fromkeys(table["model"]))
     envs = list(dict.fromkeys(e for e in table["env"] if e != "mean"))
     colors = dict(zip(envs, palette(len(envs))))
-    fig, axes = new_figure(len(panels), 1, max(2.4, 0.9 * len(models) + 1.2), 3.6)
+    fig, axes = new_figure(len(traits), len(schemes), max(2.4, 0.9 * len(models) + 1.2), 3.6)
     offsets = np.linspace(-0.2, 0.2, len(envs)) if len(envs) > 1 else np.zeros(1)
     for ax, (scheme, trait) in zip(axes, panels):
         t = table[(table["scheme"] == scheme) & (table["trait"] == trait)]
@@ -37,7 +40,7 @@ def ability_figure(table: pd.DataFrame, path) -> Path:
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(models) - 0.4)
         ax.set_ylabel("predictive ability r(ŷ, y)")
-        axes_title(ax, f"{scheme}: {trait}", ncols=len(panels))
+        axes_title(ax, f"{scheme}: {trait}", ncols=len(traits))
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         axes[0].legend(handles, labels, fontsize=7, loc="best", title="environment", title_fontsize=7)

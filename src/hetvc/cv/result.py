@@ -77,12 +77,12 @@ class CVResult:
         mean_rows["env"] = "mean"
         out = pd.concat([by_env, mean_rows[by_env.columns]], ignore_index=True)
         out["n_folds"] = out["n_folds"].astype(int)
-        # schemes and models in the order they were run, each environment's rows before the mean
-        for col in ("scheme", "model"):
+        # schemes, models and traits in the order they were run, each environment's rows before the mean
+        for col in ("scheme", "model", "trait"):
             out[f"_{col}"] = out[col].map({v: i for i, v in enumerate(self.predictions[col].unique())})
         out["_m"] = out["env"].eq("mean")
-        out = (out.sort_values(["_scheme", "_model", "trait", "_m"], kind="stable")
-               .drop(columns=["_scheme", "_model", "_m"]))
+        out = (out.sort_values(["_scheme", "_model", "_trait", "_m"], kind="stable")
+               .drop(columns=["_scheme", "_model", "_trait", "_m"]))
         return out[cols].reset_index(drop=True)
 
     def accuracy(self, h2=None) -> pd.DataFrame:

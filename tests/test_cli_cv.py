@@ -44,6 +44,15 @@ def test_cli_cv_writes_the_tables_and_reads_a_fold_file(trial, tmp_path):
     assert (out / "ability.png").stat().st_size > 0 and "## CV1, t1" in (out / "ability.md").read_text()
 
 
+def test_fold_file_ids_stay_text(tmp_path):
+    from hetvc.cli.cv import read_fold_file
+
+    path = tmp_path / "folds.csv"
+    path.write_text("line,cv_fold\n007,2\n010,10\n011,1\n")
+    table = read_fold_file(path, id="genotype")
+    assert list(table["genotype"]) == ["007", "010", "011"] and list(table["fold"]) == [2, 10, 1]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--scheme", "cv3"], "--scheme 'cv3' is not one of"),
     (["--folds", "many"], "--folds takes a number of folds or a fold file"),

@@ -266,3 +266,31 @@ def test_dask_cluster_gives_the_same_predictions(sim, tmp_path):
         remote = cross_validate(sim.pheno, sim.K, "t1", "env", scheduler=client, out=tmp_path, **kw)
     np.testing.assert_allclose(remote.predictions["predicted"], local.predictions["predicted"], rtol=0, atol=1e-12)
     assert "Dask" in json.loads((tmp_path / "cv.json").read_text())["runs"][0]["backend"]
+
+
+def test_inputs_are_checked_once_before_any_fold(sim, tmp_path):
+    K_file = tmp_path / "K.csv"
+    sim.K.to_csv(K_file)
+    kw = dict(schemes="cv1", folds=3, models="homogeneous", seed=2)
+    by_frame = cross_validate(sim.pheno, sim.K, "t1", "env", **kw)
+    by_path = cross_validate(sim.pheno, str(K_file), "t1", "env", **kw)  # K as hetvc.fit takes it
+    np.testing.assert_allclose(by_path.predictions["predicted"], by_frame.predictions["predicted"], atol=1e-9)
+    stranger = sim.pheno.copy()
+    stranger.loc[0, "id"] = "nobody"
+    with pytest.raises(InputError, match="not in the kinship matrix"):  # one line, not a failed fold
+        cross_validate(stranger, sim.K, "t1", "env", **kw)
+    one_env = sim.pheno[sim.pheno["env"] == sim.pheno["env"].iloc[0]]
+    with pytest.raises(InputError, match="at least two environments"):
+        cross_validate(one_env, sim.K, "t1", "env", schemes="cv0", models="homogeneous")
+    with pytest.raises(InputError, match="seed must be an integer"):
+        cross_validate(sim.pheno, sim.K, "t1", "env", seed=None)
+
+
+def test_a_trait_name_that_is_no_file_name(sim2, tmp_path):
+    data = sim2.pheno.rename(columns={"t1": "GY/ha"})
+    kw = dict(schemes="cv2t", folds=3, models="unstructured", out=tmp_path)
+    first = cross_validate(data, sim2.K, ["GY/ha", "t2"], "env", **kw)
+    assert set(first.predictions["trait"]) == {"GY/ha", "t2"}
+    again = cross_validate(data, sim2.K, ["GY/ha", "t2"], "env", **kw)  # every fold read back
+    pd.testing.assert_frame_equal(first.predictions, again.predictions)
+    assert all("/" not in p.name for p in (tmp_path / "folds").iterdir())

@@ -26,7 +26,8 @@ def _names(text: str, what: str) -> list[str]:
 def read_fold_file(path, id: str) -> pd.DataFrame:
     """(id, fold) from a fold file: the id column named as ``--id`` (else the first column) and
     the fold column ``fold`` (else the only other column, e.g. BGLR's ``cv_fold``)."""
-    frame, _ = read_phenotypes(path, text_columns=[id])
+    header, _ = read_phenotypes(path)
+    frame, _ = read_phenotypes(path, text_columns=list(header.columns))  # ids such as 007 stay text
     id_col = id if id in frame.columns else frame.columns[0]
     others = [c for c in frame.columns if c != id_col]
     fold_col = "fold" if "fold" in others else (others[0] if len(others) == 1 else None)
@@ -39,7 +40,10 @@ def read_fold_file(path, id: str) -> pd.DataFrame:
     dup = out[id].duplicated()
     if dup.any():
         raise InputError(f"fold file {path}: id {out.loc[dup, id].iloc[0]!r} is listed twice")
-    out[id] = out[id].astype(str)
+    try:
+        out["fold"] = pd.to_numeric(out["fold"])  # folds 1..10 in numeric order, not 1, 10, 2
+    except ValueError:
+        pass  # named folds
     return out
 
 
@@ -56,10 +60,16 @@ def _folds(value: str, id: str):
 
 
 def print_table(table: pd.DataFrame) -> None:
-    """Each scheme × trait as a model × environment table of r ± SE on stdout."""
+    """Each scheme × trait as a model × environment table of r ± SE on stdout, and with
+    ``accuracy`` the mean over environments' r/√h²."""
     for title, frame in ability_pivots(table):
         click.echo(f"\n{title}: predictive ability r(ŷ, y) ± SE over folds")
         click.echo(frame.to_string())
+    if "accuracy" in table.columns:
+        acc = table[table["env"] == "mean"].pivot_table(index="model", columns=["scheme", "trait"],
+                                                        values="accuracy", sort=False)
+        click.echo("\naccuracy r/√h² (mean over environments; h² of each model's fit to all the data):")
+        click.echo(acc.round(3).to_string())
 
 
 @click.command("cv")
@@ -123,9 +133,12 @@ def cv_command(pheno, kinship, genotypes, grm_method, genotype_id, kinship_scale
                             fold_table=fold_table, options=FitOptions(tol=tol, max_iter=max_iter),
                             accuracy=accuracy, out=out, workers=workers, scheduler=scheduler,
                             progress=None if progress == "none" else progress, figures=not no_figures)
-    table = result.accuracy() if accuracy else result.table()
-    print_table(table)
     status = result.fits["status"]
+    folds = status[result.fits["scheme"] != "FULL"]
+    if folds.str.startswith("failed").all():
+        raise InputError(f"every fold fit failed (first: {folds.iloc[0][len('failed: '):]}); see {Path(out) / 'fits.csv'}")
+    table = result.accuracy() if result.heritability is not None else result.table()
+    print_table(table)
     failed, unconverged = int(status.str.startswith("failed").sum()), int((status == "not converged").sum())
     if failed or unconverged:
         click.echo(f"\nof {len(status)} fold fits, {failed} failed (left out of the table) and {unconverged} did not "

@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import replace
+from os import PathLike
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..fitting import build_model, identity_kinship
 from ..io_utils import atomic_write
+from ..kinship import check_kinship, kinship_fingerprint, read_kinship
+from ..kinship.pedigree import Pedigree, PedigreeRelationship
 from ..options import FitOptions
 from ..structures import structure_class
 from ..study.backends import run_all
@@ -77,12 +82,19 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
         structure_class("G", m)  # an unknown structure is refused now, not once per fold
     if not models or len(set(models)) != len(models) or len(set(schemes)) != len(schemes):
         raise InputError(f"give distinct schemes and models; got {schemes} and {list(models)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer (the folds come from it), not {seed!r}")
     options = replace(options if options is not None else FitOptions(), pev=False)
     if workers != 0 or scheduler is not None:
         options = replace(options, threads=1)  # the workers fill the cores
     if folds is None:
         folds = int(fold_table["fold"].nunique()) if fold_table is not None and "fold" in fold_table else 5
     data = data.reset_index(drop=True)
+    K = _relationship(K, data, id, traits)
+    # every refusal of the data (ids not in K, blank cells, …) now, not as failed folds
+    build_model(data, K, list(traits), env=env, id=id, genetic=models[0], residual=residual)
+    if {"cv0", "cv00"} & set(schemes) and data[env].nunique() < 2:
+        raise InputError("schemes cv0 and cv00 hide a whole environment: they need at least two environments")
     inputs = Inputs(data, K, traits, env, id, residual, options)
     ids, envs = data[id].to_numpy(), data[env].to_numpy()
     tasks = [CVTask(inputs, s, f, models)
@@ -93,8 +105,9 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
         tasks += [FullFit(inputs, m) for m in models]
     settings = dict(traits=list(traits), env=env, id=id, residual=residual, seed=int(seed),
                     folds=_digest(fold_table) if fold_table is not None else int(folds),
-                    data=_digest(data[[id, env, *traits]]), K=_digest(K),
-                    options=dict(method="reml", tol=options.tol, max_iter=options.max_iter))
+                    data=_digest(data[[id, env, *traits]]), K=_kinship_digest(K),
+                    options=dict(method="reml", tol=options.tol, max_iter=options.max_iter,
+                                 time_limit=options.time_limit, engine=options.engine))
     sink = _FolderSink(Path(out), settings) if out is not None else _MemorySink()
     with sink:
         todo = [t for t in (sink.todo(task) for task in tasks) if t is not None]
@@ -116,26 +129,44 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
     return result
 
 
-def _digest(obj) -> str:
-    """SHA-256 (first 16 hex digits) of a table's labels and values or of an array."""
-    h = hashlib.sha256()
-    if isinstance(obj, pd.DataFrame):
-        h.update(pd.util.hash_pandas_object(obj, index=True).to_numpy().tobytes())
-        h.update(json.dumps([str(c) for c in obj.columns]).encode())
-    else:
-        h.update(np.ascontiguousarray(np.asarray(obj, dtype=float)).tobytes())
+def _relationship(K, data: pd.DataFrame, id: str, traits) -> pd.DataFrame | PedigreeRelationship:
+    """K once for every fold, as ``hetvc.fit`` takes it: a pedigree's sparse A⁻¹, or a checked
+    labelled matrix (read from a file, or the identity over the data's ids for ``None``)."""
+    if isinstance(K, (Pedigree, PedigreeRelationship)):
+        return K if isinstance(K, PedigreeRelationship) else PedigreeRelationship(K)
+    if K is None:
+        return identity_kinship(data, id, list(traits))
+    if isinstance(K, (str, PathLike)):
+        return read_kinship(K)
+    return check_kinship(K)
+
+
+def _kinship_digest(K) -> str:
+    """SHA-256 (first 16 hex digits) of a relationship: a matrix's ids and values, or a
+    pedigree's ids and A⁻¹."""
+    if isinstance(K, PedigreeRelationship):
+        h = hashlib.sha256(json.dumps([str(i) for i in K.ids]).encode())
+        for part in (K.inverse.data, K.inverse.indices, K.inverse.indptr):
+            h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()[:16]
+    return kinship_fingerprint(K)[:16]
+
+
+def _digest(frame: pd.DataFrame) -> str:
+    """SHA-256 (first 16 hex digits) of a table's labels and values."""
+    h = hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    h.update(json.dumps([str(c) for c in frame.columns]).encode())
     return h.hexdigest()[:16]
 
 
 def _result(rows: list[dict]) -> CVResult:
     """The CVResult of the rows of every fold × model (in task order: the same for any schedule)."""
-    folds = [r for r in rows if r["scheme"] != "FULL"]
     full = [r for r in rows if r["scheme"] == "FULL"]
-    predictions = [r["predictions"] for r in folds if len(r["predictions"])]
+    predictions = [r["predictions"] for r in rows if r["scheme"] != "FULL" and len(r["predictions"])]
     predictions = (pd.concat(predictions, ignore_index=True) if predictions
                    else pd.DataFrame(columns=PREDICTION_COLUMNS))
-    fits = pd.DataFrame([{c: r.get(c) for c in FIT_COLUMNS} for r in folds], columns=FIT_COLUMNS)
-    h2 = [r["h2"] for r in full if r.get("h2") is not None]
+    fits = pd.DataFrame([{c: r.get(c) for c in FIT_COLUMNS} for r in rows], columns=FIT_COLUMNS)
+    h2 = [r["h2"] for r in full if r.get("h2") is not None and len(r["h2"])]
     return CVResult(predictions[PREDICTION_COLUMNS], fits, pd.concat(h2, ignore_index=True) if h2 else None)
 
 
@@ -215,14 +246,20 @@ class _FolderSink(_MemorySink):
             json.dump(cfg, fh, indent=1)
 
     def _path(self, key: str, model: str) -> Path:
-        return self.folds / f"{key}.{model}.json"
+        """``folds/<key>.<model>.json``, with any character outside [A-Za-z0-9_-] (a trait called
+        ``GY/ha`` in a CV2t key) replaced and the name then made unique by a digest of the key."""
+        name = f"{key}.{model}"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        if safe != name:
+            safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+        return self.folds / f"{safe}.json"
 
     def todo(self, task):
         """``task`` with only the models whose file is not there (None when none is left)."""
         left = []
         for m in task.models:
             row = self._read(self._path(task.key, m))
-            if row is None:
+            if row is None or row.get("key") != task.key or row.get("model") != m:
                 left.append(m)
             else:
                 self.rows[(task.key, m)] = row

@@ -14,13 +14,16 @@ def _cell(r: float, se: float) -> str:
 
 def ability_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """[(title, model × environment frame of "r ± se" cells, the mean over environments last)]
-    per scheme × trait."""
+    per scheme × trait.  A cell from fewer folds than the others of its scheme says so
+    ("0.412 ± 0.030 (3 folds)")."""
     out = []
     for (scheme, trait), t in table.groupby(["scheme", "trait"], sort=False):
         envs = list(dict.fromkeys(e for e in t["env"] if e != "mean")) + ["mean"]
         frame = pd.DataFrame(index=list(dict.fromkeys(t["model"])), columns=[str(e) for e in envs])
-        for row in t.itertuples(index=False):
-            frame.loc[row.model, str(row.env)] = _cell(row.r, row.se)
+        full = t.groupby("env", sort=False)["n_folds"].transform("max")
+        for row, planned in zip(t.itertuples(index=False), full):
+            short = f" ({row.n_folds} fold{'s' * (row.n_folds != 1)})" if row.n_folds < planned else ""
+            frame.loc[row.model, str(row.env)] = _cell(row.r, row.se) + short
         out.append((f"{scheme}, {trait}", frame.fillna("—")))
     return out
 
@@ -50,7 +53,11 @@ def ability_markdown(table: pd.DataFrame, fits: pd.DataFrame) -> str:
     bad = fits[fits["status"] != "ok"]
     if len(bad):
         lines += [f"## {len(bad)} of {len(fits)} fold fits failed (left out) or did not converge (kept)", ""]
-        for (scheme, model, status), g in bad.groupby(["scheme", "model", "status"], sort=False):
-            lines.append(f"- {scheme} {model}, fold(s) {', '.join(map(str, g['fold']))}: {status}")
+        for (model, status), g in bad.groupby(["model", "status"], sort=False):
+            lines.append(f"- {model}, {', '.join(map(str, g['key']))}: {status}")
         lines.append("")
+    if (table["scheme"] == "CV2T").any():
+        lines += ["CV2T scores a trait predicted with the other traits of the same plot: their residual "
+                  "covariance enters r(ŷ, y) as well as the genetic one, which favours models that fit it "
+                  "(Runcie & Cheng 2019, G3 9:3727–3741); compare CV2T between models with the same residual.", ""]
     return "\n".join(lines)

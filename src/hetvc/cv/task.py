@@ -37,7 +37,7 @@ NEW_ENV_SCHEMES = ("cv0", "cv00")
 #: recurs: an environment's lines in every CV0 fold, the same cells in every CV2t trait fold);
 #: keyed by the block's contents, so reuse never changes a result
 PROCESS_CACHE = EigenCache()
-MAX_CACHED_BLOCKS = 16
+MAX_CACHED_BYTES = 2**30
 PREDICTION_COLUMNS = ["scheme", "model", "fold", "id", "env", "trait", "observed", "predicted"]
 
 
@@ -132,7 +132,7 @@ class CVTask:
         base = dict(scheme=self.scheme.upper(), fold=fold.index, key=self.key, hidden_env=fold.env,
                     hidden_trait=fold.trait, n_hidden=int(fold.hidden.sum()) * len(hidden_traits),
                     n_test=int(fold.test.sum()))
-        if len(PROCESS_CACHE) > MAX_CACHED_BLOCKS:
+        if PROCESS_CACHE.nbytes > MAX_CACHED_BYTES:
             PROCESS_CACHE.clear()
         cache = PROCESS_CACHE
         rows = []

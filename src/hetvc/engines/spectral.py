@@ -137,6 +137,11 @@ class EigenCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached eigenvectors and eigenvalues."""
+        return sum(e.vectors.nbytes + e.values.nbytes for e in self._entries.values())
+
     @staticmethod
     def key(Kb: np.ndarray) -> str:
         Kb = np.ascontiguousarray(Kb, dtype=np.float64)

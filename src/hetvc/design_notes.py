@@ -31,8 +31,9 @@ def describe_data(data: pd.DataFrame, K: pd.DataFrame, traits, env=None, id="id"
     data, vals = data.loc[~blank], vals.loc[~blank]  # records without any trait play no part (the fit notes them)
     ids = data[id].astype(str)
     facts["n_phenotyped"] = int(ids.nunique())
-    untested = len(set(map(str, K.index)) - set(ids))
-    facts["n_kinship"] = int(K.shape[0])
+    labels = K.ids if hasattr(K, "ids") else K.index  # a pedigree's relationship, or a labelled K
+    untested = len(set(map(str, labels)) - set(ids))
+    facts["n_kinship"] = len(labels)
     if untested:
         notes.append(f"{untested} genotype(s) in K have no records: they get predictions (BLUPs) only")
     if env is not None:

@@ -47,6 +47,7 @@ from ..fixed_effects import resolve_fixed
 from ..io_utils import atomic_write
 from ..kinship import (check_kinship, grm, kinship_fingerprint, kinship_scaling, looks_like_pedigree,
                        pedigree_kinship, pedigree_summary, read_kinship, read_pedigree, singularity_note)
+from ..kinship.pedigree import PedigreeRelationship
 from ..options import FitOptions
 from ..phenotypes import long_from_wide, read_phenotypes
 from ..random_terms import Random, as_random_list
@@ -82,8 +83,9 @@ def _checked(fn, *args, **kwargs):
 
 def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale: str, pedigree=None,
                  positions: bool = False, data=None, id: str = "id", traits=None):
-    """(K DataFrame, facts dict, notes) from a kinship file, from genotypes (a GRM) or from a
-    pedigree (A, :mod:`hetvc.kinship.pedigree`; ``positions``: R-style row numbers), or the
+    """(K, facts dict, notes) from a kinship file, from genotypes (a GRM) or from a pedigree
+    (``positions``: R-style row numbers; A kept as its sparse inverse, a
+    :class:`~hetvc.kinship.pedigree.PedigreeRelationship`, unless it is to be rescaled), or the
     identity over the ids of ``data`` (``kinship="identity"``: an iid genetic effect), scaled
     under --kinship-scale (:func:`hetvc.kinship.kinship_scaling`), with a note when K is
     singular (:func:`hetvc.kinship.singularity_note`)."""
@@ -96,8 +98,10 @@ def load_kinship(kinship, genotypes, grm_method: str, genotype_id, jitter, scale
     if pedigree is not None:
         ped = read_pedigree(pedigree, positions=positions)
         notes += pedigree_summary(ped, pedigree)
-        K, warned = _checked(check_kinship, pedigree_kinship(ped), jitter=jitter, name=f"A of {pedigree}")
         facts["pedigree"] = str(pedigree)
+        if scale == "none" and jitter is None:  # A as it is: carried by its sparse inverse, never formed
+            return PedigreeRelationship(ped), facts, notes
+        K, warned = _checked(check_kinship, pedigree_kinship(ped), jitter=jitter, name=f"A of {pedigree}")
     elif kinship is not None and str(kinship).lower() == "identity" and not Path(str(kinship)).is_file():
         if data is None:
             raise InputError("--kinship identity needs the phenotype table")
@@ -268,7 +272,7 @@ def fit_inputs(data, K, *, traits, env, id, fixed, method, tol, max_iter, engine
     return {
         **extra,
         "format": INPUTS_FORMAT, "data": _data_digest(data, columns), "n_records": int(len(data)),
-        "kinship": k_digest or kinship_fingerprint(K), "n_kinship": int(K.shape[0]),
+        "kinship": k_digest or kinship_fingerprint(K), "n_kinship": len(K),
         "traits": [str(t) for t in traits], "env": env, "id": id, "fixed": fixed, "method": method,
         "tol": float(tol), "max_iter": int(max_iter), "engine": engine, "pev": bool(pev),
         "genetic": genetic, "residual": residual,

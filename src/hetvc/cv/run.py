@@ -105,7 +105,7 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
         tasks += [FullFit(inputs, m) for m in models]
     settings = dict(traits=list(traits), env=env, id=id, residual=residual, seed=int(seed),
                     folds=_digest(fold_table) if fold_table is not None else int(folds),
-                    data=_digest(data[[id, env, *traits]]), K=_kinship_digest(K),
+                    data=_digest(data[[id, env, *traits]]), K=kinship_fingerprint(K)[:16],
                     options=dict(method="reml", tol=options.tol, max_iter=options.max_iter,
                                  time_limit=options.time_limit, engine=options.engine))
     sink = _FolderSink(Path(out), settings) if out is not None else _MemorySink()
@@ -139,17 +139,6 @@ def _relationship(K, data: pd.DataFrame, id: str, traits) -> pd.DataFrame | Pedi
     if isinstance(K, (str, PathLike)):
         return read_kinship(K)
     return check_kinship(K)
-
-
-def _kinship_digest(K) -> str:
-    """SHA-256 (first 16 hex digits) of a relationship: a matrix's ids and values, or a
-    pedigree's ids and A⁻¹."""
-    if isinstance(K, PedigreeRelationship):
-        h = hashlib.sha256(json.dumps([str(i) for i in K.ids]).encode())
-        for part in (K.inverse.data, K.inverse.indices, K.inverse.indptr):
-            h.update(np.ascontiguousarray(part).tobytes())
-        return h.hexdigest()[:16]
-    return kinship_fingerprint(K)[:16]
 
 
 def _digest(frame: pd.DataFrame) -> str:

@@ -194,8 +194,11 @@ def scale_kinship(K, factor: float, *, name: str = "K") -> pd.DataFrame:
 _CHECKED = "hetvc.checked"  # key of the digest in DataFrame.attrs
 
 
-def kinship_fingerprint(K: pd.DataFrame) -> str:
-    """SHA-256 of a labelled K (shape, ids, values): equal for equal matrices with equal ids."""
+def kinship_fingerprint(K) -> str:
+    """SHA-256 of a labelled K (shape, ids, values): equal for equal matrices with equal ids; of
+    a pedigree's ids and A⁻¹ for a :class:`~hetvc.kinship.pedigree.PedigreeRelationship`."""
+    if hasattr(K, "fingerprint"):
+        return K.fingerprint()
     return _fingerprint(np.ascontiguousarray(K.to_numpy(dtype=float)), K.index)
 
 

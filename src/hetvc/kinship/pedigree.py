@@ -65,6 +65,8 @@ matrix (duplicates summed) in O(n) once F is known.
 
 from __future__ import annotations
 
+import hashlib
+
 import heapq
 import os
 from dataclasses import dataclass, field
@@ -99,6 +101,13 @@ class Pedigree:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the ids and A⁻¹ (equal for equal pedigrees)."""
+        h = hashlib.sha256("\0".join(map(str, self.ids)).encode("utf-8", "surrogatepass"))
+        for part in (self.inverse.data, self.inverse.indices, self.inverse.indptr):
+            h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()
 
 
 def _text(value) -> str:

@@ -3,6 +3,8 @@ pedigree (--pedigree): outputs, agreement with the Python API, every bad input a
 one line, and resume fingerprints that cover the random terms (click's CliRunner, no subprocess).
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -223,6 +225,25 @@ def test_pedigree_with_a_random_term(herd, tmp_path):
     assert fit.random_terms == ["year"] and len(fit.ids) == 12  # every animal of A, phenotyped or not
     effects = pd.read_csv(out / "random_effects.csv")
     assert sorted(effects["level"].unique()) == ["Y1", "Y2", "Y3"]
+
+
+def test_pedigree_runs_on_its_sparse_inverse_and_agrees_with_the_dense_a(herd, tmp_path, monkeypatch):
+    from hetvc.kinship.pedigree import PedigreeRelationship
+
+    args = ("fit", herd / "ped_pheno.csv", "--pedigree", herd / "ped.csv", "--traits", "y", "--id", "id",
+            "--random", "year", "--no-figures", "--no-pev", "--json")
+    dense = run(*args, "--engine", "dense")  # A formed on demand for the dense engine
+    assert dense.exit_code == 0, dense.output
+
+    def refuse(self, what="A"):
+        raise AssertionError("the dense A was formed")
+
+    monkeypatch.setattr(PedigreeRelationship, "dense", refuse)
+    sparse = run(*args)
+    assert sparse.exit_code == 0, sparse.output
+    a, b = json.loads(dense.stdout), json.loads(sparse.stdout)
+    assert b["models"][0]["engine"] == "mme" and a["models"][0]["engine"] == "dense"
+    assert b["models"][0]["loglik"] == pytest.approx(a["models"][0]["loglik"], abs=1e-8)
 
 
 def test_pedigree_passed_as_kinship_is_named(herd):

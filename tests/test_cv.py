@@ -294,3 +294,18 @@ def test_a_trait_name_that_is_no_file_name(sim2, tmp_path):
     again = cross_validate(data, sim2.K, ["GY/ha", "t2"], "env", **kw)  # every fold read back
     pd.testing.assert_frame_equal(first.predictions, again.predictions)
     assert all("/" not in p.name for p in (tmp_path / "folds").iterdir())
+
+
+def test_a_pedigree_as_k(sim, tmp_path):
+    """A pedigree of unrelated founders is the identity: the same predictions as K = I, through
+    the sparse A⁻¹, with two workers and a resumable folder."""
+    from hetvc.kinship.pedigree import Pedigree
+
+    ids = list(pd.unique(sim.pheno["id"]))
+    ped = Pedigree(ids, np.full(len(ids), -1), np.full(len(ids), -1))
+    kw = dict(schemes="cv1", folds=3, models="homogeneous", seed=4)
+    by_pedigree = cross_validate(sim.pheno, ped, "t1", "env", workers=2, out=tmp_path, **kw)
+    by_identity = cross_validate(sim.pheno, None, "t1", "env", **kw)
+    np.testing.assert_allclose(by_pedigree.predictions["predicted"], by_identity.predictions["predicted"],
+                               rtol=0, atol=1e-8)
+    assert set(by_pedigree.fits["engine"]) == {"mme"}

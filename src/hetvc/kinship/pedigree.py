@@ -102,13 +102,6 @@ class Pedigree:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def fingerprint(self) -> str:
-        """SHA-256 of the ids and A⁻¹ (equal for equal pedigrees)."""
-        h = hashlib.sha256("\0".join(map(str, self.ids)).encode("utf-8", "surrogatepass"))
-        for part in (self.inverse.data, self.inverse.indices, self.inverse.indptr):
-            h.update(np.ascontiguousarray(part).tobytes())
-        return h.hexdigest()
-
 
 def _text(value) -> str:
     """A cell as an id string ('' for a missing one); integral floats lose their '.0'."""
@@ -385,6 +378,13 @@ class PedigreeRelationship:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the ids and A⁻¹ (equal for equal pedigrees)."""
+        h = hashlib.sha256("\0".join(map(str, self.ids)).encode("utf-8", "surrogatepass"))
+        for part in (self.inverse.data, self.inverse.indices, self.inverse.indptr):
+            h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()
 
     def dense(self, what: str = "the pedigree's A") -> np.ndarray:
         """A (tabular method), formed once; refused in one line when it would not fit in memory."""

@@ -1,6 +1,7 @@
 """Cross-validation of multi-environment genomic prediction: schemes CV1, CV2, CV2t, CV0, CV00
 (:mod:`hetvc.cv.schemes`), one fold's fits and predictions (:mod:`hetvc.cv.task`), the runner
-:func:`cross_validate` (:mod:`hetvc.cv.run`) and the summary (:mod:`hetvc.cv.result`)."""
+:func:`cross_validate` (:mod:`hetvc.cv.run`) and the summary (:mod:`hetvc.cv.result`); the
+formulas are in docs/design.md §5, the use in docs/cv.md."""
 
 from .result import CVResult
 from .run import cross_validate

@@ -174,15 +174,15 @@ def test_fit_matches_dense(monkeypatch, label, kw, holes, genetic, residual, met
 
 
 def test_blocks_the_machine_cannot_hold_are_refused_in_one_line(monkeypatch):
-    import hetvc.engines.spectral as spectral
+    import hetvc.engines.dense as dense
 
     sim = simulate(n=80, traits=2, locations=2, snps=300, seed=3, design="full")
     pheno = sim.pheno.copy()
     pheno.loc[pheno.index[[4, 9]], "t2"] = np.nan
     kw = dict(env="env", genetic="unstructured")
-    monkeypatch.setattr(spectral, "available_memory", lambda: 10_000)
+    monkeypatch.setattr(dense, "available_memory", lambda: 10_000)
     for data in (sim.pheno, pheno):  # the spectral engine, and on a completed layout
         with pytest.raises(hetvc.InputError, match=r"the spectral engine needs about .* GB for a block of 80 genotypes"):
             hetvc.fit(data, sim.K, ["t1", "t2"], engine="spectral", **kw)
-    monkeypatch.setattr(spectral, "available_memory", lambda: None)  # unknown: no refusal
+    monkeypatch.setattr(dense, "available_memory", lambda: None)  # unknown: no refusal
     assert hetvc.fit(pheno, sim.K, ["t1", "t2"], **kw).engine_reason.startswith("spectral with 2 completed cells")

@@ -163,10 +163,18 @@ def available_memory() -> int | None:
     return min(limits) if limits else None
 
 
+def memory_shortfall(need: float) -> int | None:
+    """The bytes available when ``need`` is more than 80 % of them (every engine refuses then,
+    in one line with both numbers); None when it fits or nothing is known."""
+    have = available_memory()
+    return None if have is None or need <= 0.8 * have else have
+
+
 def _check_memory(engine: "DenseEngine") -> None:
     """Refuse, in one line with the numbers and the way out, a model the machine cannot hold."""
-    need, have = memory_bytes(engine), available_memory()
-    if have is None or need <= 0.8 * have:
+    need = memory_bytes(engine)
+    have = memory_shortfall(need)
+    if have is None:
         return
     sizes = [len(b) for b in engine.blocks]
     flops = sum(n ** 3 for n in sizes) / 3

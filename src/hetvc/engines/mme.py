@@ -60,7 +60,7 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import InputError
 from ..model import Model
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
-from .dense import available_memory
+from .dense import memory_shortfall
 from .spectral import low_rank_eigen
 
 _BATCH = 256  # components below this many unknowns are factored together, in batches of about this size
@@ -723,8 +723,8 @@ class MMEEngine(Engine):
         self.cols = np.concatenate([wcols[self.eb]] + g_cols + cross_cols)
 
     def _check_memory(self) -> None:
-        have = available_memory()
-        if have is None or self.memory <= 0.8 * have:
+        have = memory_shortfall(self.memory)
+        if have is None:
             return
         raise InputError(
             f"the MME engine needs about {self.memory / 2**30:.1f} GB for {self.q:,} equations ({self.summary()}) "

@@ -82,7 +82,7 @@ import scipy.linalg as sla
 from ..errors import InputError
 from ..model import Model
 from .base import Engine, Evaluation, NotPositiveDefinite, Solution, restricted_constant
-from .dense import available_memory
+from .dense import memory_shortfall
 
 __all__ = ["EigenCache", "KinshipEigen", "SpectralEngine", "SpectralPlan", "plan"]
 
@@ -495,8 +495,9 @@ class SpectralEngine(Engine):
 
     def _check_memory(self, fixed) -> None:
         """Refuse, in one line with the numbers and the way out, blocks the machine cannot hold."""
-        need, have = self.memory_bytes(fixed), available_memory()
-        if have is None or need <= 0.8 * have:
+        need = self.memory_bytes(fixed)
+        have = memory_shortfall(need)
+        if have is None:
             return
         n = max(bp.obs.shape[0] for bp in self.plan.blocks)
         raise InputError(

@@ -136,6 +136,17 @@ IDENTITY_NOTE = ("no relationship matrix (K = identity over the ids in the data)
                  "level of a single record (plot), not narrow-sense nor of a genotype mean")
 
 
+def relationship(K, data: pd.DataFrame, id: str = "id", traits=None):
+    """K for a fit: the identity over the data's ids for ``None`` (:func:`identity_kinship`), a
+    pedigree carried by its sparse A⁻¹ (:class:`PedigreeRelationship`), anything else (a labelled
+    matrix or a path to one) as given."""
+    if K is None:
+        return identity_kinship(data, id, traits)
+    if isinstance(K, Pedigree):
+        return PedigreeRelationship(K)
+    return K
+
+
 def identity_kinship(data: pd.DataFrame, id: str = "id", traits=None) -> pd.DataFrame:
     """K = I over the ids of ``data`` (labelled by id, in order of first appearance): an iid
     genetic effect, for trials without markers or pedigree.  With ``traits``, only the ids of
@@ -180,11 +191,9 @@ def build_model(data: pd.DataFrame, K, traits, env: str | None = None, id: str =
         genetic = structure_class("G", genetic).one_environment or genetic
         residual = structure_class("E", residual).one_environment or residual
     identity = K is None
-    if identity:
-        K = identity_kinship(data, id, traits)
-    if isinstance(K, (Pedigree, PedigreeRelationship)):  # carried by its sparse A⁻¹
-        Kmat = K if isinstance(K, PedigreeRelationship) else PedigreeRelationship(K)
-        ids = Kmat.ids
+    K = relationship(K, data, id, traits)
+    if isinstance(K, PedigreeRelationship):
+        Kmat, ids = K, K.ids
     else:
         Kmat, ids = kinship_matrix(K, jitter)
     design = build_design(data, Kmat, ids, traits, env, id, fixed)

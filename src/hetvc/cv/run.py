@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..fitting import build_model, identity_kinship
+from ..fitting import build_model, relationship
 from ..io_utils import atomic_write
 from ..kinship import check_kinship, kinship_fingerprint, read_kinship
-from ..kinship.pedigree import Pedigree, PedigreeRelationship
+from ..kinship.pedigree import PedigreeRelationship
 from ..options import FitOptions
 from ..structures import structure_class
 from ..study.backends import run_all
@@ -130,15 +130,12 @@ def cross_validate(data: pd.DataFrame, K, traits, env: str, id: str = "id",
 
 
 def _relationship(K, data: pd.DataFrame, id: str, traits) -> pd.DataFrame | PedigreeRelationship:
-    """K once for every fold, as ``hetvc.fit`` takes it: a pedigree's sparse A⁻¹, or a checked
-    labelled matrix (read from a file, or the identity over the data's ids for ``None``)."""
-    if isinstance(K, (Pedigree, PedigreeRelationship)):
-        return K if isinstance(K, PedigreeRelationship) else PedigreeRelationship(K)
-    if K is None:
-        return identity_kinship(data, id, list(traits))
-    if isinstance(K, (str, PathLike)):
-        return read_kinship(K)
-    return check_kinship(K)
+    """K once for every fold (:func:`hetvc.fitting.relationship`), a labelled matrix read and
+    checked here, so that each fold's fit only hashes it."""
+    K = relationship(K, data, id, list(traits))
+    if isinstance(K, PedigreeRelationship):
+        return K
+    return read_kinship(K) if isinstance(K, (str, PathLike)) else check_kinship(K)
 
 
 def _digest(frame: pd.DataFrame) -> str:

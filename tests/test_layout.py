@@ -38,7 +38,7 @@ def test_structures_expand_to_the_layout_and_back(kind, name):
     else:  # a k-factor approximation (a start), up to the signs of Λ's columns
         back = s.full(s.from_full(full, lay), lay.n_envs)  # an approximation of the structure's own kind
         np.testing.assert_allclose(back, full, atol=0.02 * np.abs(full).max())
-    if not s.env_specific:  # the same Σ in every environment block
+    if not s.per_environment:  # the same Σ in every environment block
         for l in range(lay.n_envs):
             np.testing.assert_array_equal(lay.env_block(full, l), s.matrix(theta))
         across = full[lay.env_rows(0), lay.env_rows(1)]

@@ -31,7 +31,7 @@ def test_theta_matrix_round_trip_and_blocks(kind, name):
         free[np.ix_(blk, blk)] = True
     assert not M[~free].any()  # nothing outside the positive-definite blocks
     assert len({s.block_name(b) for b in s.blocks}) == len(s.blocks)  # block names are unique
-    assert s.dim == (len(ENVS) * len(TRAITS) if s.env_specific else len(TRAITS))
+    assert s.dim == (len(ENVS) * len(TRAITS) if s.per_environment else len(TRAITS))
 
 
 def test_diagonal_structure():

@@ -137,7 +137,7 @@ def _phenotyped(fit) -> pd.DataFrame:
 def _across_kind(fit) -> str:
     """'shared' (one genetic value in every environment), 'independent' (no genetic covariance
     between environments) or 'correlated'."""
-    if not fit.genetic_structure.env_specific:
+    if not fit.genetic_structure.per_environment:
         return "shared"
     G = fit.full_covariances()[0]
     L, m = len(fit.envs), len(fit.traits)

@@ -67,7 +67,7 @@ def check_design(model) -> None:
     (rules in the module docstring)."""
     d = model.design
     records, genotypes = _cell_counts(d)
-    g_env, e_env = model.genetic.env_specific, model.residual.env_specific
+    g_env, e_env = model.genetic.per_environment, model.residual.per_environment
     for l in range(len(d.envs)):
         m_l = int((records[l] > 0).sum())
         for i in range(len(d.traits)):

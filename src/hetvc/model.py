@@ -193,7 +193,7 @@ class Model:
     def _check_cells(self) -> None:
         d = self.design
         for s in self.structures:
-            if not s.env_specific:
+            if not s.per_environment:
                 continue
             seen = np.zeros((len(d.envs), len(d.traits)), dtype=int)
             np.add.at(seen, (d.env, d.trait), 1)
@@ -289,7 +289,7 @@ class Model:
     @cached_property
     def _scales(self) -> list[np.ndarray]:
         cell, trait = self.design.phenotypic_variances()
-        return [cell.ravel() if s.env_specific else trait for s in self.structures]
+        return [cell.ravel() if s.per_environment else trait for s in self.structures]
 
     def blocks(self) -> list[Block]:
         """Every positive-definite block of ΣG, the Σ_t and ΣE, with its θ positions."""

@@ -219,7 +219,7 @@ class FitResult:
         trait = pd.Categorical(np.asarray(self.observed["trait"]).astype(str), categories=list(map(str, self.traits)))
         cell, pooled = phenotypic_variances(np.asarray(self.observed["y"], dtype=float), env.codes.astype(int),
                                             trait.codes.astype(int), len(self.envs), len(self.traits))
-        return [cell.ravel() if s.env_specific else pooled for s in self._structures]
+        return [cell.ravel() if s.per_environment else pooled for s in self._structures]
 
     def _param_se_notes(self) -> tuple[np.ndarray, list[str]]:
         """(SE, reason) of every parameter: NaN and a reason when the SE carries no information."""
@@ -403,7 +403,7 @@ class FitResult:
         # a correlation with a variance at zero is undefined, not 0 or ±1
         G, _ = self.full_covariances()
         scale = self._row_variances()[0]
-        row_scale = scale if self._G.env_specific else np.tile(scale, L)
+        row_scale = scale if self._G.per_environment else np.tile(scale, L)
         null = np.diag(G) <= ZERO_VARIANCE * row_scale
         for k in np.nonzero(null[ia] | null[ib])[0]:
             zero = ia[k] if null[ia[k]] else ib[k]

@@ -304,7 +304,7 @@ def block_layout(model: Model, complete: bool) -> tuple[list, str] | NotApplicab
     gen, res = model.genetic, model.residual
     traits = np.arange(m)
     blocks = []
-    if gen.env_specific and not gen.links_environments:  # V splits by environment
+    if gen.per_environment and not gen.links_environments:  # V splits by environment
         for l in range(L):
             sel = renv == l
             order = np.argsort(rgeno[sel], kind="stable")
@@ -317,7 +317,7 @@ def block_layout(model: Model, complete: bool) -> tuple[list, str] | NotApplicab
                 "one record per genotype and environment)")
     else:
         genos, per_geno = np.unique(rgeno, return_counts=True)
-        if not gen.env_specific and (per_geno == 1).all() and (L == 1 or not res.env_specific):
+        if not gen.per_environment and (per_geno == 1).all() and (L == 1 or not res.per_environment):
             order = np.argsort(rgeno, kind="stable")
             blocks.append(BlockPlan(
                 "all records", rgeno[order], pos[recs[order]], gen.index(renv[order][:1].repeat(m), traits, m),
@@ -341,12 +341,12 @@ def block_layout(model: Model, complete: bool) -> tuple[list, str] | NotApplicab
             g = int(genos[miss[0]])
             there = set(renv[rgeno == g].tolist())
             l = next(e for e in range(L) if e not in there)
-            if not gen.env_specific and (per_geno == 1).all():
+            if not gen.per_environment and (per_geno == 1).all():
                 why = (f"{gen.name} genetic with {res.name} residual needs every genotype in every "
                        "environment")
             else:
                 why = (f"{gen.name} genetic needs every genotype in every environment"
-                       + ("" if gen.env_specific else " (or one record per genotype and a homogeneous residual)"))
+                       + ("" if gen.per_environment else " (or one record per genotype and a homogeneous residual)"))
             return NotApplicable(f"{why}; {len(miss)} genotype{_s(len(miss))} miss an environment "
                           f"(e.g. {d.ids[g]!r} in {d.envs[l]!r})")
     return blocks, desc

@@ -241,7 +241,7 @@ def genetic_correlations_figure(fit) -> Figure:
     G, R = _genetic_matrix(fit)
     envs, traits = list(fit.envs), list(fit.traits)
     m = len(traits)
-    shared = not fit.genetic_structure.env_specific
+    shared = not fit.genetic_structure.per_environment
     panels = ["all environments"] if shared else envs
     ncols, nrows = _grid(len(panels), 5)
     fig, axes = new_figure(ncols, nrows, max(2.8, 0.8 * m + 1.4), max(2.6, 0.8 * m + 1.2))

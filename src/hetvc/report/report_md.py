@@ -133,7 +133,7 @@ def _h2_across_models(fits) -> pd.DataFrame:
 def _trait_rg(f) -> pd.DataFrame:
     rg = f.genetic_correlations()
     rg = rg[rg["between"] == "traits"]
-    if not f.genetic_structure.env_specific:  # one Σg shared by all environments
+    if not f.genetic_structure.per_environment:  # one Σg shared by all environments
         rg = rg.drop_duplicates(["trait1", "trait2"]).assign(env1="all")
     return pd.DataFrame({"environment": rg["env1"].astype(str), "traits": rg["trait1"] + " – " + rg["trait2"],
                          "r_g (SE)": [_est_se(r, s) for r, s in zip(rg["r"], rg["se"])]})

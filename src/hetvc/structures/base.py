@@ -85,11 +85,6 @@ class CovStructure:
     def n_params(self) -> int:
         return len(self.pairs)
 
-    @property
-    def env_specific(self) -> bool:
-        """True when the matrix index depends on the environment (d = L·m)."""
-        return self.per_environment
-
     def full(self, theta: np.ndarray, n_envs: int) -> np.ndarray:
         """Σ as the full (L·m)×(L·m) matrix of the layout (row l·m + i).  A structure whose rows
         are traits is the same in every environment: for the genetic term, whose unit (a
@@ -109,7 +104,7 @@ class CovStructure:
 
     def index(self, env: np.ndarray, trait: np.ndarray, n_traits: int) -> np.ndarray:
         """Matrix index a(o) of observations with environment ``env`` and trait ``trait``."""
-        return env * n_traits + trait if self.env_specific else trait.copy()
+        return env * n_traits + trait if self.per_environment else trait.copy()
 
     def matrix(self, theta: np.ndarray) -> np.ndarray:
         """Σ from its free elements θ (zeros elsewhere)."""

@@ -94,6 +94,8 @@ def low_rank():
     ("heterogeneous", "heterogeneous", None, "ml"),
     ("unstructured", "homogeneous", ["env:block"], "ml"),
     ("diagonal", "homogeneous", None, "reml"),  # a record's two traits in two blocks of ΣG
+    ("fa2", "homogeneous", None, "reml"),  # pieces by environment and a border of factor scores
+    ("fa1", "heterogeneous", ["env:block"], "ml"),
 ])
 def test_low_rank_kinship_equals_dense(low_rank, genetic, residual, random, method):
     """K = WW' of rank 20 < 0.8·74: the genetic part has 20·d unknowns, ℓ and all else unchanged."""
@@ -126,6 +128,26 @@ def test_low_rank_whole_fit_equals_dense(low_rank, genetic, method):
     for x, y in [(a.theta, b.theta), (np.sqrt(np.diag(a.theta_cov)), np.sqrt(np.diag(b.theta_cov))),
                  (a.beta, b.beta), (a.blup, b.blup), (a.pev, b.pev)]:
         np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-6 * np.nanmax(np.abs(x)))
+
+
+@pytest.mark.parametrize("genetic,kinship", [("fa1", "genomic"), ("fa2", "low rank"), ("fa2", "diagonal")])
+def test_factor_analytic_coordinates_split_the_environments(problem, low_rank, genetic, kinship):
+    """u = (I ⊗ [Λ Ψ^½]) v: the specific effects of an environment are linked to another's only
+    through the k common factor scores, so C is factored by pieces (one per environment) and a
+    border (factor scores, fixed effects); with a diagonal K it is sparse."""
+    data, K = low_rank if kinship == "low rank" else problem
+    model = _model(data, _diagonal(K) if kinship == "diagonal" else K, genetic, "heterogeneous", None, "reml")
+    mme = MMEEngine(model)
+    k, d, n_geno = int(genetic[2]), 6, mme.kernels[0].n
+    assert mme.q == model.design.X.shape[1] + n_geno * (k + d)  # k factor scores and d specific effects per level
+    if kinship != "diagonal":
+        assert len(mme.group_sizes) == 1 and list(mme.group_pieces[0]) == [2 * n_geno] * 3
+        assert mme.summary().startswith(f"dense C in 3 pieces of {2 * n_geno} and a border of "
+                                        f"{k * n_geno + model.design.X.shape[1]}")
+    thetas = _thetas(model)
+    theta = thetas[1].copy()
+    theta[model.genetic.variance_params()[0]] = 0.0  # a Heywood case: ψ on the boundary
+    _agree(model, mme, thetas[:2] + [theta])
 
 
 def test_random_term_with_a_relationship(problem):

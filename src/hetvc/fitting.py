@@ -228,11 +228,11 @@ def fit_model(model: Model, options: FitOptions = FitOptions(), start=None, eige
                              "two-stage analysis") from None
 
 
-def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheaper) -> FitResult:
+def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheaper, choice=None) -> FitResult:
     notes = design_notes(model)
-    eng, reason = choose_engine(model, options.engine, eigen=eigen)
+    eng, reason = choice or choose_engine(model, options.engine, eigen=eigen)
     starts = ([("given", _start_theta(model, start))] if start is not None
-              else _starts(model, options, eigen, cheaper))
+              else _starts(model, options, eigen, cheaper, eng.flops, notes))
     tried = []
     for label, theta0 in starts:
         theta, ev, record = maximize(eng, model, theta0, tol=options.tol, max_iter=options.max_iter,
@@ -252,7 +252,10 @@ def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheape
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
 
 
-def _starts(model: Model, options: FitOptions, eigen, cheaper=()) -> list[tuple[str, np.ndarray]]:
+_COSTLY_START = 1e10  # flops of an iteration below which an extra start is always fitted
+
+
+def _starts(model: Model, options: FitOptions, eigen, cheaper=(), flops=0.0, notes=None) -> list[tuple[str, np.ndarray]]:
     """The starts of a fit: the default; for a nonlinear genetic structure (factor-analytic,
     csh, separable) also its approximations (``CovStructure.theta``) of two cheaper fits' ΣG,
     since ℓ of such a model has local maxima (an FA start is known to end on a worse one where
@@ -263,7 +266,9 @@ def _starts(model: Model, options: FitOptions, eigen, cheaper=()) -> list[tuple[
       from the heterogeneous fit's BLUPs of the phenotyped genotypes (a two-step estimate).
 
     A fit of the same model but its genetic structure among ``cheaper`` is used as it is;
-    otherwise it is fitted here, and skipped where the design cannot carry it."""
+    otherwise it is fitted here, and skipped where the design cannot carry it, or where its
+    iteration would cost more than twice this model's (``flops``; e.g. an unstructured ΣG, one
+    block of the mixed-model equations, against an FA one split by environment), with a note."""
     starts = [("default", model.start())]
     if model.genetic.linear or len(model.design.envs) < 2:
         return starts
@@ -276,7 +281,14 @@ def _starts(model: Model, options: FitOptions, eigen, cheaper=()) -> list[tuple[
                 cheap = Model(model.design, make_structure("G", name, model.design.envs, model.design.traits),
                               model.residual, model.method, model.random)
                 check_design(cheap)
-                fit = fit_model(cheap, quick, start=cheap.start(), eigen=eigen)
+                choice = choose_engine(cheap, quick.engine, eigen=eigen)
+                if choice.engine.flops > max(_COSTLY_START, 2.0 * flops):
+                    if notes is not None:
+                        notes.append(f"the {name}-fit start of genetic={model.genetic.name!r} was skipped: an "
+                                     f"iteration of genetic={name!r} would cost ~{choice.engine.flops:.1e} flops "
+                                     f"against ~{flops:.1e} for this model")
+                    continue
+                fit = _fit_model(cheap, quick, cheap.start(), eigen, None, (), choice)  # within fit_model's threads
         except InputError:
             continue
         G, _ = fit.full_covariances()

@@ -55,6 +55,7 @@ class Engine:
 
     name = "abstract"
     model = None  # the Model an engine serves
+    flops = 0.0  # the estimated work of one evaluation (0: negligible, as the spectral engine's)
 
     def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         """ℓ, score and AI by the parameters θ: the engine's evaluation by the matrix elements

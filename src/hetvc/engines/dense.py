@@ -199,6 +199,7 @@ class DenseEngine(Engine):
         self.y, self.X = d.y, d.X
         self.terms = model.terms()
         self.blocks = independent_blocks(self.terms, len(d.y)) if split else [np.arange(len(d.y))]
+        self.flops = float(sum(len(b) ** 3 for b in self.blocks))
         self.params = model.elements()
         self.const = restricted_constant(len(d.y), d.X.shape[1], model.method)
         _check_memory(self)

@@ -48,12 +48,14 @@ PEV(u_j) = (W_j ⊗ L) C̃^{vv} (W_j ⊗ L)' for every genotype of K.
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
 
 import numpy as np
 import qdldl
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg import blas, lapack
 from scipy.linalg.lapack import dtrtri
 from scipy.sparse.csgraph import connected_components
 
@@ -64,6 +66,7 @@ from .dense import memory_shortfall
 from .spectral import low_rank_eigen
 
 _BATCH = 256  # components below this many unknowns are factored together, in batches of about this size
+_BORDERED = 64  # a component of at least this many unknowns may be factored by pieces and border
 _SPARSE_WORK = 30.0  # a flop of the vectorised sparse factor and inverse against one of LAPACK's
 
 
@@ -175,26 +178,83 @@ class _Patterns:
         return out
 
 
-def _structure_cholesky(S: np.ndarray, blocks) -> np.ndarray:
-    """L with Σ = LL', block by positive-definite block (exact zeros elsewhere)."""
-    L = np.zeros_like(S)
-    for blk in blocks:
-        blk = np.asarray(blk)
-        try:
-            L[np.ix_(blk, blk)] = sla.cholesky(S[np.ix_(blk, blk)], lower=True, check_finite=False)
-        except (sla.LinAlgError, ValueError):
-            raise NotPositiveDefinite("Σ") from None
-    return L
+class _Coordinates:
+    """The coordinates of a term's unknowns: u_t = (I ⊗ F_t) v_t with Σ_t = F_tF_t' (d × d').
+
+    F_t is the Cholesky factor of every block of Σ_t (d' = d, the columns grouped as the rows),
+    or the factor the structure supplies (``CovStructure.factor``: FA's [Λ, Ψ^½], d' = k + d);
+    then ``col_blocks`` are the connected parts of F's pattern, and ``border`` the columns that
+    load on every row (FA's common factors), which are all that links the environments."""
+
+    def __init__(self, structure, theta_slice: slice):
+        self.structure, self.slice = structure, theta_slice
+        d = structure.dim
+        pattern = structure.factor_pattern()
+        self.own = pattern is not None
+        if self.own:
+            self.pattern = np.asarray(pattern, dtype=bool)
+            graph = sp.bmat([[None, sp.csr_matrix(self.pattern)], [sp.csr_matrix(self.pattern.T), None]])
+            label = connected_components(graph, directed=False)[1]
+            self.row_blocks = [np.flatnonzero(label[:d] == c) for c in np.unique(label)]
+            self.col_blocks = [np.flatnonzero(label[d:] == c) for c in np.unique(label)]
+            common = self.pattern.all(0) if d > 1 else np.zeros(self.pattern.shape[1], dtype=bool)
+            self.border = np.flatnonzero(common)
+        else:
+            self.pattern = _block_mask(structure.blocks, d)
+            self.row_blocks = self.col_blocks = [np.sort(np.asarray(b)) for b in structure.blocks]
+            self.border = np.zeros(0, dtype=np.int64)
+        self.d, self.dv = self.pattern.shape
+        self.row_block_of = np.zeros(self.d, dtype=np.int64)
+        self.col_block_of = np.zeros(self.dv, dtype=np.int64)
+        for b, (rows, cols) in enumerate(zip(self.row_blocks, self.col_blocks)):
+            self.row_block_of[rows] = b
+            self.col_block_of[cols] = b
+        # the pieces: connected parts of F's pattern without the border columns (−1: border)
+        inner = self.pattern.copy()
+        inner[:, self.border] = False
+        graph = sp.bmat([[None, sp.csr_matrix(inner)], [sp.csr_matrix(inner.T), None]])
+        label = connected_components(graph, directed=False)[1]
+        self.piece_of_row = label[:self.d]
+        self.piece_of_col = np.where(np.isin(np.arange(self.dv), self.border), -1, label[self.d:])
+        self.n_pieces = int(label.max()) + 1
+        self.col_mask = _block_mask(self.col_blocks, self.dv)  # the pattern of Cov(v) ⊗ its blocks
+
+    def factor(self, theta: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """F at θ (Σ = S); a block of Σ that is not positive definite raises."""
+        if self.own:  # a Σ outside the structure's cone (a ψ < 0) has no such factor
+            F = self.structure.factor(theta[self.slice])
+            if np.abs(F @ F.T - S).max() > 1e-10 * np.abs(S).max():
+                raise NotPositiveDefinite("Σ")
+            return F
+        F = np.zeros_like(S)
+        for blk in self.row_blocks:
+            try:
+                F[np.ix_(blk, blk)] = sla.cholesky(S[np.ix_(blk, blk)], lower=True, check_finite=False)
+            except (sla.LinAlgError, ValueError):
+                raise NotPositiveDefinite("Σ") from None
+        return F
+
+    def right_inverse(self, F: np.ndarray) -> np.ndarray:
+        """F⁺ = F'Σ⁻¹ (d' × d, FF⁺ = I; Σ = FF'): F⁻¹ for a square F, block by block."""
+        out = np.zeros(F.T.shape)
+        for rows, cols in zip(self.row_blocks, self.col_blocks):
+            Fb = F[np.ix_(rows, cols)]
+            if not self.own:
+                out[np.ix_(cols, rows)] = sla.solve_triangular(Fb, np.eye(len(rows)), lower=True, check_finite=False)
+                continue
+            try:
+                chol = sla.cho_factor(Fb @ Fb.T, lower=True, check_finite=False)
+            except (sla.LinAlgError, ValueError):
+                raise NotPositiveDefinite("Σ") from None
+            out[np.ix_(cols, rows)] = sla.cho_solve(chol, Fb, check_finite=False).T
+        return out
 
 
-def _block_triangular_inverse(L: np.ndarray, blocks) -> np.ndarray:
-    """L⁻¹ of a block-diagonal lower-triangular L."""
-    out = np.zeros_like(L)
-    for blk in blocks:
-        blk = np.asarray(blk)
-        out[np.ix_(blk, blk)] = sla.solve_triangular(L[np.ix_(blk, blk)], np.eye(len(blk)), lower=True,
-                                                     check_finite=False)
-    return out
+def _bordered_flops(sizes: np.ndarray, border: int) -> float:
+    """Flops of :class:`_DenseC`'s factor and inverse (on the pattern) of a matrix of
+    independent pieces of ``sizes`` with a common border."""
+    p, s = sizes.astype(float), float(border)
+    return float((p ** 3 + 3 * p ** 2 * s + 2 * p * s ** 2).sum() + s ** 3)
 
 
 def _block_mask(blocks, dim: int) -> np.ndarray:
@@ -213,18 +273,35 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 class _DenseC:
     """C factored group by group (connected components of C, small ones batched) with LAPACK;
-    C⁻¹ kept whole within each group."""
+    C⁻¹ kept whole within each group, or, in a group of independent pieces P_i with a common
+    border B (ordered P_1 … P_n B; ``pieces[g]``: their sizes), on its pattern only:
 
-    def __init__(self, starts: np.ndarray, sizes: np.ndarray, rows, cols, q: int):
-        self.starts, self.sizes = starts, sizes
+        S = C_BB − Σ_i C_BP_i C_P_i⁻¹ C_P_iB,   Y_i = C_P_i⁻¹ C_P_iB,   T = S⁻¹,
+        C⁻¹[B,B] = T,   C⁻¹[P_i,B] = −Y_iT,   C⁻¹[P_i,P_i] = C_P_i⁻¹ + Y_iTY_i',
+        log|C| = Σ_i log|C_P_i| + log|S|.
+
+    C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored (zero in the storage): :meth:`solve` and
+    :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost Σ_i (p_i³ + 3p_i²b + 2p_ib²) + b³
+    against (Σ_i p_i + b)³ whole."""
+
+    def __init__(self, starts: np.ndarray, sizes: np.ndarray, pieces, rows, cols, q: int):
+        self.starts, self.sizes, self.pieces = starts, sizes, pieces
         self.offsets = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) ** 2)])
         self.group = np.repeat(np.arange(len(sizes)), sizes)
         self.local = np.arange(q) - starts[self.group]
+        self.piece_of = np.full(q, -1, dtype=np.int64)  # the piece of an unknown (−1: none, or the border)
+        for g, ps in enumerate(pieces):
+            if ps is not None:
+                self.piece_of[starts[g]:starts[g] + int(ps.sum())] = np.repeat(np.arange(len(ps)), ps)
         self.slots_of_c = self.slots(rows, cols)
         self.q = q
+        self.cross, self.inv, self._arrays = {}, None, {}
 
     def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Positions of C[i, j] (i, j in one group) in the flat storage of the groups."""
+        """Positions of C[i, j] (i, j in one group, not in two of its pieces) in the flat storage."""
+        pi, pj = self.piece_of[i], self.piece_of[j]
+        if np.any((pi >= 0) & (pj >= 0) & (pi != pj)):
+            raise AssertionError("an element of C⁻¹ between two pieces was asked for")
         g = self.group[i]
         return self.offsets[g] + self.local[i].astype(np.int64) * self.sizes[g] + self.local[j]
 
@@ -234,34 +311,157 @@ class _DenseC:
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
         """Factor C from its sparse ``values`` (at ``slots_of_c``) and ``dense_parts`` [(group,
-        index of its block, matrix)]; keep C⁻¹; return log|C|."""
-        flat = np.bincount(self.slots_of_c, weights=values, minlength=int(self.offsets[-1]))
+        index of its block, matrix)]; keep C⁻¹; return log|C|.  The storage and the work arrays
+        are kept from one θ to the next (fresh memory is slow to touch), and LAPACK works in
+        place."""
+        if self.inv is None:
+            self.inv = np.zeros(int(self.offsets[-1]))
+            self.uniq_slots, self.slot_index = np.unique(self.slots_of_c, return_inverse=True)
+        flat = self.inv
+        for g in range(len(self.sizes)):  # zero what the last θ wrote
+            M = self.block(flat, g)
+            if self.pieces[g] is None:
+                M[...] = 0.0
+            else:
+                for P in self._piece_slices(g):
+                    M[P, P] = 0.0
+                B = self._border(g)
+                M[B, :] = 0.0
+                M[:, B] = 0.0
+        flat[self.uniq_slots] += np.bincount(self.slot_index, weights=values, minlength=len(self.uniq_slots))
         for g, ix, part in dense_parts:
             self.block(flat, g)[ix] += part
         logdet = 0.0
+        self.cross = {}
         for g in range(len(self.sizes)):
             M = self.block(flat, g)
-            try:
-                chol = sla.cholesky(M, lower=True, overwrite_a=True, check_finite=False)
-            except (sla.LinAlgError, ValueError) as err:
-                raise NotPositiveDefinite(str(err)) from None
-            logdet += 2.0 * float(np.log(np.diag(chol)).sum())
-            inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=1)
-            if info != 0:
-                raise NotPositiveDefinite("dpotri failed")
-            M[...] = np.tril(inv) + np.tril(inv, -1).T
-        self.inv = flat
+            if self.pieces[g] is None:  # in place: M.T is M in Fortran order, its upper triangle M's lower
+                logdet += _potrf(M.T, lower=0)
+                _potri(M.T, lower=0)
+                _mirror_lower(M)
+            else:
+                logdet += self._factor_bordered(g, M)
+        return logdet
+
+    def _piece_slices(self, g: int) -> list:
+        ends = np.cumsum(self.pieces[g])
+        return [slice(int(e - n), int(e)) for e, n in zip(ends, self.pieces[g])]
+
+    def _border(self, g: int) -> slice:
+        return slice(int(self.pieces[g].sum()), None)
+
+    def _work(self, name: str, shape: tuple) -> np.ndarray:
+        """A Fortran-ordered work array kept for the next θ."""
+        key = (name, shape)
+        if key not in self._arrays:
+            self._arrays[key] = np.zeros(shape, order="F")
+        return self._arrays[key]
+
+    def _factor_bordered(self, g: int, M: np.ndarray) -> float:
+        B = self._border(g)
+        b = int(self.sizes[g]) - B.start
+        schur = self._work(("S", g), (b, b))
+        schur[...] = M[B, B]
+        logdet, parts = 0.0, []
+        for i, P in enumerate(self._piece_slices(g)):
+            p = P.stop - P.start
+            A = self._work("A", (p, p))
+            A[...] = M[P, P]
+            logdet += _potrf(A, lower=1)
+            Y = self._work(("Y", g, i), (p, b))
+            Y[...] = M[P, B]
+            blas.dtrsm(1.0, A, Y, lower=1, overwrite_b=1)  # H = L_P⁻¹ C_PB
+            blas.dsyrk(-1.0, Y, beta=1.0, c=schur, trans=1, lower=1, overwrite_c=1)  # S −= H'H
+            blas.dtrsm(1.0, A, Y, lower=1, trans_a=1, overwrite_b=1)  # Y = L_P⁻ᵀ H = C_P⁻¹ C_PB
+            _potri(A, lower=1)
+            np.add(A, A.T, out=M[P, P])
+            M[P, P][np.diag_indices(p)] = np.diag(A)
+            parts.append((P, Y))
+        logdet += _potrf(schur, lower=1)
+        _potri(schur, lower=1)  # T = S⁻¹ in the lower triangle, zeros above
+        np.add(schur, schur.T, out=M[B, B])
+        M[B, B][np.diag_indices(b)] = np.diag(schur)
+        self.cross[g] = []
+        for i, (P, Y) in enumerate(parts):
+            p = P.stop - P.start
+            Z = self._work(("Z", g, i), (p, b))
+            blas.dsymm(1.0, schur, Y, side=1, lower=1, beta=0.0, c=Z, overwrite_c=1)  # Z = YT
+            M[P, B] = -Z
+            M[B, P] = -Z.T
+            A = self._work("A", (p, p))
+            blas.dgemm(1.0, Z, Y, trans_b=1, beta=0.0, c=A, overwrite_c=1)
+            M[P, P] += A
+            self.cross[g].append((P, Y, Z))
         return logdet
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         out = np.empty_like(rhs)
         for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
-            out[s:s + n] = self.block(self.inv, g) @ rhs[s:s + n]
+            r = rhs[s:s + n]
+            out[s:s + n] = self.block(self.inv, g) @ r
+            if g in self.cross:  # + C⁻¹[P_i,P_j] r_j = Y_iT (Y_j'r_j), j ≠ i
+                w = [Y.T @ r[P] for P, Y, _ in self.cross[g]]
+                total = sum(w)
+                for (P, _, Z), wi in zip(self.cross[g], w):
+                    out[s + P.start:s + P.stop] += Z @ (total - wi)
         return out
 
     def selected(self) -> np.ndarray:
         """Storage of C⁻¹ (indexed by :meth:`slots`)."""
         return self.inv
+
+    def kernel_trace(self, g: int, loc: np.ndarray, kinv: np.ndarray | None) -> np.ndarray:
+        """Ã[a, b] = Σ_jj' 𝒦⁻¹_jj' C⁻¹[loc[j,a], loc[j',b]] (``loc``: levels × columns, local to
+        group g; ``kinv`` None: 𝒦 = I)."""
+        M = self.block(self.inv, g)
+        n_lv, nc = loc.shape
+        if kinv is None:
+            out = M[loc[:, :, None], loc[:, None, :]].sum(0)
+        else:
+            out = np.empty((nc, nc))
+            for a in range(nc):
+                for b in range(a + 1):
+                    out[a, b] = out[b, a] = np.sum(kinv * M[np.ix_(loc[:, a], loc[:, b])])
+        if g in self.cross:  # + Σ_jj' 𝒦⁻¹_jj' (Y_iTY_i'')[(j,a),(j',b)] for columns in two pieces
+            parts = self.cross[g]
+            piece = self.piece_of[self.starts[g] + loc[0]]
+            for a in np.flatnonzero(piece >= 0):
+                P, _, Z = parts[piece[a]]
+                Za = Z[loc[:, a] - P.start]
+                if kinv is not None:
+                    Za = kinv @ Za
+                for b in np.flatnonzero((piece >= 0) & (piece != piece[a])):
+                    Pb, Yb, _ = parts[piece[b]]
+                    out[a, b] += np.einsum("js,js->", Za, Yb[loc[:, b] - Pb.start])
+        return out
+
+
+def _potrf(A: np.ndarray, lower: int) -> float:
+    """Cholesky factor of the Fortran-ordered A in place (the other triangle zeroed); log|A|."""
+    _, info = lapack.dpotrf(A, lower=lower, overwrite_a=1, clean=1)
+    if info != 0:
+        raise NotPositiveDefinite(f"C is not positive definite (dpotrf: {info})")
+    return 2.0 * float(np.log(np.diag(A)).sum())
+
+
+def _potri(A: np.ndarray, lower: int) -> None:
+    """A⁻¹ in place from the Cholesky factor in A (the same triangle)."""
+    _, info = lapack.dpotri(A, lower=lower, overwrite_c=1)
+    if info != 0:
+        raise NotPositiveDefinite(f"C is singular (dpotri: {info})")
+
+
+def _mirror_lower(M: np.ndarray, block: int = 1024) -> None:
+    """M's upper triangle from its lower one, in place, block by block (small temporaries)."""
+    n = len(M)
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            if i == j:
+                sub = M[i:i + block, i:i + block]
+                upper = np.triu_indices(len(sub), 1)
+                sub[upper] = sub.T[upper]
+            else:
+                M[i:i + block, j:j + block] = M[j:j + block, i:i + block].T
 
 
 class _SelectedInverse:
@@ -400,13 +600,10 @@ class _LowRank:
     Σ_r W̃_rĈW̃_r' of the residual's score take Σ_kk' G_κ[k, k'] Ĉ[(k, ·), (k', ·)] per class
     and (ĈT')[s, (j, c)] = Σ_k Ĉ[s, (k, c)] W[j, k] for the cross pairs."""
 
-    def __init__(self, W: np.ndarray, pos: np.ndarray, q: int, term, levels: np.ndarray, patterns):
-        self.W, self.pos, self.q = W, pos, q
+    def __init__(self, W: np.ndarray, pos: np.ndarray, q: int, term, coords: _Coordinates, levels: np.ndarray,
+                 patterns):
+        self.W, self.pos, self.q, self.coords = W, pos, q, coords
         n = len(W)
-        dim = term.structure.dim
-        block_of = np.zeros(dim, dtype=np.int64)
-        for b, blk in enumerate(term.structure.blocks):
-            block_of[np.asarray(blk)] = b
         groups = {}
         for p, vals in enumerate(patterns.values):
             geno = levels[vals[:, 0]]
@@ -417,7 +614,7 @@ class _LowRank:
                 counts = np.bincount(geno[inv.ravel() == c], minlength=n)
                 nz = np.flatnonzero(counts)
                 G = W[nz].T @ (counts[nz, None] * W[nz])
-                cs = np.flatnonzero(np.isin(block_of, block_of[a]))
+                cs = np.flatnonzero(coords.pattern[a].any(0))  # the columns of F these rows load on
                 groups.setdefault(tuple(cs), []).append((p, a, G))
         self.groups = [(np.array(cs), [(p, a) for p, a, _ in cl], np.stack([G for *_, G in cl]))
                        for cs, cl in groups.items()]
@@ -435,18 +632,19 @@ class _LowRank:
         self.n_sc = len(uniq)
         return np.concatenate([rows, cols]), np.concatenate([cols, rows])
 
-    def place(self, C: "_DenseC", atoms) -> None:
+    def place(self, C: "_DenseC") -> None:
         """Where the genetic blocks lie in the groups of C̃."""
-        self.ix = []
-        for cs, _, _ in self.groups:
-            pos = self.pos[:, cs].ravel()
-            g = C.group[pos]
-            if not np.all(g == g[0]):
-                raise AssertionError("the genetic unknowns of one class lie in two groups")
-            loc = C.local[pos]
-            contiguous = np.array_equal(loc, np.arange(loc[0], loc[0] + len(loc)))
-            self.ix.append((g[0], (slice(loc[0], loc[0] + len(loc)),) * 2 if contiguous else np.ix_(loc, loc)))
-        self.atoms = [(C.group[first], int(C.local[first]), rows) for t, _, rows, first in atoms if t == 0]
+        self.ix = [self._columns(C, cs) for cs, _, _ in self.groups]
+
+    def _columns(self, C: "_DenseC", cs: np.ndarray) -> tuple:
+        """(group, local start of the r factor levels of every column cs): contiguous, as the
+        unknowns are ordered column by column."""
+        pos = self.pos[:, cs]
+        g = C.group[pos]
+        starts = C.local[pos[0]]
+        if not (np.all(g == g[0, 0]) and np.array_equal(C.local[pos], starts + np.arange(len(pos))[:, None])):
+            raise AssertionError("the genetic unknowns of a column are not contiguous in one group")
+        return g[0, 0], starts.tolist()
 
     def lift(self, x: np.ndarray) -> np.ndarray:
         """T x: q (× m) → q + n·d."""
@@ -459,14 +657,15 @@ class _LowRank:
         out[self.pos] += (self.W.T @ z[self.q:].reshape(len(self.W), -1)).reshape(self.pos.shape + z.shape[1:])
         return out
 
-    def parts(self, L: np.ndarray, r_inv) -> list:
-        """C̃'s genetic blocks Σ_κ G_κ ⊗ L_κ'S_p⁻¹L_κ (the identity is an atom's)."""
-        out = []
-        for (cs, classes, Gs), (g, ix) in zip(self.groups, self.ix):
+    def parts(self, L: np.ndarray, r_inv):
+        """C̃'s genetic blocks Σ_κ G_κ ⊗ L_κ'S_p⁻¹L_κ (the identity is an atom's), column pair by
+        column pair (r × r each, generated one at a time)."""
+        r = self.W.shape[1]
+        for (cs, classes, Gs), (g, starts) in zip(self.groups, self.ix):
             M = np.stack([L[np.ix_(a, cs)].T @ r_inv[p] @ L[np.ix_(a, cs)] for p, a in classes])
-            size = len(Gs[0]) * len(cs)
-            out.append((g, ix, np.tensordot(Gs, M, axes=(0, 0)).transpose(0, 2, 1, 3).reshape(size, size)))
-        return out
+            for a, sa in enumerate(starts):
+                for b, sb in enumerate(starts):
+                    yield g, (slice(sa, sa + r), slice(sb, sb + r)), np.tensordot(M[:, a, b], Gs, axes=(0, 0))
 
     def cross(self, wdata: np.ndarray, scoef: np.ndarray) -> np.ndarray:
         """Values of C̃[s, (k, c)] (and its mirror) at the rows/cols of :meth:`pairs`."""
@@ -482,25 +681,32 @@ class _LowRank:
         q = np.bincount(self.coef, weights=wdata[self.s_entry] * wdata[self.e_entry] * CW[self.sc, self.j],
                         minlength=n_scoef)
         r = self.W.shape[1]
-        for (cs, classes, Gs), (g, ix) in zip(self.groups, self.ix):
-            sub = C.block(zinv, g)[ix].reshape(r, len(cs), r, len(cs))
-            H = np.tensordot(Gs, sub, axes=([1, 2], [0, 2]))  # Σ_kk' G_κ[k,k'] Ĉ[(k,a),(k',b)]
+        for (cs, classes, Gs), (g, starts) in zip(self.groups, self.ix):
+            M = C.block(zinv, g)
+            H = np.empty((len(classes), len(cs), len(cs)))  # Σ_kk' G_κ[k,k'] Ĉ[(k,a),(k',b)]
+            for a, sa in enumerate(starts):
+                for b, sb in enumerate(starts):
+                    H[:, a, b] = np.tensordot(Gs, M[sa:sa + r, sb:sb + r], axes=([1, 2], [0, 1]))
             for (p, a), h in zip(classes, H):
                 La = L[np.ix_(a, cs)]
                 q[pattern_coef[p]:pattern_coef[p] + len(a) ** 2] += (La @ h @ La.T).ravel()
         return q
 
     def pev(self, L: np.ndarray, zinv: np.ndarray, C: "_DenseC") -> np.ndarray:
-        """PEV(u_j,a) = (W_j ⊗ L[a]) Ĉ^{vv} (W_j ⊗ L[a])' for every genotype of K."""
+        """PEV(u_j,a) = (W_j ⊗ L[a]) Ĉ^{vv} (W_j ⊗ L[a])' for every genotype of K (the rows
+        that load on the same columns of F together)."""
         r = self.W.shape[1]
-        out = np.zeros((len(self.W), self.pos.shape[1]))
-        for g, start, rows in self.atoms:
-            db = len(rows)
-            sub = C.block(zinv, g)[start:start + r * db, start:start + r * db].reshape(r, db, r, db)
-            Lb = L[np.ix_(rows, rows)]
-            S = np.tensordot(Lb, np.tensordot(sub, Lb, axes=([3], [1])), axes=([1], [1]))  # (a, k, l, b)
-            for i, a in enumerate(rows):
-                out[:, a] = np.einsum("jk,jk->j", self.W @ S[i, :, :, i], self.W)
+        pattern = self.coords.pattern
+        out = np.zeros((len(self.W), pattern.shape[0]))
+        _, first, which = np.unique(pattern, axis=0, return_index=True, return_inverse=True)
+        for k, f in enumerate(first):
+            rows, cs = np.flatnonzero(which.ravel() == k), np.flatnonzero(pattern[f])
+            g, starts = self._columns(C, cs)
+            M = C.block(zinv, g)
+            for a in rows:  # S = Σ_cc' L[a,c] L[a,c'] Ĉ[(·,c),(·,c')] (r × r)
+                S = sum(L[a, c] * L[a, c2] * M[sa:sa + r, sb:sb + r]
+                        for c, sa in zip(cs, starts) for c2, sb in zip(cs, starts))
+                out[:, a] = np.einsum("jk,jk->j", self.W @ S, self.W)
         return out
 
 
@@ -521,13 +727,14 @@ class MMEEngine(Engine):
         self.params = model.elements()
         self.const = restricted_constant(n, p, model.method)
         self.kernels = [_Kernel(t.factor, low_rank=i == 0) for i, t in enumerate(self.terms)]
+        self.coords = [_Coordinates(t.structure, sl) for t, sl in zip(self.terms, model.slices)]
         self.levels = [t.factor.observed[t.unit] for t in self.terms]  # level of each value
         self.patterns = _Patterns(self.residual)
         self._layout(n, p)
         W = self.kernels[0].W
-        self.lowrank = None if W is None else _LowRank(W, self.pos[0], self.q, self.terms[0], self.levels[0],
-                                                       self.patterns)
-        self.n_lifted = 0 if W is None else len(W) * self.terms[0].structure.dim  # W̄'s genotype columns
+        self.lowrank = None if W is None else _LowRank(W, self.pos[0], self.q, self.terms[0], self.coords[0],
+                                                       self.levels[0], self.patterns)
+        self.n_lifted = 0 if W is None else len(W) * self.coords[0].dv  # W̄'s genotype columns
         self._equations(n)
         self.sparse = all(k.sparse for k in self.kernels)
         if self.sparse:
@@ -536,13 +743,19 @@ class MMEEngine(Engine):
             self.flops = tk.flops * _SPARSE_WORK
             work = 8.0 * (tk.pairs + 3 * tk.offset[-1] + 3 * self.C.nnz_l + 2 * len(self.rows))
         else:
-            self.C = _DenseC(self.group_starts, self.group_sizes, self.rows, self.cols, self.q)
-            self.flops = float((self.group_sizes.astype(float) ** 3).sum())
-            work = 8.0 * (2 * float((self.group_sizes.astype(float) ** 2).sum())
+            self.C = _DenseC(self.group_starts, self.group_sizes, self.group_pieces, self.rows, self.cols, self.q)
+            self.flops, border_work = 0.0, 0.0
+            for size, pieces in zip(self.group_sizes.tolist(), self.group_pieces):
+                if pieces is None:
+                    self.flops += float(size) ** 3
+                else:
+                    self.flops += _bordered_flops(pieces, size - int(pieces.sum()))
+                    border_work += 2.0 * float(pieces.sum()) * (size - int(pieces.sum()))
+            work = 8.0 * (2 * float((self.group_sizes.astype(float) ** 2).sum()) + border_work
                           + sum(k.n ** 2 for k in self.kernels if not k.sparse))
             if self.lowrank is not None:  # forming the genetic blocks and the sums of the residual's score
                 lr = self.lowrank
-                lr.place(self.C, self.atoms)
+                lr.place(self.C)
                 n_geno, r = lr.W.shape
                 blocks = sum(len(G) * (r * len(cs)) ** 2 for cs, _, G in lr.groups)
                 self.flops += 4.0 * blocks + 4.0 * lr.n_sc * n_geno * r
@@ -554,114 +767,144 @@ class MMEEngine(Engine):
     # -- structure ----------------------------------------------------------------------------
     def _layout(self, n: int, p: int) -> None:
         """Order the unknowns so that every connected component of C is contiguous (fixed effects
-        first, then per term its atoms: the levels of one connected part of 𝒦_t × the rows of
-        one block of Σ_t, level-major), and batch the small components into groups."""
-        X = self.X
-        vo, fc = np.nonzero(X)
-        edges_a, edges_b = [vo], [n + fc]
-        offset = n + p
-        self.atom_offset, atom_of, block_of_rows, comps = [], [], [], []
-        for term, kern, lev in zip(self.terms, self.kernels, self.levels):
-            blocks = term.structure.blocks
-            block_of = np.zeros(term.structure.dim, dtype=np.int64)
-            for b, blk in enumerate(blocks):
-                block_of[np.asarray(blk)] = b
-            comp = kern.components()
-            n_comp = int(comp.max()) + 1
-            atom = block_of[term.index] * n_comp + (comp[lev] if kern.W is None else 0)
-            edges_a.append(np.arange(n))
-            edges_b.append(offset + atom)
-            self.atom_offset.append(offset)
-            atom_of.append(n_comp)
-            block_of_rows.append(block_of)
-            comps.append(comp)
-            offset += len(blocks) * n_comp
+        first, then per term its atoms: the levels of one connected part of 𝒦_t × the columns of
+        one block of F_t, level-major), and batch the small components into groups.
+
+        A large component whose unknowns fall apart into independent pieces once its border —
+        the fixed effects and the columns of F_t common to every row (FA's factor scores) — is
+        set aside (the environments of an FA genetic term; of a heterogeneous one with a
+        covariate common to all environments) is ordered piece by piece, border last, and
+        factored by blocks (:class:`_DenseC`) where that is estimated cheaper."""
+        comps = [kern.components() for kern in self.kernels]
         res = self.residual
         rblock = np.zeros(res.structure.dim, dtype=np.int64)
         for b, blk in enumerate(res.structure.blocks):
             rblock[np.asarray(blk)] = b
         _, rnode = np.unique(res.unit.astype(np.int64) * len(res.structure.blocks) + rblock[res.index],
                              return_inverse=True)
-        edges_a.append(np.arange(n))
-        edges_b.append(offset + rnode)
-        total = offset + int(rnode.max()) + 1
-        a, b = np.concatenate(edges_a), np.concatenate(edges_b)
-        graph = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(total, total))
-        label = connected_components(graph, directed=False)[1]
-        # every unknown with its sort key (component, kind, atom, level, row)
-        keys = [[label[n + np.arange(p)], np.zeros(p, np.int64), np.arange(p), np.zeros(p, np.int64),
-                 np.zeros(p, np.int64)]]
-        for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
-            dim = term.structure.dim
-            lv = np.repeat(np.arange(kern.n), dim)
-            row = np.tile(np.arange(dim), kern.n)
-            atom = block_of_rows[t][row] * atom_of[t] + comps[t][lv]
-            keys.append([label[self.atom_offset[t] + atom], np.full(len(lv), t + 1), atom, lv, row])
+
+        def components(block_of_row, block_of_col, n_blocks, with_fixed):
+            """Label of every node (values, fixed effects, per term its atoms (block × part of
+            𝒦_t), records) of the graph that links a value to its unknowns; the atom of every
+            unknown of every term."""
+            vo, fc = np.nonzero(self.X) if with_fixed else (np.zeros(0, np.int64),) * 2
+            edges_a, edges_b, offsets, offset = [vo], [n + fc], [], n + p
+            for t, (term, kern, lev) in enumerate(zip(self.terms, self.kernels, self.levels)):
+                n_comp = int(comps[t].max()) + 1
+                blk = block_of_row[t][term.index]
+                has = blk >= 0
+                edges_a.append(np.flatnonzero(has))
+                edges_b.append(offset + blk[has] * n_comp + (comps[t][lev[has]] if kern.W is None else 0))
+                offsets.append(offset)
+                offset += n_blocks[t] * n_comp
+            edges_a.append(np.arange(n))
+            edges_b.append(offset + rnode)
+            total = offset + int(rnode.max()) + 1
+            a, b = np.concatenate(edges_a), np.concatenate(edges_b)
+            label = connected_components(sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(total, total)),
+                                         directed=False)[1]
+            atoms = []
+            for t, (kern, co) in enumerate(zip(self.kernels, self.coords)):
+                n_comp = int(comps[t].max()) + 1
+                col = np.tile(np.arange(co.dv), kern.n)
+                blk = block_of_col[t][col]
+                atom = blk * n_comp + np.repeat(comps[t], co.dv)
+                atoms.append(np.where(blk >= 0, label[offsets[t] + np.maximum(atom, 0)], -1))
+            return label, atoms
+
+        whole, whole_atoms = components([c.row_block_of for c in self.coords], [c.col_block_of for c in self.coords],
+                                        [len(c.col_blocks) for c in self.coords], True)
+        _, piece_atoms = components([c.piece_of_row for c in self.coords], [c.piece_of_col for c in self.coords],
+                                    [c.n_pieces for c in self.coords], False)
+        # every unknown: (component, piece, kind, atom, level, column); piece −1: the border.  Sorted
+        # column-major within an atom: a column's levels are contiguous
+        keys = [[whole[n + np.arange(p)], np.full(p, -1), np.zeros(p, np.int64), np.arange(p),
+                 np.zeros(p, np.int64), np.zeros(p, np.int64)]]
+        for t, (kern, co) in enumerate(zip(self.kernels, self.coords)):
+            lv = np.repeat(np.arange(kern.n), co.dv)
+            col = np.tile(np.arange(co.dv), kern.n)
+            atom = co.col_block_of[col] * (int(comps[t].max()) + 1) + comps[t][lv]
+            keys.append([whole_atoms[t], piece_atoms[t], np.full(len(lv), t + 1), atom, lv, col])
         keys = [np.concatenate(k) for k in zip(*keys)]
-        order = np.lexsort(keys[::-1])
+        comp, piece = keys[0], keys[1]
+        comp_sizes = np.bincount(comp)
+        # per component: its pieces, kept where the block factorisation is cheaper
+        bordered = {}
+        for c in np.flatnonzero(comp_sizes >= _BORDERED):
+            members = piece[comp == c]
+            labels, sizes = np.unique(members[members >= 0], return_counts=True)
+            border = int((members < 0).sum())
+            if len(labels) >= 2 and _bordered_flops(sizes, border) < 0.5 * float(comp_sizes[c]) ** 3:
+                bordered[int(c)] = (labels, sizes)
+        rank = np.zeros(len(comp), dtype=np.int64)  # 0 in a plain component
+        for c, (labels, sizes) in bordered.items():
+            inside = comp == c
+            where = np.searchsorted(labels, piece[inside])
+            rank[inside] = np.where(piece[inside] >= 0, where, len(labels))
+        order = np.lexsort([keys[4], keys[5], keys[3], keys[2], rank, comp])
         position = np.empty(len(order), dtype=np.int64)
         position[order] = np.arange(len(order))
         self.q = len(order)
         self.fixed = position[:p]
         self.pos, start = [], p
-        for term, kern in zip(self.terms, self.kernels):
-            size = kern.n * term.structure.dim
-            self.pos.append(position[start:start + size].reshape(kern.n, term.structure.dim))
+        for kern, co in zip(self.kernels, self.coords):
+            size = kern.n * co.dv
+            self.pos.append(position[start:start + size].reshape(kern.n, co.dv))
             start += size
         # components in order, the small ones batched into groups of about _BATCH unknowns
-        comp_sizes = np.bincount(keys[0][order])
-        comp_sizes = comp_sizes[comp_sizes > 0]
-        sizes, current = [], 0
-        for s in comp_sizes.tolist():
-            if s >= _BATCH:
+        sizes, pieces, current = [], [], 0
+        for c in np.flatnonzero(comp_sizes):
+            size = int(comp_sizes[c])
+            if size >= _BATCH or int(c) in bordered:
                 if current:
                     sizes.append(current)
+                    pieces.append(None)
                     current = 0
-                sizes.append(s)
+                sizes.append(size)
+                pieces.append(bordered[int(c)][1] if int(c) in bordered else None)
             else:
-                current += s
+                current += size
                 if current >= _BATCH:
                     sizes.append(current)
+                    pieces.append(None)
                     current = 0
         if current:
             sizes.append(current)
+            pieces.append(None)
         self.group_sizes = np.array(sizes, dtype=np.int64)
+        self.group_pieces = pieces
         self.group_starts = np.concatenate([[0], np.cumsum(self.group_sizes)[:-1]]).astype(np.int64)
-        # dense-kernel atoms: (term, level ids, rows) as contiguous ranges in global order
+        # dense-kernel atoms: (term, level ids, columns, unknowns (levels × columns))
         self.atoms = []
-        for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
+        for t, (kern, co) in enumerate(zip(self.kernels, self.coords)):
             if kern.sparse:
                 continue
-            for b, blk in enumerate(term.structure.blocks):
-                rows = np.sort(np.asarray(blk))
-                for c in range(atom_of[t]):
+            for cols in co.col_blocks:
+                for c in range(int(comps[t].max()) + 1):
                     lv = np.flatnonzero(comps[t] == c)
-                    first = self.pos[t][lv[0], rows[0]]
-                    self.atoms.append((t, lv, rows, int(first)))
+                    self.atoms.append((t, lv, cols, self.pos[t][np.ix_(lv, cols)]))
 
     def _equations(self, n: int) -> None:
         """The pattern of C̃ and, for every stored contribution, what it is made of.
 
-        W̃ = [X, Z_t (I ⊗ L_t)]: value o has X's entries and, per term, L_t[a(o), c] at unknown
-        (level(o), c) for every row c of a(o)'s block of Σ_t (``w_base`` × the θ-dependent
-        coefficient ``w_coef``).  W̃'R⁻¹W̃ is, per pattern p and positions (i, j) of its
+        W̃ = [X, Z_t (I ⊗ F_t)]: value o has X's entries and, per term, F_t[a(o), c] at unknown
+        (level(o), c) for every column c of F_t's pattern in row a(o) (``w_base`` × the
+        θ-dependent coefficient ``w_coef``).  W̃'R⁻¹W̃ is, per pattern p and positions (i, j) of its
         records, Σ W̃[o_i, ·]' S_p⁻¹[i, j] W̃[o_j, ·]: every pair of entries (ea, eb) of the two
         rows, with coefficient index ``s_coef``.  (𝒦_t⁻¹ ⊗ I) is stored on the pattern of
-        𝒦_t⁻¹ ⊗ (the blocks of Σ_t), zero off the diagonal of I, so that the elements of C̃⁻¹
-        the score needs lie on the pattern of the factor."""
+        𝒦_t⁻¹ ⊗ (the blocks of F_t's columns), zero off the diagonal of I, so that the elements
+        of C̃⁻¹ the score needs lie on the pattern of the factor."""
         vo, fc = np.nonzero(self.X)
         rows, cols, base, coef = [vo], [self.fixed[fc]], [self.X[vo, fc]], [np.zeros(len(vo), np.int64)]
         self.l_offset, start = [], 1  # coefficient 0 is 1 (X's entries)
-        for t, (term, pos, lev) in enumerate(zip(self.terms, self.pos, self.levels)):
-            dim = term.structure.dim
-            mask = _block_mask(term.structure.blocks, dim)
-            a, c = np.nonzero(mask[term.index])  # value (by position) × row of its block
+        for t, (term, co, pos, lev) in enumerate(zip(self.terms, self.coords, self.pos, self.levels)):
+            a, c = np.nonzero(co.pattern[term.index])  # value (by position) × column of F in its row
             rows.append(a)
-            cols.append(pos[lev[a], c] if self.kernels[t].W is None else self.q + lev[a] * dim + c)
+            cols.append(pos[lev[a], c] if self.kernels[t].W is None else self.q + lev[a] * co.dv + c)
             base.append(np.ones(len(a)))
-            coef.append(start + term.index[a] * dim + c)
+            coef.append(start + term.index[a] * co.dv + c)
             self.l_offset.append(start)
-            start += dim * dim
+            start += co.d * co.dv
         self.n_lcoef = start
         r, c, b, k = (np.concatenate(v) for v in (rows, cols, base, coef))
         order = np.lexsort((c, r))
@@ -699,16 +942,16 @@ class MMEEngine(Engine):
             ea, eb, sc = ea[keep], eb[keep], sc[keep]
             cross_rows, cross_cols = [cross_rows], [cross_cols]
         self.ea, self.eb, self.s_coef = ea, eb, sc
-        # 𝒦_t⁻¹ ⊗ I of the sparse kernels, on the pattern of 𝒦_t⁻¹ ⊗ (blocks of Σ_t)
+        # 𝒦_t⁻¹ ⊗ I of the sparse kernels, on the pattern of 𝒦_t⁻¹ ⊗ (blocks of F_t's columns)
         g_rows, g_cols, g_vals = [], [], []
         self.kernel_entries = []
-        for t, (term, kern) in enumerate(zip(self.terms, self.kernels)):
+        for t, (co, kern) in enumerate(zip(self.coords, self.kernels)):
             if not kern.sparse:
                 self.kernel_entries.append(None)
                 continue
-            dim = term.structure.dim
+            dim = co.dv
             kin = kern.inverse.tocoo()
-            ab = np.flatnonzero(_block_mask(term.structure.blocks, dim).ravel())
+            ab = np.flatnonzero(co.col_mask.ravel())
             a, b = np.tile(ab // dim, kin.nnz), np.tile(ab % dim, kin.nnz)
             r = self.pos[t][np.repeat(kin.row, len(ab)), a]
             c = self.pos[t][np.repeat(kin.col, len(ab)), b]
@@ -733,11 +976,17 @@ class MMEEngine(Engine):
 
     def summary(self) -> str:
         """How C̃ is factored: "sparse C, 3,858,340 non-zeros in its factor", "dense C in 6
-        independent blocks of 3,002", "dense C, genetic part of rank 1,000 (K = WW')"."""
+        independent blocks of 3,002", "dense C, genetic part of rank 1,000 (K = WW')", "dense C
+        in 6 pieces of 2,000 and a border of 2,012"."""
         if self.sparse:
             return f"sparse C, {self.C.nnz_l:,} non-zeros in its factor"
         sizes = self.group_sizes
         rank = "" if self.lowrank is None else f", genetic part of rank {self.kernels[0].n:,} (K = WW')"
+        if len(sizes) == 1 and self.group_pieces[0] is not None:
+            pieces = self.group_pieces[0]
+            span = f"{min(pieces):,}" if min(pieces) == max(pieces) else f"{min(pieces):,}–{max(pieces):,}"
+            return (f"dense C in {len(pieces)} pieces of {span} and a border of {int(sizes[0] - pieces.sum()):,}"
+                    + rank)
         if len(sizes) == 1:
             return "dense C" + rank
         span = f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
@@ -750,18 +999,18 @@ class MMEEngine(Engine):
 
     # -- one θ ------------------------------------------------------------------------------------
     def _values(self, theta: np.ndarray):
-        """(values of C̃'s stored contributions, W̃, L_t per term, S_p⁻¹ per pattern,
-        log|R| + Σ_t d_t log|𝒦_t|)."""
+        """(values of C̃'s stored contributions, W̃, F_t per term, S_p⁻¹ per pattern,
+        log|R| + Σ_t d'_t log|𝒦_t|)."""
         mats = self.model.matrices(theta)
         invs, logdet = self.patterns.inverses(mats[-1])
         lcoef = np.ones(self.n_lcoef)
         chols = []
-        for term, kern, S, start in zip(self.terms, self.kernels, mats[:-1], self.l_offset):
-            L = _structure_cholesky(S, term.structure.blocks)
+        for co, kern, S, start in zip(self.coords, self.kernels, mats[:-1], self.l_offset):
+            L = co.factor(theta, S)
             chols.append(L)
             lcoef[start:start + L.size] = L.ravel()
             if kern.logdet is not None:
-                logdet += term.structure.dim * kern.logdet
+                logdet += co.dv * kern.logdet
         W = sp.csr_matrix((self.w_base * lcoef[self.w_coef], self.w_indices, self.w_indptr),
                           shape=(len(self.y), self.q + self.n_lifted))
         scoef = np.zeros(self.n_scoef)
@@ -783,13 +1032,14 @@ class MMEEngine(Engine):
     def _factor(self, theta: np.ndarray):
         self.prepare()
         values, W, chols, r_inv, logdet = self._values(theta)
-        dense_parts = []
-        for t, lv, rows, first in self.atoms:
-            part = np.kron(self.kernels[t].inverse[np.ix_(lv, lv)], np.eye(len(rows)))
-            start = int(self.C.local[first])
-            dense_parts.append((self.C.group[first], (slice(start, start + len(part)),) * 2, part))
-        if self.lowrank is not None:
-            dense_parts += self.lowrank.parts(chols[0], r_inv)
+        dense_parts = []  # 𝒦_t⁻¹ ⊗ I of the dense kernels, column by column
+        for t, lv, cols, unknowns in self.atoms:
+            part = self.kernels[t].inverse[np.ix_(lv, lv)]
+            for c in range(len(cols)):
+                loc = self.C.local[unknowns[:, c]]
+                dense_parts.append((self.C.group[unknowns[0, c]], np.ix_(loc, loc), part))
+        if self.lowrank is not None:  # generated one block at a time
+            dense_parts = itertools.chain(dense_parts, self.lowrank.parts(chols[0], r_inv))
         logdet += self.C.factor(values, dense_parts)
         ry = self.patterns.apply(r_inv, self.y)
         r = self._reduce(W.T @ ry)
@@ -839,26 +1089,25 @@ class MMEEngine(Engine):
         zinv = self.C.selected()
         kernel_slots, pair_slots, cross_slots = self._queries
         Q = None if reml else np.linalg.inv(cxx)
-        mats, kts = [], []  # per term: tr(P V_k) − y'P V_k P y as a matrix; Û Σ⁻¹ = V̂ L⁻¹
-        for t, (term, kern, L) in enumerate(zip(self.terms, self.kernels, chols)):
-            dim = term.structure.dim
+        mats, kts = [], []  # per term: tr(P V_k) − y'P V_k P y as a matrix; Û Σ⁻¹ = V̂ F⁺
+        for t, (co, kern, L) in enumerate(zip(self.coords, self.kernels, chols)):
+            dim = co.dv
             A = np.zeros((dim, dim))  # Ã[a,b] = Σ_jj' 𝒦⁻¹_jj' Ĉ̃[(j,a),(j',b)]
             entries = self.kernel_entries[t]
             if entries is not None:
                 A.ravel()[:] = np.bincount(entries[2], weights=entries[3] * zinv[kernel_slots[t]],
                                            minlength=dim * dim)
-            for tt, lv, rows, first in self.atoms:
+            for tt, lv, cols, unknowns in self.atoms:
                 if tt != t:
                     continue
-                g, start, size = self.C.group[first], int(self.C.local[first]), len(lv) * len(rows)
-                sub = self.C.block(zinv, g)[start:start + size, start:start + size]
-                sub = sub.reshape(len(lv), len(rows), len(lv), len(rows))
-                A[np.ix_(rows, rows)] += np.einsum("jakb,jk->ab", sub, kern.inverse[np.ix_(lv, lv)])
+                kinv = None if kern.W is not None else kern.inverse[np.ix_(lv, lv)]
+                A[np.ix_(cols, cols)] += self.C.kernel_trace(self.C.group[unknowns[0, 0]], self.C.local[unknowns],
+                                                             kinv)
             if not reml:  # Ĉ̃_tt = C̃^tt − B̃_t Q B̃_t'
                 Bt = B[self.pos[t]]  # (levels, d, p)
                 KB = kern.times(Bt.reshape(kern.n, -1)).reshape(Bt.shape)
                 A -= np.einsum("jap,pq,jbq->ab", Bt, Q, KB)
-            linv = _block_triangular_inverse(L, term.structure.blocks)
+            linv = co.right_inverse(L)
             kt = s[self.pos[t]] @ linv
             kts.append(kt if kern.W is None else kern.W @ kt)  # per genotype: V_k Py = Z_G vec(W Â Σ⁻¹ ∂Σ)
             mats.append(linv.T @ (kern.n * np.eye(dim) - A) @ linv - kt.T @ kern.times(kt))
@@ -904,19 +1153,19 @@ class MMEEngine(Engine):
         return score, (ai + ai.T) / 2
 
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
-        """BLUEs b̂ with Cov(b̂) = C^XX, BLUPs û_t = (I ⊗ L_t) v̂_t of every level of every term,
-        PEV = the diagonal of (I ⊗ L_t) C̃^{v_t v_t} (I ⊗ L_t)', fitted values W̃ṽ."""
+        """BLUEs b̂ with Cov(b̂) = C^XX, BLUPs û_t = (I ⊗ F_t) v̂_t of every level of every term,
+        PEV = the diagonal of (I ⊗ F_t) C̃^{v_t v_t} (I ⊗ F_t)', fitted values W̃ṽ."""
         W, chols, _, _, s, _ = self._factor(theta)
         _, cxx = self._fixed_block()
         zinv = self.C.selected() if pev else None
         preds = []
-        for term, pos, L, kern in zip(self.terms, self.pos, chols, self.kernels):
+        for co, pos, L, kern in zip(self.coords, self.pos, chols, self.kernels):
             blup = s[pos] @ L.T
             if kern.W is not None:  # û = (W ⊗ L) v̂ for every genotype of K
                 preds.append((kern.W @ blup, self.lowrank.pev(L, zinv, self.C) if pev else None))
-            elif pev:
-                dim = term.structure.dim
-                a, c = np.nonzero(_block_mask(term.structure.blocks, dim))
+            elif pev:  # the pairs of columns of F that some row loads on together
+                dim = co.dv
+                a, c = np.nonzero(co.pattern.T.astype(np.int64) @ co.pattern.astype(np.int64))
                 block = np.zeros((len(pos), dim, dim))
                 block[:, a, c] = zinv[self.C.slots(pos[:, a].ravel(), pos[:, c].ravel())].reshape(len(pos), -1)
                 preds.append((blup, np.einsum("ac,jcd,ad->ja", L, block, L)))

@@ -134,6 +134,16 @@ class CovStructure:
         return names
 
     # -- θ, the parameters (the elements for a linear structure) ---------------------------
+    def factor_pattern(self) -> np.ndarray | None:
+        """The pattern (d × d', bool) of a factor F with Σ = FF' that the structure supplies for
+        the mixed-model equations (u = (I ⊗ F) v, docs/design.md §3.4); ``None``: they use the
+        Cholesky factor of every block (d' = d)."""
+        return None
+
+    def factor(self, theta: np.ndarray) -> np.ndarray:
+        """F (d × d') on :meth:`factor_pattern` with Σ(θ) = FF'."""
+        raise NotImplementedError
+
     def elements(self, theta: np.ndarray) -> np.ndarray:
         """The values σ of the matrix elements ``pairs`` at θ (θ itself for a linear structure)."""
         return np.asarray(theta)

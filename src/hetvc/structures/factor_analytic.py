@@ -76,6 +76,17 @@ class FactorAnalytic(WholeMatrix):
         lam = self.loadings(theta)
         return lam @ lam.T + np.diag(self.specific(theta))
 
+    def factor_pattern(self) -> np.ndarray:
+        """[Λ's k columns, Ψ's diagonal]: every row loads on the k common factors and on its own
+        specific one."""
+        return np.hstack([np.ones((self.dim, self.factors), dtype=bool), np.eye(self.dim, dtype=bool)])
+
+    def factor(self, theta: np.ndarray) -> np.ndarray:
+        """F = [Λ, Ψ^½] (d × (k + d)), FF' = ΛΛ' + Ψ: u = Λf + Ψ^½e with k common factor scores f
+        and d specific effects e per level, so the environments are linked only through f."""
+        psi = self.specific(theta)
+        return np.hstack([self.loadings(theta), np.diag(np.sqrt(np.maximum(psi, 0.0)))])
+
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
         """∂σ_ab/∂λ_cj = [a = c] λ_bj + [b = c] λ_aj;  ∂σ_aa/∂ψ_a = 1."""
         lam = self.loadings(theta)

@@ -11,7 +11,10 @@ import pytest
 import hetvc
 from hetvc.engines import DenseEngine, MMEEngine, choose_engine
 from hetvc.errors import InputError
+from hetvc.data import build_design
+from hetvc.kinship import kinship_matrix
 from hetvc.kinship.pedigree import Pedigree, PedigreeRelationship
+from hetvc.model import Model
 from engine_checks import random_term_model as _model
 from reference import make_problem
 
@@ -148,6 +151,20 @@ def test_factor_analytic_coordinates_split_the_environments(problem, low_rank, g
     theta = thetas[1].copy()
     theta[model.genetic.variance_params()[0]] = 0.0  # a Heywood case: ψ on the boundary
     _agree(model, mme, thetas[:2] + [theta])
+
+
+def test_a_covariate_common_to_all_environments_is_the_border(problem):
+    """heterogeneous ΣG with a slope common to every environment: the environments are linked
+    only through that fixed effect, so C is factored by pieces with it as the border."""
+    data, K = problem
+    data = data.assign(x=np.random.default_rng(2).standard_normal(len(data)))
+    Kmat, ids = kinship_matrix(K, None)
+    design = build_design(data, Kmat, ids, TRAITS, "env", "id", "x")
+    model = Model.build(design, "heterogeneous", "homogeneous", "ml")
+    mme = MMEEngine(model)
+    assert len(mme.group_sizes) == 1 and len(mme.group_pieces[0]) == 3
+    assert mme.summary().endswith(f"and a border of {design.X.shape[1]}")
+    _agree(model, mme, _thetas(model))
 
 
 def test_random_term_with_a_relationship(problem):

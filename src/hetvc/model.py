@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import scipy.linalg as sla
 
 from .data import Design
 from .errors import InputError
@@ -245,16 +246,20 @@ class Model:
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
         """∂σ/∂θ of the elements by the parameters (block diagonal over the structures)."""
-        import scipy.linalg as sla
-
         return sla.block_diag(*[s.jacobian(theta[sl]) for s, sl in zip(self.structures, self.slices)])
 
     def to_parameters(self, theta: np.ndarray, ev):
         """An engine's evaluation by the elements, as one by θ (the chain rule, exact for the
-        AI too: ∂V/∂θ_j = Σ_e J_ej V_e, so AI_θ = J'·AI_σ·J and score_θ = J'·score_σ)."""
+        AI too: ∂V/∂θ_j = Σ_e J_ej V_e, so AI_θ = J'·AI_σ·J and score_θ = J'·score_σ), with
+        ``curvature`` = Σ_e s_e ∂²σ_e/∂θ∂θ', the part of ℓ's Hessian the AI leaves out."""
         if self.linear or ev.score is None:
             return ev
         J = self.jacobian(theta)
+        parts, start = [], 0
+        for s, sl in zip(self.structures, self.slices):
+            parts.append(s.score_curvature(theta[sl], ev.score[start:start + len(s.pairs)]))
+            start += len(s.pairs)
+        ev.curvature = sla.block_diag(*parts)
         ev.score = J.T @ ev.score
         ev.ai = J.T @ ev.ai @ J
         return ev

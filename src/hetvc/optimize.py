@@ -60,6 +60,7 @@ FLOOR = 1e-8  # smallest scaled eigenvalue of an estimate: the boundary of the p
 MAX_HALVINGS = 40
 AI_ITERATIONS = 40  # AI iterations after which a stagnating AI hands over to L-BFGS once
 STAGNATION_WINDOW = 5  # ... stagnating: the decrement did not halve over this many iterations
+FALLBACK_ITERATIONS = 30  # L-BFGS iterations of one fallback before AI steps are tried again
 POOR_STEPS = 3  # consecutive heavily halved steps (α below 1/32 of its first value) before the fallback
 PRECISION = 10  # a decrement below PRECISION × the rounding of ℓ is all ℓ can resolve
 EXTEND_GAIN = 1.2  # a full step gaining more than this × the decrement is extended ...
@@ -223,7 +224,7 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
                 columns.append(col)
                 extra.append(curvature)
         B = np.column_stack(columns) if columns else np.zeros((model.n_params, 0))
-        eta, decrement, _ = newton_step(B.T @ ev.ai @ B + np.diag(extra), B.T @ ev.score)
+        eta, decrement, _ = newton_step(_information(ev, B) + np.diag(extra), B.T @ ev.score)
         step = B @ eta
         added = False
         for blk, vals, vecs, grad, at_floor, active in eig:
@@ -234,6 +235,24 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
                 added = True
         if not added:
             return step, decrement, [int(a.sum()) for *_, a in eig]
+
+
+def _information(ev: Evaluation, B: np.ndarray) -> np.ndarray:
+    """The curvature the step is taken with, in the free directions B: AI − Σ_e s_e ∂²σ_e/∂θ²
+    (a nonlinear structure's second derivatives, which the chain-rule AI leaves out and which do
+    not vanish at the optimum of, e.g., an FA model, where plain AI steps converge only
+    linearly) when that is positive definite, else the AI."""
+    ai = B.T @ ev.ai @ B
+    if ev.curvature is None:
+        return ai
+    full = ai - B.T @ ev.curvature @ B
+    d = np.sqrt(np.abs(np.diag(full)))
+    d[d == 0] = 1.0
+    try:
+        np.linalg.cholesky(full / d[:, None] / d[None, :])
+    except np.linalg.LinAlgError:
+        return ai
+    return full
 
 
 def max_feasible_step(model: Model, theta: np.ndarray, step: np.ndarray, active: list) -> float:
@@ -317,8 +336,10 @@ class _Budget(Exception):
 
 def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluation, record,
                    clock: "_Clock") -> tuple:
-    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ, within the record's budget
-    of iterations (``max_iter`` less those taken) and the clock's time limit.
+    """Maximise ℓ over log-Cholesky coordinates with L-BFGS from θ, for at most
+    ``FALLBACK_ITERATIONS`` iterations (and within the record's budget and the clock's time
+    limit): far enough to leave the curved face where AI steps stalled, after which AI steps,
+    which converge far faster, finish.
 
     The result is projected back onto the floor of the parameter space.
     Returns (θ, evaluation, stationary): ``stationary`` when L-BFGS reports convergence or
@@ -327,7 +348,7 @@ def lbfgs_cholesky(engine: Engine, model: Model, theta: np.ndarray, ev: Evaluati
     from scipy.optimize import minimize
 
     best = {"theta": theta, "ev": ev}
-    budget = record.max_iter - record.iterations
+    budget = min(record.max_iter - record.iterations, FALLBACK_ITERATIONS)
 
     def objective(phi):
         if clock.expired():

@@ -32,6 +32,8 @@ class Evaluation:
     loglik: float
     score: np.ndarray | None = None
     ai: np.ndarray | None = None
+    #: Σ_e s_e ∂²σ_e/∂θ∂θ' for a nonlinear structure (``Model.to_parameters``); None: zero
+    curvature: np.ndarray | None = None
 
 
 @dataclass

@@ -397,13 +397,17 @@ class _DenseC:
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         out = np.empty_like(rhs)
         for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
-            r = rhs[s:s + n]
-            out[s:s + n] = self.block(self.inv, g) @ r
-            if g in self.cross:  # + C⁻¹[P_i,P_j] r_j = Y_iT (Y_j'r_j), j ≠ i
-                w = [Y.T @ r[P] for P, Y, _ in self.cross[g]]
-                total = sum(w)
-                for (P, _, Z), wi in zip(self.cross[g], w):
-                    out[s + P.start:s + P.stop] += Z @ (total - wi)
+            r, M = rhs[s:s + n], self.block(self.inv, g)
+            if g not in self.cross:
+                out[s:s + n] = M @ r
+                continue
+            B = self._border(g)  # the stored blocks, then C⁻¹[P_i,P_j] r_j = Y_iT (Y_j'r_j), j ≠ i
+            o = out[s:s + n]
+            o[B] = M[B] @ r
+            w = [Y.T @ r[P] for P, Y, _ in self.cross[g]]
+            total = sum(w)
+            for (P, _, Z), wi in zip(self.cross[g], w):
+                o[P] = M[P, P] @ r[P] + M[P, B] @ r[B] + Z @ (total - wi)
         return out
 
     def selected(self) -> np.ndarray:

@@ -238,7 +238,7 @@ def test_cheaper_fits_of_a_comparison_serve_as_starts(problem, monkeypatch):
     assert "unstructured-fit" in starts and "heterogeneous-fit" in starts and "default" in starts
 
 
-@pytest.mark.parametrize("name", ["fa1", "fa2", "csh", "separable"])
+@pytest.mark.parametrize("name", ["fa1", "fa2", "fa3"])
 def test_score_curvature_is_the_hessian_of_the_score_weighted_elements(name):
     """Σ_e s_e ∂²σ_e/∂θ∂θ' against second differences of θ ↦ s'σ(θ) (step 1e-4: error ~1e-7)."""
     rng = np.random.default_rng(1)
@@ -253,5 +253,6 @@ def test_score_curvature_is_the_hessian_of_the_score_weighted_elements(name):
                      + f(theta - E[i] - E[j])) / (4 * h * h) for j in range(n)] for i in range(n)])
     assert np.abs(fd).max() > 0.1  # the structure is nonlinear: there is a curvature to find
     np.testing.assert_allclose(H, fd, rtol=0, atol=1e-6 * np.abs(fd).max())
-    assert not make_structure("G", "unstructured", ["E1", "E2", "E3"], TRAITS).score_curvature(
-        np.zeros(21), np.ones(21)).any()
+    for other in ("unstructured", "csh", "separable"):  # zero, or left to the AI
+        s = make_structure("G", other, ["E1", "E2", "E3"], TRAITS)
+        assert s.score_curvature(np.zeros(s.n_params), np.ones(len(s.pairs))) is None

@@ -257,9 +257,10 @@ class Model:
         J = self.jacobian(theta)
         parts, start = [], 0
         for s, sl in zip(self.structures, self.slices):
-            parts.append(s.score_curvature(theta[sl], ev.score[start:start + len(s.pairs)]))
+            part = s.score_curvature(theta[sl], ev.score[start:start + len(s.pairs)])
+            parts.append(np.zeros((s.n_params, s.n_params)) if part is None else part)
             start += len(s.pairs)
-        ev.curvature = sla.block_diag(*parts)
+        ev.curvature = sla.block_diag(*parts) if any(p.any() for p in parts) else None
         ev.score = J.T @ ev.score
         ev.ai = J.T @ ev.ai @ J
         return ev

@@ -152,23 +152,12 @@ class CovStructure:
         """∂σ/∂θ (len(pairs) × n_params): the identity for a linear structure."""
         return np.eye(self.n_params)
 
-    def score_curvature(self, theta: np.ndarray, score: np.ndarray) -> np.ndarray:
+    def score_curvature(self, theta: np.ndarray, score: np.ndarray) -> np.ndarray | None:
         """Σ_e s_e ∂²σ_e/∂θ∂θ' for a score s by the elements (n_params × n_params): the part of
-        ℓ's Hessian in θ that the chain-rule AI, J'·AI_σ·J, leaves out (docs/design.md §4).  Zero
-        for a linear structure; else by central differences of :meth:`jacobian` (relative error
-        ~1e-10: it only shapes the optimizer's step)."""
-        n = self.n_params
-        if self.linear:
-            return np.zeros((n, n))
-        theta = np.asarray(theta, dtype=float)
-        out = np.empty((n, n))
-        for k in range(n):
-            h = 1e-5 * max(1.0, abs(theta[k]))
-            up, down = theta.copy(), theta.copy()
-            up[k] += h
-            down[k] -= h
-            out[:, k] = (self.jacobian(up) - self.jacobian(down)).T @ score / (2 * h)
-        return (out + out.T) / 2
+        ℓ's Hessian in θ that the chain-rule AI, J'·AI_σ·J, leaves out (docs/design.md §4).
+        ``None`` where it is zero (a linear structure) or not worked out (csh, separable: their
+        steps use the AI alone)."""
+        return None
 
     def constraints(self) -> list[tuple]:
         """The positive semi-definite blocks in θ: (θ positions, row ia, column ib of each in the

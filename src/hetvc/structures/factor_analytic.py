@@ -99,6 +99,21 @@ class FactorAnalytic(WholeMatrix):
         jac[diag, n_load + a[diag]] = 1.0
         return jac
 
+    def score_curvature(self, theta: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """Σ_e s_e ∂²σ_e/∂θ∂θ': for loadings λ_cj, λ_dk it is δ_jk M_cd, M_cd = s_(c,d) (c ≠ d)
+        and 2 s_(c,c); zero for ψ (σ is linear in it)."""
+        M = np.zeros((self.dim, self.dim))
+        a, b = np.array(self.pairs).T
+        M[a, b] = score
+        M[b, a] = score
+        M[np.diag_indices(self.dim)] *= 2.0
+        rows = np.array(self.loading_rows)
+        out = np.zeros((self.n_params, self.n_params))
+        n_load = len(rows)
+        same = rows[:, 1][:, None] == rows[:, 1][None, :]
+        out[:n_load, :n_load] = np.where(same, M[np.ix_(rows[:, 0], rows[:, 0])], 0.0)
+        return out
+
     def theta(self, matrix: np.ndarray) -> np.ndarray:
         """θ of the k-factor approximation of a PSD matrix M: iterated principal factors
         (Ψ = diag(M − ΛΛ'), Λ from the top k eigenpairs of M − Ψ), ψ kept ≥ 1e-3·M_aa, a

@@ -280,9 +280,10 @@ class _DenseC:
         C⁻¹[B,B] = T,   C⁻¹[P_i,B] = −Y_iT,   C⁻¹[P_i,P_i] = C_P_i⁻¹ + Y_iTY_i',
         log|C| = Σ_i log|C_P_i| + log|S|.
 
-    C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored (zero in the storage): :meth:`solve` and
-    :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost Σ_i (p_i³ + 3p_i²b + 2p_ib²) + b³
-    against (Σ_i p_i + b)³ whole."""
+    Y_iTY_i' = G_iG_i' and Y_iT = G_iL_S⁻¹ with G_i = Y_iL_S⁻ᵀ (S = L_SL_S'): triangular
+    solves and a symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored (zero in
+    the storage): :meth:`solve` and :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost
+    Σ_i (p_i³ + 3p_i²b + 2p_ib²) + b³ against (Σ_i p_i + b)³ whole."""
 
     def __init__(self, starts: np.ndarray, sizes: np.ndarray, pieces, rows, cols, q: int):
         self.starts, self.sizes, self.pieces = starts, sizes, pieces
@@ -377,20 +378,28 @@ class _DenseC:
             np.add(A, A.T, out=M[P, P])
             M[P, P][np.diag_indices(p)] = np.diag(A)
             parts.append((P, Y))
-        logdet += _potrf(schur, lower=1)
-        _potri(schur, lower=1)  # T = S⁻¹ in the lower triangle, zeros above
-        np.add(schur, schur.T, out=M[B, B])
-        M[B, B][np.diag_indices(b)] = np.diag(schur)
+        logdet += _potrf(schur, lower=1)  # S = L_SL_S'
+        T = self._work(("T", g), (b, b))
+        T[...] = schur
+        _potri(T, lower=1)  # T = S⁻¹ in the lower triangle, zeros above
+        np.add(T, T.T, out=M[B, B])
+        M[B, B][np.diag_indices(b)] = np.diag(T)
         self.cross[g] = []
         for i, (P, Y) in enumerate(parts):
             p = P.stop - P.start
             Z = self._work(("Z", g, i), (p, b))
-            blas.dsymm(1.0, schur, Y, side=1, lower=1, beta=0.0, c=Z, overwrite_c=1)  # Z = YT
+            Z[...] = Y
+            blas.dtrsm(1.0, schur, Z, side=1, lower=1, trans_a=1, overwrite_b=1)  # G = YL_S⁻ᵀ
+            A = self._work("A", (p, p))
+            A.fill(0.0)
+            blas.dsyrk(1.0, Z, beta=0.0, c=A, lower=1, overwrite_c=1)  # YTY' = GG' (lower)
+            MP = M[P, P]
+            MP += A
+            MP += A.T
+            MP[np.diag_indices(p)] -= np.diag(A)
+            blas.dtrsm(1.0, schur, Z, side=1, lower=1, overwrite_b=1)  # Z = GL_S⁻¹ = YT
             M[P, B] = -Z
             M[B, P] = -Z.T
-            A = self._work("A", (p, p))
-            blas.dgemm(1.0, Z, Y, trans_b=1, beta=0.0, c=A, overwrite_c=1)
-            M[P, P] += A
             self.cross[g].append((P, Y, Z))
         return logdet
 

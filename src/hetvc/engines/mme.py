@@ -193,10 +193,9 @@ class _Coordinates:
         self.own = pattern is not None
         if self.own:
             self.pattern = np.asarray(pattern, dtype=bool)
-            graph = sp.bmat([[None, sp.csr_matrix(self.pattern)], [sp.csr_matrix(self.pattern.T), None]])
-            label = connected_components(graph, directed=False)[1]
-            self.row_blocks = [np.flatnonzero(label[:d] == c) for c in np.unique(label)]
-            self.col_blocks = [np.flatnonzero(label[d:] == c) for c in np.unique(label)]
+            rows, cols = _bipartite_parts(self.pattern)
+            self.row_blocks = [np.flatnonzero(rows == c) for c in np.unique(np.concatenate([rows, cols]))]
+            self.col_blocks = [np.flatnonzero(cols == c) for c in np.unique(np.concatenate([rows, cols]))]
             common = self.pattern.all(0) if d > 1 else np.zeros(self.pattern.shape[1], dtype=bool)
             self.border = np.flatnonzero(common)
         else:
@@ -212,11 +211,9 @@ class _Coordinates:
         # the pieces: connected parts of F's pattern without the border columns (−1: border)
         inner = self.pattern.copy()
         inner[:, self.border] = False
-        graph = sp.bmat([[None, sp.csr_matrix(inner)], [sp.csr_matrix(inner.T), None]])
-        label = connected_components(graph, directed=False)[1]
-        self.piece_of_row = label[:self.d]
-        self.piece_of_col = np.where(np.isin(np.arange(self.dv), self.border), -1, label[self.d:])
-        self.n_pieces = int(label.max()) + 1
+        self.piece_of_row, cols = _bipartite_parts(inner)
+        self.piece_of_col = np.where(np.isin(np.arange(self.dv), self.border), -1, cols)
+        self.n_pieces = int(max(self.piece_of_row.max(), cols.max())) + 1
         self.col_mask = _block_mask(self.col_blocks, self.dv)  # the pattern of Cov(v) ⊗ its blocks
 
     def factor(self, theta: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -248,6 +245,15 @@ class _Coordinates:
                 raise NotPositiveDefinite("Σ") from None
             out[np.ix_(cols, rows)] = sla.cho_solve(chol, Fb, check_finite=False).T
         return out
+
+
+def _bipartite_parts(pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected part of every row and every column of a bool pattern (rows and columns linked
+    by its non-zeros; one label space)."""
+    d = len(pattern)
+    graph = sp.bmat([[None, sp.csr_matrix(pattern)], [sp.csr_matrix(pattern.T), None]])
+    label = connected_components(graph, directed=False)[1]
+    return label[:d], label[d:]
 
 
 def _bordered_flops(sizes: np.ndarray, border: int) -> float:
@@ -375,15 +381,13 @@ class _DenseC:
             blas.dsyrk(-1.0, Y, beta=1.0, c=schur, trans=1, lower=1, overwrite_c=1)  # S −= H'H
             blas.dtrsm(1.0, A, Y, lower=1, trans_a=1, overwrite_b=1)  # Y = L_P⁻ᵀ H = C_P⁻¹ C_PB
             _potri(A, lower=1)
-            np.add(A, A.T, out=M[P, P])
-            M[P, P][np.diag_indices(p)] = np.diag(A)
+            _full_from_lower(A, M[P, P])
             parts.append((P, Y))
         logdet += _potrf(schur, lower=1)  # S = L_SL_S'
         T = self._work(("T", g), (b, b))
         T[...] = schur
         _potri(T, lower=1)  # T = S⁻¹ in the lower triangle, zeros above
-        np.add(T, T.T, out=M[B, B])
-        M[B, B][np.diag_indices(b)] = np.diag(T)
+        _full_from_lower(T, M[B, B])
         self.cross[g] = []
         for i, (P, Y) in enumerate(parts):
             p = P.stop - P.start
@@ -462,6 +466,12 @@ def _potri(A: np.ndarray, lower: int) -> None:
     _, info = lapack.dpotri(A, lower=lower, overwrite_c=1)
     if info != 0:
         raise NotPositiveDefinite(f"C is singular (dpotri: {info})")
+
+
+def _full_from_lower(L: np.ndarray, out: np.ndarray) -> None:
+    """out = the symmetric matrix whose lower triangle L holds (L's upper triangle zero)."""
+    np.add(L, L.T, out=out)
+    out[np.diag_indices(len(L))] = np.diag(L)
 
 
 def _mirror_lower(M: np.ndarray, block: int = 1024) -> None:
@@ -781,7 +791,8 @@ class MMEEngine(Engine):
     def _layout(self, n: int, p: int) -> None:
         """Order the unknowns so that every connected component of C is contiguous (fixed effects
         first, then per term its atoms: the levels of one connected part of 𝒦_t × the columns of
-        one block of F_t, level-major), and batch the small components into groups.
+        one block of F_t, column by column, so that a column's levels are contiguous), and batch
+        the small components into groups.
 
         A large component whose unknowns fall apart into independent pieces once its border —
         the fixed effects and the columns of F_t common to every row (FA's factor scores) — is
@@ -789,6 +800,7 @@ class MMEEngine(Engine):
         covariate common to all environments) is ordered piece by piece, border last, and
         factored by blocks (:class:`_DenseC`) where that is estimated cheaper."""
         comps = [kern.components() for kern in self.kernels]
+        n_comps = [int(c.max()) + 1 for c in comps]
         res = self.residual
         rblock = np.zeros(res.structure.dim, dtype=np.int64)
         for b, blk in enumerate(res.structure.blocks):
@@ -802,8 +814,7 @@ class MMEEngine(Engine):
             unknown of every term."""
             vo, fc = np.nonzero(self.X) if with_fixed else (np.zeros(0, np.int64),) * 2
             edges_a, edges_b, offsets, offset = [vo], [n + fc], [], n + p
-            for t, (term, kern, lev) in enumerate(zip(self.terms, self.kernels, self.levels)):
-                n_comp = int(comps[t].max()) + 1
+            for t, (term, kern, lev, n_comp) in enumerate(zip(self.terms, self.kernels, self.levels, n_comps)):
                 blk = block_of_row[t][term.index]
                 has = blk >= 0
                 edges_a.append(np.flatnonzero(has))
@@ -818,10 +829,9 @@ class MMEEngine(Engine):
                                          directed=False)[1]
             atoms = []
             for t, (kern, co) in enumerate(zip(self.kernels, self.coords)):
-                n_comp = int(comps[t].max()) + 1
                 col = np.tile(np.arange(co.dv), kern.n)
                 blk = block_of_col[t][col]
-                atom = blk * n_comp + np.repeat(comps[t], co.dv)
+                atom = blk * n_comps[t] + np.repeat(comps[t], co.dv)
                 atoms.append(np.where(blk >= 0, label[offsets[t] + np.maximum(atom, 0)], -1))
             return label, atoms
 
@@ -836,7 +846,7 @@ class MMEEngine(Engine):
         for t, (kern, co) in enumerate(zip(self.kernels, self.coords)):
             lv = np.repeat(np.arange(kern.n), co.dv)
             col = np.tile(np.arange(co.dv), kern.n)
-            atom = co.col_block_of[col] * (int(comps[t].max()) + 1) + comps[t][lv]
+            atom = co.col_block_of[col] * n_comps[t] + comps[t][lv]
             keys.append([whole_atoms[t], piece_atoms[t], np.full(len(lv), t + 1), atom, lv, col])
         keys = [np.concatenate(k) for k in zip(*keys)]
         comp, piece = keys[0], keys[1]
@@ -893,7 +903,7 @@ class MMEEngine(Engine):
             if kern.sparse:
                 continue
             for cols in co.col_blocks:
-                for c in range(int(comps[t].max()) + 1):
+                for c in range(n_comps[t]):
                     lv = np.flatnonzero(comps[t] == c)
                     self.atoms.append((t, lv, cols, self.pos[t][np.ix_(lv, cols)]))
 

@@ -136,7 +136,7 @@ class CovStructure:
     # -- θ, the parameters (the elements for a linear structure) ---------------------------
     def factor_pattern(self) -> np.ndarray | None:
         """The pattern (d × d', bool) of a factor F with Σ = FF' that the structure supplies for
-        the mixed-model equations (u = (I ⊗ F) v, docs/design.md §3.4); ``None``: they use the
+        the mixed-model equations (u = (I ⊗ F) v, docs/design.md §3, MME); ``None``: they use the
         Cholesky factor of every block (d' = d)."""
         return None
 

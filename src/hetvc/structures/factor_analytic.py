@@ -102,10 +102,7 @@ class FactorAnalytic(WholeMatrix):
     def score_curvature(self, theta: np.ndarray, score: np.ndarray) -> np.ndarray:
         """Σ_e s_e ∂²σ_e/∂θ∂θ': for loadings λ_cj, λ_dk it is δ_jk M_cd, M_cd = s_(c,d) (c ≠ d)
         and 2 s_(c,c); zero for ψ (σ is linear in it)."""
-        M = np.zeros((self.dim, self.dim))
-        a, b = np.array(self.pairs).T
-        M[a, b] = score
-        M[b, a] = score
+        M = CovStructure.matrix(self, score)  # the scores on the pattern of Σ's elements
         M[np.diag_indices(self.dim)] *= 2.0
         rows = np.array(self.loading_rows)
         out = np.zeros((self.n_params, self.n_params))

@@ -67,3 +67,21 @@ def test_ai_equals_definition(genetic, residual, method):
     score = -0.5 * (trace - F.T @ Py)
     np.testing.assert_allclose(ev.ai, ai, rtol=1e-9, atol=1e-12 * np.abs(ai).max())
     np.testing.assert_allclose(ev.score, score, rtol=1e-9, atol=1e-12 * np.abs(score).max())
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_derivatives_reuse_the_factor_of_an_evaluation_of_loglik_alone(method):
+    """ℓ alone at θ, then the score and AI from the factor kept for θ: the same as a fresh
+    engine's; a θ of its own is factored again."""
+    data, K, G, E = _problem("unstructured", "homogeneous")
+    model, engine = dense_model(data, K, ["y1", "y2"], "unstructured", "homogeneous", method)
+    theta = model.join(G, E)
+    fresh = dense_model(data, K, ["y1", "y2"], "unstructured", "homogeneous", method)[1].evaluate(theta)
+    engine.evaluate(1.2 * theta, derivatives=False)
+    assert engine.evaluate(theta, derivatives=False).loglik == pytest.approx(fresh.loglik, abs=1e-10)
+    again = engine.evaluate(theta)
+    assert again.loglik == pytest.approx(fresh.loglik, abs=1e-10)
+    np.testing.assert_allclose(again.score, fresh.score, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(again.ai, fresh.ai, rtol=1e-10, atol=1e-12)
+    other = engine.evaluate(1.2 * theta)
+    assert abs(other.loglik - fresh.loglik) > 1e-3

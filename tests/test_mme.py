@@ -42,6 +42,20 @@ def _thetas(model, n=3):
     return [start] + [model.project(start * (1 + 0.5 * rng.random(model.n_params)), 1e-3) for _ in range(n - 1)]
 
 
+def _reuses_its_factor(engine, theta, fresh):
+    """ℓ alone at θ, then the derivatives from the factor kept for θ: the same as ``fresh``
+    (to rounding); C⁻¹ applied by the factor (before C⁻¹ is formed) and by C⁻¹ agree."""
+    engine.evaluate(1.1 * theta, derivatives=False)  # the factor kept is another θ's
+    engine.evaluate(theta, derivatives=False)
+    rhs = np.random.default_rng(2).normal(size=(engine.q, 3))
+    by_factor = engine.C.solve(rhs)
+    again = engine.evaluate(theta)
+    assert again.loglik == pytest.approx(fresh.loglik, abs=1e-10)
+    np.testing.assert_allclose(again.score, fresh.score, rtol=1e-10, atol=1e-10 * np.abs(fresh.score).max())
+    np.testing.assert_allclose(again.ai, fresh.ai, rtol=1e-10, atol=1e-10 * np.abs(fresh.ai).max())
+    np.testing.assert_allclose(engine.C.solve(rhs), by_factor, rtol=1e-8, atol=1e-10 * np.abs(by_factor).max())
+
+
 def _agree(model, mme, thetas):
     dense = DenseEngine(model)
     for theta in thetas:
@@ -50,6 +64,7 @@ def _agree(model, mme, thetas):
         np.testing.assert_allclose(b.score, a.score, rtol=0, atol=1e-7 * np.abs(a.score).max())
         np.testing.assert_allclose(b.ai, a.ai, rtol=0, atol=1e-7 * np.abs(a.ai).max())
         assert mme.evaluate(theta, derivatives=False).loglik == pytest.approx(a.loglik, abs=1e-8)
+        _reuses_its_factor(mme, theta, b)
     sa, sb = dense.solve(thetas[-1], pev=True), mme.solve(thetas[-1], pev=True)
     pairs = [(sa.beta, sb.beta), (sa.beta_cov, sb.beta_cov), (sa.blup, sb.blup), (sa.pev, sb.pev),
              (sa.fitted, sb.fitted)]
@@ -327,3 +342,18 @@ def test_centred_variance_without_forming_a():
     A = pd.DataFrame(rel.dense(), index=rel.ids, columns=rel.ids)
     dense = _model(data, A, "homogeneous").genetic_factor()
     assert sparse.centred_variance() == pytest.approx(dense.centred_variance(), rel=1e-12)
+
+
+def test_a_model_the_machine_cannot_hold_is_refused_in_one_line(problem, monkeypatch):
+    """The estimate (the storage of C̃, its work arrays, the relationships) against 80 % of the
+    memory available: refused with both numbers and the way out."""
+    import hetvc.engines.dense as dense_module
+
+    data, K = problem
+    model = _model(data, K, "fa1", "heterogeneous", None, "reml")
+    need = MMEEngine(model).memory
+    monkeypatch.setattr(dense_module, "available_memory", lambda: int(need / 0.8) + 1)
+    MMEEngine(model)  # fits
+    monkeypatch.setattr(dense_module, "available_memory", lambda: int(need / 0.8) - 1)
+    with pytest.raises(InputError, match=r"the MME engine needs about .* GB for [\d,]+ equations .* two-stage"):
+        MMEEngine(model)

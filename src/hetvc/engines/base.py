@@ -58,6 +58,9 @@ class Engine:
     name = "abstract"
     model = None  # the Model an engine serves
     flops = 0.0  # the estimated work of one evaluation (0: negligible, as the spectral engine's)
+    #: whether the factor of an evaluation of ℓ alone is kept for the derivatives at the same θ
+    #: (the optimizer then evaluates trial steps without them)
+    keeps_factor = False
 
     def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         """ℓ, score and AI by the parameters θ: the engine's evaluation by the matrix elements

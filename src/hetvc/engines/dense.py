@@ -76,15 +76,15 @@ def independent_blocks(terms: list[RandomTerm], n_obs: int) -> list[np.ndarray]:
 
 
 class _Factor:
-    """V = blockdiag(V_c) = L_c L_c', with V⁻¹X, (X'V⁻¹X)⁻¹, b̂, Py and (on request) the
-    diagonal blocks of P, P_cc = V_c⁻¹ − (V⁻¹X)_c (X'V⁻¹X)⁻¹ (V⁻¹X)_c' (the only ones a V_k
-    within blocks meets), at one θ."""
+    """V = blockdiag(V_c) = L_c L_c', with V⁻¹X, (X'V⁻¹X)⁻¹, b̂, Py and, formed when first asked
+    for (ℓ alone does not need them), the diagonal blocks of P, P_cc = V_c⁻¹ − (V⁻¹X)_c (X'V⁻¹X)⁻¹
+    (V⁻¹X)_c' (the only ones a V_k within blocks meets), at one θ."""
 
-    def __init__(self, blocks: list, X: np.ndarray, y: np.ndarray, need_p: bool):
+    def __init__(self, blocks: list, X: np.ndarray, y: np.ndarray):
         self.rows = [rows for rows, _ in blocks]
         self.chols, self.logdet_v = [], 0.0
         vinv_x, vinv_y = np.empty_like(X), np.empty_like(y)
-        self.v_inv = []
+        self._v_inv = {}
         for rows, V in blocks:
             try:
                 chol = sla.cholesky(V, lower=True, overwrite_a=True, check_finite=False)
@@ -95,11 +95,6 @@ class _Factor:
             # V⁻¹X and V⁻¹y by triangular solves: accurate when V is ill-conditioned (boundary θ)
             vinv_x[rows] = sla.cho_solve((chol, True), X[rows], check_finite=False)
             vinv_y[rows] = sla.cho_solve((chol, True), y[rows], check_finite=False)
-            if need_p:
-                inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=0)
-                if info != 0:
-                    raise NotPositiveDefinite("dpotri failed")
-                self.v_inv.append(np.tril(inv) + np.tril(inv, -1).T)
         xvx = X.T @ vinv_x
         try:
             xvx_chol = sla.cho_factor(xvx, lower=True, check_finite=False)
@@ -111,12 +106,21 @@ class _Factor:
         self.beta = self.xvx_inv @ (X.T @ vinv_y)
         self.py = vinv_y - vinv_x @ self.beta
 
+    def v_inv(self, c: int) -> np.ndarray:
+        """V_c⁻¹ from its factor (kept once formed)."""
+        if c not in self._v_inv:
+            inv, info = sla.lapack.dpotri(self.chols[c], lower=1, overwrite_c=0)
+            if info != 0:
+                raise NotPositiveDefinite("dpotri failed")
+            self._v_inv[c] = np.tril(inv) + np.tril(inv, -1).T
+        return self._v_inv[c]
+
     def p_block(self, c: int, reml: bool) -> np.ndarray:
         """P_cc (REML) or V_c⁻¹ (ML)."""
         if not reml:
-            return self.v_inv[c]
+            return self.v_inv(c)
         vx = self.vinv_x[self.rows[c]]
-        return self.v_inv[c] - vx @ self.xvx_inv @ vx.T
+        return self.v_inv(c) - vx @ self.xvx_inv @ vx.T
 
     def solve_v(self, values: np.ndarray) -> np.ndarray:
         """V⁻¹·values, block by block."""
@@ -191,6 +195,7 @@ class DenseEngine(Engine):
     independent block (:func:`independent_blocks`): Σ_c N_c³ per iteration instead of N³."""
 
     name = "dense"
+    keeps_factor = True
 
     def __init__(self, model: Model, split: bool = True):
         """``split=False`` factors V whole (to check the split against)."""
@@ -202,6 +207,7 @@ class DenseEngine(Engine):
         self.flops = float(sum(len(b) ** 3 for b in self.blocks))
         self.params = model.elements()
         self.const = restricted_constant(len(d.y), d.X.shape[1], model.method)
+        self._factored = None  # (θ's bytes, its _Factor) of the θ last factored
         _check_memory(self)
         self.kobs = [[_observed_kernel(t, rows) for t in self.terms] for rows in self.blocks]
 
@@ -235,12 +241,18 @@ class DenseEngine(Engine):
             out.append(V)
         return out
 
-    def _factor(self, theta: np.ndarray, need_p: bool) -> _Factor:
-        return _Factor(list(zip(self.blocks, self.block_covariances(theta))), self.X, self.y, need_p)
+    def _factor(self, theta: np.ndarray) -> _Factor:
+        """V factored at θ; kept for the θ last factored, so that the derivatives at a θ whose ℓ
+        was evaluated alone (a trial step) reuse the factor."""
+        key = np.asarray(theta, dtype=float).tobytes()
+        if self._factored is None or self._factored[0] != key:
+            self._factored = None  # freed before the next factor is formed
+            self._factored = (key, _Factor(list(zip(self.blocks, self.block_covariances(theta))), self.X, self.y))
+        return self._factored[1]
 
     def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         reml = self.model.method == "reml"
-        f = self._factor(theta, need_p=derivatives)
+        f = self._factor(theta)
         ypy = float(self.y @ f.py)
         loglik = -0.5 * (self.const + f.logdet_v + (f.logdet_xvx if reml else 0.0) + ypy)
         if not derivatives:
@@ -280,7 +292,7 @@ class DenseEngine(Engine):
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
         """BLUEs b̂ = (X'V⁻¹X)⁻¹X'V⁻¹y and, for the genetic and every random term t, BLUPs
         û_t = (Σ_t ⊗ 𝒦_t) Z_t'Py for every level of its kernel (every genotype in K)."""
-        f = self._factor(theta, need_p=pev)
+        f = self._factor(theta)
         fitted = self.X @ f.beta
         predictions = []
         for term, S in zip(self.terms[:-1], self.model.matrices(theta)[:-1]):
@@ -305,7 +317,8 @@ class DenseEngine(Engine):
         for a in range(S.shape[0]):
             dvec = S[a, term.index]
             agg = np.zeros((term.n_units, term.n_units))
-            for rows, inv in zip(f.rows, f.v_inv):
+            for c, rows in enumerate(f.rows):
+                inv = f.v_inv(c)
                 Zc = Z[:, rows]
                 pa = inv * np.outer(dvec[rows], dvec[rows])
                 agg += (Zc @ (Zc @ pa).T).T  # Z_c (V_c⁻¹ ∘ dd') Z_c'  (units × units)

@@ -278,18 +278,22 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 class _DenseC:
-    """C factored group by group (connected components of C, small ones batched) with LAPACK;
-    C⁻¹ kept whole within each group, or, in a group of independent pieces P_i with a common
-    border B (ordered P_1 … P_n B; ``pieces[g]``: their sizes), on its pattern only:
+    """C factored group by group (connected components of C, small ones batched) with LAPACK,
+    and C⁻¹ formed from the factor when first asked for (:meth:`selected`: an evaluation of ℓ
+    alone needs only the factor).  A whole group keeps C⁻¹ whole; a group of independent pieces
+    P_i with a common border B (ordered P_1 … P_n B; ``pieces[g]``: their sizes) is factored by
+    blocks and keeps C⁻¹ on its pattern only:
 
-        S = C_BB − Σ_i C_BP_i C_P_i⁻¹ C_P_iB,   Y_i = C_P_i⁻¹ C_P_iB,   T = S⁻¹,
-        C⁻¹[B,B] = T,   C⁻¹[P_i,B] = −Y_iT,   C⁻¹[P_i,P_i] = C_P_i⁻¹ + Y_iTY_i',
-        log|C| = Σ_i log|C_P_i| + log|S|.
+        C_P_i = L_iL_i',   H_i = L_i⁻¹C_P_iB,   S = C_BB − Σ_i H_i'H_i = L_SL_S',
+        log|C| = Σ_i log|C_P_i| + log|S|;
+        Y_i = L_i⁻ᵀH_i = C_P_i⁻¹C_P_iB,   T = S⁻¹,
+        C⁻¹[B,B] = T,   C⁻¹[P_i,B] = −Y_iT,   C⁻¹[P_i,P_i] = C_P_i⁻¹ + Y_iTY_i'.
 
-    Y_iTY_i' = G_iG_i' and Y_iT = G_iL_S⁻¹ with G_i = Y_iL_S⁻ᵀ (S = L_SL_S'): triangular
-    solves and a symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored (zero in
-    the storage): :meth:`solve` and :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost
-    Σ_i (p_i³ + 3p_i²b + 2p_ib²) + b³ against (Σ_i p_i + b)³ whole."""
+    Y_iTY_i' = G_iG_i' and Y_iT = G_iL_S⁻¹ with G_i = Y_iL_S⁻ᵀ: triangular solves and a
+    symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored (zero in the storage):
+    :meth:`solve` and :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost Σ_i (p_i³ + 3p_i²b
+    + 2p_ib²) + b³ against (Σ_i p_i + b)³ whole; the factor alone Σ_i (p_i³/3 + p_i²b + p_ib²)
+    + b³/3."""
 
     def __init__(self, starts: np.ndarray, sizes: np.ndarray, pieces, rows, cols, q: int):
         self.starts, self.sizes, self.pieces = starts, sizes, pieces
@@ -302,7 +306,7 @@ class _DenseC:
                 self.piece_of[starts[g]:starts[g] + int(ps.sum())] = np.repeat(np.arange(len(ps)), ps)
         self.slots_of_c = self.slots(rows, cols)
         self.q = q
-        self.cross, self.inv, self._arrays = {}, None, {}
+        self.cross, self.store, self.inverted, self._arrays = {}, None, False, {}
 
     def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Positions of C[i, j] (i, j in one group, not in two of its pieces) in the flat storage."""
@@ -318,13 +322,13 @@ class _DenseC:
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
         """Factor C from its sparse ``values`` (at ``slots_of_c``) and ``dense_parts`` [(group,
-        index of its block, matrix)]; keep C⁻¹; return log|C|.  The storage and the work arrays
-        are kept from one θ to the next (fresh memory is slow to touch), and LAPACK works in
-        place."""
-        if self.inv is None:
-            self.inv = np.zeros(int(self.offsets[-1]))
+        index of its block, matrix)]; return log|C|.  The storage (the factor, then C⁻¹) and the
+        work arrays are kept from one θ to the next (fresh memory is slow to touch), and LAPACK
+        works in place."""
+        if self.store is None:
+            self.store = np.zeros(int(self.offsets[-1]))
             self.uniq_slots, self.slot_index = np.unique(self.slots_of_c, return_inverse=True)
-        flat = self.inv
+        flat = self.store
         for g in range(len(self.sizes)):  # zero what the last θ wrote
             M = self.block(flat, g)
             if self.pieces[g] is None:
@@ -339,13 +343,11 @@ class _DenseC:
         for g, ix, part in dense_parts:
             self.block(flat, g)[ix] += part
         logdet = 0.0
-        self.cross = {}
+        self.cross, self.inverted = {}, False
         for g in range(len(self.sizes)):
             M = self.block(flat, g)
             if self.pieces[g] is None:  # in place: M.T is M in Fortran order, its upper triangle M's lower
                 logdet += _potrf(M.T, lower=0)
-                _potri(M.T, lower=0)
-                _mirror_lower(M)
             else:
                 logdet += self._factor_bordered(g, M)
         return logdet
@@ -365,36 +367,55 @@ class _DenseC:
         return self._arrays[key]
 
     def _factor_bordered(self, g: int, M: np.ndarray) -> float:
+        """L_i into M[P_i,P_i] (lower), H_i into the work array Y_i, L_S into the work array S."""
         B = self._border(g)
         b = int(self.sizes[g]) - B.start
         schur = self._work(("S", g), (b, b))
         schur[...] = M[B, B]
-        logdet, parts = 0.0, []
+        logdet = 0.0
         for i, P in enumerate(self._piece_slices(g)):
             p = P.stop - P.start
             A = self._work("A", (p, p))
             A[...] = M[P, P]
             logdet += _potrf(A, lower=1)
-            Y = self._work(("Y", g, i), (p, b))
-            Y[...] = M[P, B]
-            blas.dtrsm(1.0, A, Y, lower=1, overwrite_b=1)  # H = L_P⁻¹ C_PB
-            blas.dsyrk(-1.0, Y, beta=1.0, c=schur, trans=1, lower=1, overwrite_c=1)  # S −= H'H
-            blas.dtrsm(1.0, A, Y, lower=1, trans_a=1, overwrite_b=1)  # Y = L_P⁻ᵀ H = C_P⁻¹ C_PB
-            _potri(A, lower=1)
-            _full_from_lower(A, M[P, P])
-            parts.append((P, Y))
-        logdet += _potrf(schur, lower=1)  # S = L_SL_S'
+            M[P, P] = A
+            H = self._work(("Y", g, i), (p, b))
+            H[...] = M[P, B]
+            blas.dtrsm(1.0, A, H, lower=1, overwrite_b=1)  # H = L_P⁻¹ C_PB
+            blas.dsyrk(-1.0, H, beta=1.0, c=schur, trans=1, lower=1, overwrite_c=1)  # S −= H'H
+        return logdet + _potrf(schur, lower=1)  # S = L_SL_S'
+
+    def _invert(self) -> None:
+        """C⁻¹ (on the pattern of a bordered group) in place of the factor."""
+        for g in range(len(self.sizes)):
+            M = self.block(self.store, g)
+            if self.pieces[g] is None:
+                _potri(M.T, lower=0)
+                _mirror_lower(M)
+            else:
+                self._invert_bordered(g, M)
+        self.inverted = True
+
+    def _invert_bordered(self, g: int, M: np.ndarray) -> None:
+        B = self._border(g)
+        b = int(self.sizes[g]) - B.start
+        schur = self._work(("S", g), (b, b))
         T = self._work(("T", g), (b, b))
         T[...] = schur
         _potri(T, lower=1)  # T = S⁻¹ in the lower triangle, zeros above
         _full_from_lower(T, M[B, B])
         self.cross[g] = []
-        for i, (P, Y) in enumerate(parts):
+        for i, P in enumerate(self._piece_slices(g)):
             p = P.stop - P.start
+            A = self._work("A", (p, p))
+            A[...] = M[P, P]  # L_P
+            Y = self._work(("Y", g, i), (p, b))
+            blas.dtrsm(1.0, A, Y, lower=1, trans_a=1, overwrite_b=1)  # Y = L_P⁻ᵀ H = C_P⁻¹ C_PB
+            _potri(A, lower=1)
+            _full_from_lower(A, M[P, P])
             Z = self._work(("Z", g, i), (p, b))
             Z[...] = Y
             blas.dtrsm(1.0, schur, Z, side=1, lower=1, trans_a=1, overwrite_b=1)  # G = YL_S⁻ᵀ
-            A = self._work("A", (p, p))
             A.fill(0.0)
             blas.dsyrk(1.0, Z, beta=0.0, c=A, lower=1, overwrite_c=1)  # YTY' = GG' (lower)
             MP = M[P, P]
@@ -405,12 +426,14 @@ class _DenseC:
             M[P, B] = -Z
             M[B, P] = -Z.T
             self.cross[g].append((P, Y, Z))
-        return logdet
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """C⁻¹ rhs: by the factor until C⁻¹ is formed, then by C⁻¹."""
+        if not self.inverted:
+            return self._solve_factored(rhs)
         out = np.empty_like(rhs)
         for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
-            r, M = rhs[s:s + n], self.block(self.inv, g)
+            r, M = rhs[s:s + n], self.block(self.store, g)
             if g not in self.cross:
                 out[s:s + n] = M @ r
                 continue
@@ -423,14 +446,37 @@ class _DenseC:
                 o[P] = M[P, P] @ r[P] + M[P, B] @ r[B] + Z @ (total - wi)
         return out
 
+    def _solve_factored(self, rhs: np.ndarray) -> np.ndarray:
+        """C⁻¹ rhs by triangular solves; in a bordered group x_B = S⁻¹(r_B − Σ_i H_i'L_i⁻¹r_i),
+        x_i = L_i⁻ᵀ(L_i⁻¹r_i − H_i x_B)."""
+        out = np.empty_like(rhs)
+        for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
+            r, M = rhs[s:s + n], self.block(self.store, g)
+            if self.pieces[g] is None:
+                out[s:s + n] = sla.cho_solve((M, True), r, check_finite=False)
+                continue
+            B = self._border(g)
+            parts = [(P, sla.solve_triangular(M[P, P], r[P], lower=True, check_finite=False),
+                      self._work(("Y", g, i), (P.stop - P.start, int(n) - B.start)))
+                     for i, P in enumerate(self._piece_slices(g))]
+            rb = r[B] - sum(H.T @ w for _, w, H in parts)
+            xb = sla.cho_solve((self._work(("S", g), (int(n) - B.start,) * 2), True), rb, check_finite=False)
+            o = out[s:s + n]
+            o[B] = xb
+            for P, w, H in parts:
+                o[P] = sla.solve_triangular(M[P, P], w - H @ xb, lower=True, trans=1, check_finite=False)
+        return out
+
     def selected(self) -> np.ndarray:
-        """Storage of C⁻¹ (indexed by :meth:`slots`)."""
-        return self.inv
+        """Storage of C⁻¹ (indexed by :meth:`slots`), formed from the factor when first asked for."""
+        if not self.inverted:
+            self._invert()
+        return self.store
 
     def kernel_trace(self, g: int, loc: np.ndarray, kinv: np.ndarray | None) -> np.ndarray:
         """Ã[a, b] = Σ_jj' 𝒦⁻¹_jj' C⁻¹[loc[j,a], loc[j',b]] (``loc``: levels × columns, local to
         group g; ``kinv`` None: 𝒦 = I)."""
-        M = self.block(self.inv, g)
+        M = self.block(self.selected(), g)
         n_lv, nc = loc.shape
         if kinv is None:
             out = M[loc[:, :, None], loc[:, None, :]].sum(0)
@@ -442,15 +488,24 @@ class _DenseC:
         if g in self.cross:  # + Σ_jj' 𝒦⁻¹_jj' (Y_iTY_i'')[(j,a),(j',b)] for columns in two pieces
             parts = self.cross[g]
             piece = self.piece_of[self.starts[g] + loc[0]]
-            for a in np.flatnonzero(piece >= 0):
+            cols = np.flatnonzero(piece >= 0)
+            ys = {b: _rows(parts[piece[b]][1], loc[:, b] - parts[piece[b]][0].start) for b in cols}
+            for a in cols:
                 P, _, Z = parts[piece[a]]
-                Za = Z[loc[:, a] - P.start]
+                Za = _rows(Z, loc[:, a] - P.start)
                 if kinv is not None:
                     Za = kinv @ Za
-                for b in np.flatnonzero((piece >= 0) & (piece != piece[a])):
-                    Pb, Yb, _ = parts[piece[b]]
-                    out[a, b] += np.einsum("js,js->", Za, Yb[loc[:, b] - Pb.start])
+                for b in cols[piece[cols] != piece[a]]:
+                    out[a, b] += np.einsum("js,js->", Za, ys[b])
         return out
+
+
+def _rows(A: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """A[index]: a view where the index is a run of consecutive rows (a column of an atom's
+    levels, laid out column-major), else a copy."""
+    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
+        return A[index[0]:index[-1] + 1]
+    return A[index]
 
 
 def _potrf(A: np.ndarray, lower: int) -> float:
@@ -739,6 +794,7 @@ class MMEEngine(Engine):
     when the machine cannot hold them)."""
 
     name = "mme"
+    keeps_factor = True
 
     def __init__(self, model: Model):
         self.model = model
@@ -759,6 +815,7 @@ class MMEEngine(Engine):
                                                        self.levels[0], self.patterns)
         self.n_lifted = 0 if W is None else len(W) * self.coords[0].dv  # W̄'s genotype columns
         self._equations(n)
+        self._factored = None  # (θ's bytes, what _factor returned) of the θ C now holds
         self.sparse = all(k.sparse for k in self.kernels)
         if self.sparse:
             self.C = _SparseC(self.rows, self.cols, self.q, self._values(model.start())[0])
@@ -767,23 +824,25 @@ class MMEEngine(Engine):
             work = 8.0 * (tk.pairs + 3 * tk.offset[-1] + 3 * self.C.nnz_l + 2 * len(self.rows))
         else:
             self.C = _DenseC(self.group_starts, self.group_sizes, self.group_pieces, self.rows, self.cols, self.q)
-            self.flops, border_work = 0.0, 0.0
+            self.flops, blocks_work = 0.0, 0.0
             for size, pieces in zip(self.group_sizes.tolist(), self.group_pieces):
-                if pieces is None:
+                if pieces is None:  # the storage, and as much again for LAPACK's and numpy's temporaries
                     self.flops += float(size) ** 3
-                else:
-                    self.flops += _bordered_flops(pieces, size - int(pieces.sum()))
-                    border_work += 2.0 * float(pieces.sum()) * (size - int(pieces.sum()))
-            work = 8.0 * (2 * float((self.group_sizes.astype(float) ** 2).sum()) + border_work
-                          + sum(k.n ** 2 for k in self.kernels if not k.sparse))
+                    blocks_work += 2.0 * float(size) ** 2
+                else:  # the storage; Y_i and Z_i, S and T, one piece's block and a copy of one in a solve
+                    b = size - int(pieces.sum())
+                    self.flops += _bordered_flops(pieces, b)
+                    blocks_work += (float(size) ** 2 + 2.0 * float(pieces.sum()) * b + 2.0 * b * b
+                                    + 2.0 * float(pieces.max()) ** 2)
+            work = 8.0 * (blocks_work + sum(k.n ** 2 for k in self.kernels if not k.sparse))
             if self.lowrank is not None:  # forming the genetic blocks and the sums of the residual's score
                 lr = self.lowrank
                 lr.place(self.C)
                 n_geno, r = lr.W.shape
                 blocks = sum(len(G) * (r * len(cs)) ** 2 for cs, _, G in lr.groups)
                 self.flops += 4.0 * blocks + 4.0 * lr.n_sc * n_geno * r
-                work += 8.0 * (n_geno * r + sum(G.size for *_, G in lr.groups) + lr.n_sc * n_geno
-                               + 2 * max((r * len(cs)) ** 2 for cs, _, _ in lr.groups))
+                # W, the Gram matrices G_κ, the residual's sums, and an r × r block being added
+                work += 8.0 * (n_geno * r + sum(G.size for *_, G in lr.groups) + lr.n_sc * n_geno + 2 * r * r)
         self.memory = work + 8.0 * n * (len(self.params) + p) * 3 + 8.0 * self.q * (len(self.params) + p) * 2
         self._check_memory()
 
@@ -1053,6 +1112,15 @@ class MMEEngine(Engine):
         return z if self.lowrank is None else self.lowrank.reduce(z)
 
     def _factor(self, theta: np.ndarray):
+        """C̃ factored at θ, with ŝ and y'Py; kept for the θ last factored, so that the
+        derivatives at a θ whose ℓ was evaluated alone (a trial step) reuse the factor."""
+        key = np.asarray(theta, dtype=float).tobytes()
+        if self._factored is None or self._factored[0] != key:
+            self._factored = None  # C is overwritten below: what it held is gone even if this fails
+            self._factored = (key, self._factor_at(theta))
+        return self._factored[1]
+
+    def _factor_at(self, theta: np.ndarray):
         self.prepare()
         values, W, chols, r_inv, logdet = self._values(theta)
         dense_parts = []  # 𝒦_t⁻¹ ⊗ I of the dense kernels, column by column

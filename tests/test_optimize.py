@@ -50,7 +50,7 @@ def test_max_iter_bounds_iterations_and_evaluations(max_iter):
     assert not rec.converged and rec.status == "iteration limit"
     assert rec.iterations == max_iter == rec.ai_iterations + rec.fallback_iterations
     assert rec.evaluations == eng.calls
-    assert eng.calls <= 1 + max_iter * (opt.MAX_HALVINGS + 1)
+    assert eng.calls <= 1 + max_iter * (opt.MAX_TRIALS + 1)
     assert f"within {max_iter} iterations" in rec.message
 
 
@@ -65,7 +65,7 @@ def test_max_iter_bounds_the_fallback(monkeypatch):
     assert rec.fallback_iterations >= 1
     assert rec.iterations == 6 == rec.ai_iterations + rec.fallback_iterations
     assert rec.fallback_evaluations <= rec.evaluations == eng.calls
-    assert eng.calls <= 1 + 6 * (opt.MAX_HALVINGS + 1)
+    assert eng.calls <= 1 + 6 * (opt.MAX_TRIALS + 1)
     assert [h.method for h in rec.history].count("L-BFGS") == rec.fallback_iterations
 
 
@@ -199,6 +199,7 @@ class RidgeEngine:
 
 @pytest.mark.parametrize("c", [0.5, 0.2])
 def test_steps_are_extended_where_ai_overstates_the_curvature(monkeypatch, c):
+    monkeypatch.setattr(opt.SecantCorrection, "update", lambda self, *a: None)  # the extension alone
     model = _model(genetic="heterogeneous")
     start = model.start()
     target = 1.5 * start  # interior: every block stays positive definite
@@ -223,8 +224,109 @@ def test_the_score_curvature_of_a_nonlinear_structure_speeds_convergence(monkeyp
     model = _fa_model()
     eng = choose_engine(model)[0]
     _, ev, with_curvature = opt.maximize(eng, model, model.start())
-    monkeypatch.setattr(opt, "_information", lambda ev, B: B.T @ ev.ai @ B)
+    monkeypatch.setattr(opt, "_information", lambda ev, B, secant=None: B.T @ ev.ai @ B)
     _, ev_ai, ai_only = opt.maximize(eng, model, model.start())
     assert with_curvature.converged and ai_only.converged
     assert ev.loglik == pytest.approx(ev_ai.loglik, abs=1e-7)
     assert with_curvature.iterations < ai_only.iterations
+
+
+class QuadraticEngine:
+    """ℓ(θ) = −½(θ − θ*)'H(θ − θ*) exactly, with an AI of A ≠ H; counts the evaluations with
+    and without derivatives."""
+
+    name = "quadratic"
+
+    def __init__(self, target, H, A, keeps_factor=False):
+        self.target, self.H, self.A = target, H, A
+        self.keeps_factor = keeps_factor
+        self.values = self.derivatives = 0
+
+    def evaluate(self, theta, derivatives=True):
+        d = theta - self.target
+        ll = -0.5 * d @ self.H @ d
+        if not derivatives:
+            self.values += 1
+            return Evaluation(ll)
+        self.derivatives += 1
+        return Evaluation(ll, -self.H @ d, self.A.copy())
+
+
+def test_shorter_step_is_the_maximum_of_the_quadratic_through_the_trial():
+    """φ(α) = gα − ½cα²: from φ(0), φ'(0) = g and φ(α₁) the next α is g/c, within [α₁/10, α₁/2]."""
+    g, c = 2.0, 8.0  # maximum at α = 0.25
+    phi = lambda a: g * a - 0.5 * c * a * a
+    assert opt.shorter_step(1.0, g, 0.0, Evaluation(phi(1.0))) == pytest.approx(0.25, rel=1e-12)
+    assert opt.shorter_step(1.0, g, 0.0, Evaluation(phi(1.0) - 1e6)) == pytest.approx(0.1)  # clamped below
+    assert opt.shorter_step(0.3, g, 0.0, Evaluation(phi(0.3))) == pytest.approx(0.15)  # clamped above
+    assert opt.shorter_step(1.0, g, 0.0, None) == 0.5  # not evaluable: halved
+
+
+def test_sr1_secant_learns_what_the_ai_misses_on_a_quadratic():
+    """On ℓ = −½ d'Hd with AI = A, S after n independent steps is H − A (the SR1 property), and
+    A + S is then chosen because it predicts the gains better."""
+    rng = np.random.default_rng(3)
+    n = 5
+    B = rng.normal(size=(n, n))
+    H = B @ B.T + n * np.eye(n)
+    A = H + np.diag(rng.uniform(-1.0, 1.0, n))
+    engine = QuadraticEngine(np.zeros(n), H, A)
+    secant = opt.SecantCorrection(n)
+    theta = rng.normal(size=n)
+    for _ in range(n):
+        step = rng.normal(size=n)
+        secant.update(step, engine.evaluate(theta), engine.evaluate(theta + step))
+        theta = theta + step
+    np.testing.assert_allclose(secant.S, H - A, atol=1e-9 * np.abs(H).max())
+    assert secant.matrix is secant.S  # the corrected model predicted the last gain exactly
+
+
+def test_the_secant_correction_speeds_ai_where_it_misjudges_the_curvature(monkeypatch):
+    """AI overstating the curvature by 5× (the extension off): with the correction far fewer
+    iterations to the same optimum than without it."""
+    monkeypatch.setattr(opt, "EXTEND_GAIN", np.inf)
+    model = _model(genetic="heterogeneous")
+    start = model.start()
+    target = 1.5 * start
+    _, _, rec = opt.maximize(RidgeEngine(target, 0.2), model, start, tol=1e-10, max_iter=200)
+    monkeypatch.setattr(opt.SecantCorrection, "update", lambda self, *a: None)
+    _, _, plain = opt.maximize(RidgeEngine(target, 0.2), model, start, tol=1e-10, max_iter=200)
+    assert rec.converged and plain.converged
+    assert rec.iterations < plain.iterations / 3
+
+
+def test_trial_points_are_evaluated_without_derivatives_where_the_engine_keeps_its_factor():
+    """An engine that keeps its factor gets ℓ alone at every trial point and the score and AI
+    once per accepted point (the start's and every iteration's); the path is the same."""
+    model = _model(genetic="heterogeneous")
+    start = model.start()
+    n = model.n_params
+    H = np.diag(1.0 / np.maximum(np.abs(start), 1e-3) ** 2)
+    paths = []
+    for keeps in (False, True):
+        eng = QuadraticEngine(1.5 * start, H, 0.3 * H, keeps_factor=keeps)  # AI too small: steps shortened
+        theta, _, rec = opt.maximize(eng, model, start, tol=1e-10, max_iter=100)
+        assert rec.converged and any("shortened" in h.safeguard for h in rec.history)
+        paths.append((theta, rec.iterations, rec.evaluations))
+        if keeps:
+            assert eng.derivatives == rec.iterations + 1 and eng.values == rec.evaluations - 1
+        else:
+            assert eng.values == 0 and eng.derivatives == rec.evaluations
+    np.testing.assert_allclose(paths[0][0], paths[1][0], rtol=1e-12)
+    assert paths[0][1:] == paths[1][1:] and n > 0
+
+
+def test_a_later_start_that_joins_an_earlier_optimum_stops_there():
+    """``joins``: within 0.005 units of ℓ in AI's metric; maximize(found=…) stops a start as
+    "joined" once its AI step lands on that optimum, and not where the optimum is elsewhere."""
+    ai = np.diag([4.0, 1.0])
+    assert opt.joins(np.array([1.0, 2.0]), np.array([1.04, 2.0]), ai)  # ½·4·0.04² = 0.0032
+    assert not opt.joins(np.array([1.0, 2.0]), np.array([1.06, 2.0]), ai)  # 0.0072
+    model = _model(genetic="heterogeneous")
+    start = model.start()
+    target = 1.5 * start
+    H = np.diag(1.0 / np.maximum(np.abs(start), 1e-3) ** 2)
+    _, _, rec = opt.maximize(QuadraticEngine(target, H, H), model, start, tol=1e-10, found=target)
+    assert rec.status == "joined" and not rec.converged and rec.iterations == 0
+    _, _, other = opt.maximize(QuadraticEngine(target, H, H), model, start, tol=1e-10, found=1.2 * start)
+    assert other.converged and other.iterations >= 1

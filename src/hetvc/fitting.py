@@ -235,14 +235,17 @@ def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheape
               else _starts(model, options, eigen, cheaper, eng.flops, notes))
     tried = []
     for label, theta0 in starts:
+        found = next((t[3] for t in tried if t[0]), None)  # a later start stops once it joins this optimum
         theta, ev, record = maximize(eng, model, theta0, tol=options.tol, max_iter=options.max_iter,
-                                     time_limit=options.time_limit, progress=progress)
+                                     time_limit=options.time_limit, progress=progress, found=found)
         tried.append((record.converged, ev.loglik, label, theta, ev, record))
     if len(tried) > 1:
+        first = [t[2] for t in tried if t[0]][:1]
         tried.sort(key=lambda t: (t[0], t[1]), reverse=True)
         notes.append(f"starts of genetic={model.genetic.name!r}: " + "; ".join(
-            f"{label}: ℓ = {ll:.4f}{'' if ok else ' (not converged)'}" for ok, ll, label, *_ in tried)
-            + f"; kept the {tried[0][2]} start")
+            f"{label}: " + (f"joined the {first[0]} start's optimum after {rec.iterations} iterations"
+                            if rec.status == "joined" else f"ℓ = {ll:.4f}{'' if ok else ' (not converged)'}")
+            for ok, ll, label, _, _, rec in tried) + f"; kept the {tried[0][2]} start")
     _, _, _, theta, ev, record = tried[0]
     fixed = _fixed_at_zero(model, theta)
     ai_inv = _conditional_inverse(ev.ai, ev.score, fixed)

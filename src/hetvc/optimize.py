@@ -19,7 +19,10 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
 * **step to the boundary** — α is cut to the largest value that keeps every block's scaled
   eigenvalues ≥ ``FLOOR`` (the block then lands on the boundary, and the next iteration
   activates that direction);
-* **halving** — α is halved until ℓ does not decrease (beyond rounding);
+* **backtracking** — α is shortened until ℓ does not decrease (beyond rounding), each time to
+  the maximum of the quadratic through ℓ(0), its slope and ℓ(α), within [α/10, α/2]
+  (:func:`shorter_step`); where the engine keeps its factor (``Engine.keeps_factor``) the
+  trial points are evaluated for ℓ alone, and the score and AI only at the point accepted;
 * **extension** — a full step that gains clearly more than the decrement predicts (AI
   overstates the curvature, as on a ridge of ℓ) is tried once more at the length the measured
   gain implies (:func:`extrapolate`), and kept if ℓ is higher there;
@@ -27,13 +30,13 @@ form C̃ = D^-½ C D^-½ (D: the phenotypic variances of its rows, so the test i
   above 1e-12 of the largest, so an unidentified direction gets no step.
 
 If the AI iterations stall on a curved face of the cone (several steps in a row need heavy
-halving — a step cut to the boundary is progress, not a stall —, a step fails, or
+shortening — a step cut to the boundary is progress, not a stall —, a step fails, or
 ``AI_ITERATIONS`` pass and the decrement stagnates), the fit runs **L-BFGS in log-Cholesky
 coordinates** φ (each block C̃ = LL', log L_aa on the diagonal: every φ is positive definite;
 gradient J'·score with J = ∂θ/∂φ by complex step), then returns to AI steps to finish.
 
 Budget: ``max_iter`` bounds the iterations of both methods together (each at most
-``MAX_HALVINGS`` evaluations for AI, 20 line-search evaluations for L-BFGS), and ``time_limit``
+``MAX_TRIALS`` trial points for AI, 20 line-search evaluations for L-BFGS), and ``time_limit``
 the seconds; the record counts AI iterations, fallback iterations and evaluations and names
 the method that finished.
 
@@ -57,12 +60,14 @@ from .errors import InputError
 from .model import Model
 
 FLOOR = 1e-8  # smallest scaled eigenvalue of an estimate: the boundary of the parameter space
-MAX_HALVINGS = 40
+MAX_TRIALS = 40
 AI_ITERATIONS = 40  # AI iterations after which a stagnating AI hands over to L-BFGS once
 STAGNATION_WINDOW = 5  # ... stagnating: the decrement did not halve over this many iterations
 FALLBACK_ITERATIONS = 30  # L-BFGS iterations of one fallback before AI steps are tried again
-POOR_STEPS = 3  # consecutive heavily halved steps (α below 1/32 of its first value) before the fallback
+POOR_STEPS = 3  # consecutive heavily shortened steps (α below 1/32 of its first value) before the fallback
 PRECISION = 10  # a decrement below PRECISION × the rounding of ℓ is all ℓ can resolve
+SUFFICIENT = 0.1  # a step gaining less than this × the gain the quadratic model predicts is shortened
+JOIN = 5e-3  # a start whose AI step lands this close (in units of ℓ) to an earlier start's optimum stops
 EXTEND_GAIN = 1.2  # a full step gaining more than this × the decrement is extended ...
 EXTEND_MAX = 8.0  # ... to at most this many times its length
 
@@ -74,7 +79,7 @@ class Iteration:
     step: float  # step length α actually taken (0 at the start)
     decrement: float  # ½ s' AI⁻¹ s at the start of the iteration (restricted to free directions)
     active: int  # number of boundary directions held at the start of the iteration
-    safeguard: str  # "", "to boundary", "halved", combinations joined by "+"
+    safeguard: str  # "", "to boundary", "shortened", "extended", combinations joined by "+"
     method: str = "AI"  # "AI" or "L-BFGS" (an iteration of the log-Cholesky fallback)
     evaluations: int = 0  # evaluations of ℓ so far (cumulative)
     seconds: float = 0.0  # time since the start of the fit
@@ -85,10 +90,11 @@ class OptimizationRecord:
     """What happened during a fit: start, end, evaluations, tolerances and the iteration log.
 
     ``iterations`` counts every iteration, AI steps and fallback iterations alike, and never
-    exceeds ``max_iter``; ``evaluations`` counts every evaluation of ℓ (with its score and AI).
+    exceeds ``max_iter``; ``evaluations`` counts every evaluation of ℓ (a trial point's alone where
+    the engine keeps its factor, the score and AI then at the accepted point only).
     ``finished_by`` names the method of the last iteration ("AI" or "L-BFGS")."""
 
-    status: str  # "converged", "iteration limit", "time limit", "stalled"
+    status: str  # "converged", "iteration limit", "time limit", "stalled", "joined" (an earlier start's optimum)
     converged: bool
     iterations: int
     evaluations: int
@@ -193,7 +199,8 @@ def _tangent_basis(vals, vecs, grad, active) -> list[tuple[np.ndarray, float]]:
     return out
 
 
-def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np.ndarray, float, list]:
+def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation,
+                    secant: np.ndarray | None = None) -> tuple[np.ndarray, float, list]:
     """AI step restricted to the free directions: (step, decrement, active count per block).
     Parameters in no block (the loadings of a factor-analytic structure) are always free.
 
@@ -224,7 +231,7 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
                 columns.append(col)
                 extra.append(curvature)
         B = np.column_stack(columns) if columns else np.zeros((model.n_params, 0))
-        eta, decrement, _ = newton_step(_information(ev, B) + np.diag(extra), B.T @ ev.score)
+        eta, decrement, _ = newton_step(_information(ev, B, secant) + np.diag(extra), B.T @ ev.score)
         step = B @ eta
         added = False
         for blk, vals, vecs, grad, at_floor, active in eig:
@@ -237,22 +244,75 @@ def restricted_step(model: Model, theta: np.ndarray, ev: Evaluation) -> tuple[np
             return step, decrement, [int(a.sum()) for *_, a in eig]
 
 
-def _information(ev: Evaluation, B: np.ndarray) -> np.ndarray:
+def _information(ev: Evaluation, B: np.ndarray, secant: np.ndarray | None = None) -> np.ndarray:
     """The curvature the step is taken with, in the free directions B: AI − Σ_e s_e ∂²σ_e/∂θ²
     (a nonlinear structure's second derivatives, which the chain-rule AI leaves out and which do
     not vanish at the optimum of, e.g., an FA model, where plain AI steps converge only
-    linearly) when that is positive definite, else the AI."""
+    linearly) when that is positive definite, else the AI; plus the ``secant`` correction
+    (:class:`SecantCorrection`) where the sum stays positive definite."""
     ai = B.T @ ev.ai @ B
-    if ev.curvature is None:
-        return ai
-    full = ai - B.T @ ev.curvature @ B
-    d = np.sqrt(np.abs(np.diag(full)))
+    base = ai if ev.curvature is None else ai - B.T @ ev.curvature @ B
+    if base is not ai and not _positive_definite(base):
+        base = ai
+    if secant is not None:
+        corrected = base + B.T @ secant @ B
+        if _positive_definite(corrected):
+            return corrected
+    return base
+
+
+def _structured(ev: Evaluation) -> np.ndarray:
+    """AI − Σ_e s_e ∂²σ_e/∂θ² where positive definite, else AI (in all of θ's directions)."""
+    if ev.curvature is not None and _positive_definite(ev.ai - ev.curvature):
+        return ev.ai - ev.curvature
+    return ev.ai
+
+
+def _positive_definite(M: np.ndarray) -> bool:
+    d = np.sqrt(np.abs(np.diag(M)))
     d[d == 0] = 1.0
     try:
-        np.linalg.cholesky(full / d[:, None] / d[None, :])
+        np.linalg.cholesky(M / d[:, None] / d[None, :])
     except np.linalg.LinAlgError:
-        return ai
-    return full
+        return False
+    return True
+
+
+class SecantCorrection:
+    """S, the part of ℓ's Hessian that the AI misses (observed minus average information,
+    −½ tr(PV̇_iPV̇_j) + ½ y'PV̇_iPV̇_jPy, zero only in expectation), learnt from the steps taken
+    as NL2SOL learns the part a Gauss–Newton Hessian misses (Dennis, Gay & Welsch 1981), here
+    by symmetric rank-one updates: after a step s from θ to θ⁺ with scores g and g⁺,
+
+        S⁺ = S + r r' / r's,   r = y# − Ss,   y# = (g − g⁺) − A⁺s
+
+    (A⁺ the information at θ⁺), so that (A⁺ + S⁺)s = g − g⁺; skipped where |r's| is below
+    1e-8·|r||s|.  Where AI's curvature along a direction is off (a ridge, a variance sliding
+    to the boundary, a factor-analytic loading traded against its ψ) AI steps converge
+    linearly or zig-zag.  As in NL2SOL, the next step uses A + S only when, over the step just
+    taken, its quadratic model predicted the gain in ℓ better than A's (:attr:`matrix` is None
+    otherwise): where AI is good, S only adds noise."""
+
+    def __init__(self, n: int):
+        self.S = np.zeros((n, n))
+        self.better = False  # whether A + S predicted the last step's gain better than A
+
+    @property
+    def matrix(self) -> np.ndarray | None:
+        return self.S if self.better else None
+
+    def reset(self) -> None:
+        self.S[...] = 0.0
+        self.better = False
+
+    def update(self, step: np.ndarray, before: Evaluation, after: Evaluation) -> None:
+        gain = after.loglik - before.loglik
+        predicted = before.score @ step - 0.5 * step @ _structured(before) @ step
+        self.better = bool(abs(predicted - 0.5 * step @ self.S @ step - gain) < abs(predicted - gain))
+        r = before.score - after.score - _structured(after) @ step - self.S @ step
+        rs = float(r @ step)
+        if abs(rs) > 1e-8 * np.linalg.norm(r) * np.linalg.norm(step):
+            self.S += np.outer(r, r) / rs
 
 
 def max_feasible_step(model: Model, theta: np.ndarray, step: np.ndarray, active: list) -> float:
@@ -274,16 +334,38 @@ def max_feasible_step(model: Model, theta: np.ndarray, step: np.ndarray, active:
     return alpha
 
 
-def _evaluate(engine: Engine, theta: np.ndarray) -> Evaluation | None:
+def _evaluate(engine: Engine, theta: np.ndarray, derivatives: bool = True) -> Evaluation | None:
     if not np.all(np.isfinite(theta)):
         return None
     try:
         with np.errstate(all="ignore"):  # a degenerate trial point is rejected, not warned about
-            ev = engine.evaluate(theta)
+            ev = engine.evaluate(theta, derivatives)
     except NotPositiveDefinite:
         return None
-    finite = np.isfinite(ev.loglik) and np.all(np.isfinite(ev.score)) and np.all(np.isfinite(ev.ai))
+    finite = np.isfinite(ev.loglik) and (not derivatives or (np.all(np.isfinite(ev.score))
+                                                              and np.all(np.isfinite(ev.ai))))
     return ev if finite else None
+
+
+def _trial(engine: Engine, theta: np.ndarray) -> Evaluation | None:
+    """ℓ at a trial point: alone where the engine keeps its factor for the derivatives that
+    follow if the point is accepted (:func:`_complete`), else with them."""
+    return _evaluate(engine, theta, derivatives=not getattr(engine, "keeps_factor", False))
+
+
+def _complete(engine: Engine, theta: np.ndarray, ev: Evaluation | None) -> Evaluation | None:
+    """``ev`` with its score and AI (computed now if the trial did not)."""
+    return ev if ev is None or ev.score is not None else _evaluate(engine, theta)
+
+
+def shorter_step(alpha: float, slope: float, loglik: float, trial: Evaluation | None) -> float:
+    """The next trial α after α was rejected: the maximum of the quadratic through ℓ(0), its
+    slope s'·step along the step and ℓ(α), kept within [α/10, α/2] (α/2 where ℓ(α) could not
+    be evaluated): one or two trials where halving would take several."""
+    if trial is None or not slope > 0:
+        return alpha / 2
+    drop = slope * alpha - (trial.loglik - loglik)  # > slope·α/2 once ℓ(α) < ℓ(0)
+    return min(max(slope * alpha * alpha / (2.0 * drop), alpha / 10), alpha / 2)
 
 
 def cholesky_jacobian(model: Model, phi: np.ndarray) -> np.ndarray:
@@ -315,11 +397,19 @@ def extrapolate(engine: Engine, model: Model, theta: np.ndarray, step: np.ndarra
     if alpha <= 1.0:
         return None
     cand = model.project(theta + alpha * step, FLOOR)
-    ev_c = _evaluate(engine, cand)
+    ev_c = _trial(engine, cand)
     record.evaluations += 1
     if ev_c is None or ev_c.loglik <= accepted[1].loglik:
         return None
     return (cand, ev_c), alpha
+
+
+def joins(target: np.ndarray, found: np.ndarray, ai: np.ndarray) -> bool:
+    """Whether a start's AI step lands on an optimum ``found`` by an earlier start: within
+    ``JOIN`` of ℓ's units in AI's metric, ½(θ + step − θ̂)'AI(θ + step − θ̂) < JOIN (a tenth of
+    a standard error apart).  A start headed for another optimum has its step elsewhere."""
+    gap = target - found
+    return bool(0.5 * gap @ ai @ gap < JOIN)
 
 
 def stagnating(record: OptimizationRecord) -> bool:
@@ -417,14 +507,15 @@ class _Clock:
 
 def maximize(
     engine: Engine, model: Model, theta0: np.ndarray, tol: float = 1e-8, max_iter: int = 200,
-    time_limit: float | None = None, progress=None,
+    time_limit: float | None = None, progress=None, found: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Evaluation, OptimizationRecord]:
     """AI-REML from θ0 to the maximum of ℓ; returns θ̂, the evaluation there, and the record.
 
     At most ``max_iter`` iterations (AI steps and fallback iterations together) and, when
     ``time_limit`` is given, about that many seconds (checked between evaluations).
     ``progress(record)`` is called after every iteration; ``record.history[-1]`` is the
-    iteration just taken."""
+    iteration just taken.  ``found``: the optimum an earlier start reached; this start stops,
+    with status "joined", once its AI step lands on it (:func:`joins`)."""
     clock = _Clock(time_limit, progress)
     theta = np.asarray(theta0, dtype=float).copy()
     if not np.all(np.isfinite(theta)):
@@ -443,6 +534,7 @@ def maximize(
     )
     clock.log(record, Iteration(0, ev.loglik, 0.0, float("nan"), 0, ""))
     poor, fallback_at, stationary = 0, None, False
+    secant = SecantCorrection(model.n_params)
     while True:
         if clock.expired():
             record.status = "time limit"
@@ -454,11 +546,17 @@ def maximize(
             if record.iterations < max_iter:
                 theta, ev, stationary = lbfgs_cholesky(engine, model, theta, ev, record, clock)
                 poor, fallback_at = 0, record.iterations
-        step, decrement, active = restricted_step(model, theta, ev)
+                secant.reset()
+        step, decrement, active = restricted_step(model, theta, ev, secant.matrix)
         record.history[-1].decrement = decrement
         record.history[-1].active = sum(active)
         if decrement < tol:
             record.status, record.converged = "converged", True
+            break
+        if found is not None and joins(theta + step, found, ev.ai):
+            record.status = "joined"
+            record.message = (f"the AI step from iteration {record.iterations} lands on the optimum an earlier "
+                              "start reached: stopped there")
             break
         if clock.expired():
             continue
@@ -471,19 +569,34 @@ def maximize(
         if alpha < 1.0:
             safeguard.append("to boundary")
         first_alpha, accepted, at_precision = alpha, None, False
-        for halving in range(MAX_HALVINGS):
+        slope = float(ev.score @ step)
+        tried = alpha
+        for trial in range(MAX_TRIALS):
             if clock.expired():
                 break
-            cand = model.project(theta + alpha * step, FLOOR)
-            ev_c = _evaluate(engine, cand)
+            cand = model.project(theta + tried * step, FLOOR)
+            ev_c = _trial(engine, cand)
             record.evaluations += 1
-            if ev_c is not None and ev_c.loglik >= ev.loglik - _noise(ev.loglik):
-                accepted = (cand, ev_c)
+            rises = ev_c is not None and ev_c.loglik >= ev.loglik - _noise(ev.loglik)
+            if rises and (accepted is None or ev_c.loglik > accepted[1].loglik):
+                accepted, alpha = (cand, ev_c), tried
+            elif accepted is not None:
+                break  # shorter is worse than a longer step that already raised ℓ
+            if rises and ev_c.loglik - ev.loglik >= SUFFICIENT * decrement * tried * (2 - tried) - _noise(ev.loglik):
                 break
-            if halving == 0 and decrement < PRECISION * _noise(ev.loglik):
+            if trial == 0 and not rises and decrement < PRECISION * _noise(ev.loglik):
                 at_precision = True  # what is left to gain is below what ℓ can resolve
                 break
-            alpha /= 2
+            tried = shorter_step(tried, slope, ev.loglik, ev_c)
+        if accepted is not None and alpha == 1.0 and decrement > 100 * _noise(ev.loglik) and not clock.expired():
+            longer = extrapolate(engine, model, theta, step, active, ev, accepted, decrement, record)
+            if longer is not None:
+                accepted, alpha = longer
+                safeguard.append("extended")
+        if accepted is not None:
+            accepted = (accepted[0], _complete(engine, *accepted))
+            if accepted[1] is None:  # ℓ was finite there, its derivatives not
+                accepted = None
         if at_precision:
             record.status, record.converged = "converged", True
             record.message = (f"converged to the precision of ℓ: the Newton decrement {decrement:.1e} is "
@@ -508,13 +621,9 @@ def maximize(
             )
             break
         if alpha < first_alpha:
-            safeguard.append("halved")
-        poor = poor + 1 if alpha < first_alpha / 32 else 0  # heavy halving, not a step to the boundary
-        if alpha == 1.0 and decrement > 100 * _noise(ev.loglik) and not clock.expired():
-            longer = extrapolate(engine, model, theta, step, active, ev, accepted, decrement, record)
-            if longer is not None:
-                accepted, alpha = longer
-                safeguard.append("extended")
+            safeguard.append("shortened")
+        poor = poor + 1 if alpha < first_alpha / 32 else 0  # heavily shortened, not a step to the boundary
+        secant.update(accepted[0] - theta, ev, accepted[1])
         theta, ev = accepted
         record.iterations += 1
         record.ai_iterations += 1

@@ -256,3 +256,24 @@ def test_score_curvature_is_the_hessian_of_the_score_weighted_elements(name):
     for other in ("unstructured", "csh", "separable"):  # zero, or left to the AI
         s = make_structure("G", other, ["E1", "E2", "E3"], TRAITS)
         assert s.score_curvature(np.zeros(s.n_params), np.ones(len(s.pairs))) is None
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_starts_cut_short_keep_the_optimum_of_starts_run_to_the_end(problem, monkeypatch, k):
+    """The fitted starts run first; a later one that joins their optimum or falls short of it
+    stops early — and the kept optimum is the one all starts run to convergence reach."""
+    import hetvc.optimize as opt
+
+    data, K, _, _ = problem
+    cut = hetvc.fit(data, K, TRAITS, env="env", genetic=f"fa{k}", tol=1e-10)
+    note = next(n for n in cut.notes if n.startswith(f"starts of genetic='fa{k}'"))
+    order = [part.split(":")[0] for part in note.split(": ", 1)[1].split("; ")[:-1]]
+    assert sorted(order) == ["default", "heterogeneous-fit", "unstructured-fit"]
+    assert "joined the" in note or "stopped after" in note, note
+    monkeypatch.setattr(opt, "JOIN", -1.0)
+    monkeypatch.setattr(opt, "SHORT_MARGIN", np.inf)
+    full = hetvc.fit(data, K, TRAITS, env="env", genetic=f"fa{k}", tol=1e-10)
+    full_note = next(n for n in full.notes if n.startswith(f"starts of genetic='fa{k}'"))
+    assert "joined" not in full_note and "stopped after" not in full_note
+    assert cut.loglik == pytest.approx(full.loglik, abs=1e-8)
+    np.testing.assert_allclose(cut.genetic_covariance(), full.genetic_covariance(), rtol=1e-5, atol=1e-8)

@@ -317,8 +317,9 @@ def test_trial_points_are_evaluated_without_derivatives_where_the_engine_keeps_i
 
 
 def test_a_later_start_that_joins_an_earlier_optimum_stops_there():
-    """``joins``: within 0.005 units of ℓ in AI's metric; maximize(found=…) stops a start as
-    "joined" once its AI step lands on that optimum, and not where the optimum is elsewhere."""
+    """``joins``: within 0.005 units of ℓ in AI's metric; maximize(found=(θ̂, ℓ̂)) stops a start
+    as "joined" once its AI step lands on that optimum, and not where the optimum is elsewhere
+    and lower."""
     ai = np.diag([4.0, 1.0])
     assert opt.joins(np.array([1.0, 2.0]), np.array([1.04, 2.0]), ai)  # ½·4·0.04² = 0.0032
     assert not opt.joins(np.array([1.0, 2.0]), np.array([1.06, 2.0]), ai)  # 0.0072
@@ -326,7 +327,35 @@ def test_a_later_start_that_joins_an_earlier_optimum_stops_there():
     start = model.start()
     target = 1.5 * start
     H = np.diag(1.0 / np.maximum(np.abs(start), 1e-3) ** 2)
-    _, _, rec = opt.maximize(QuadraticEngine(target, H, H), model, start, tol=1e-10, found=target)
+    eng = QuadraticEngine(target, H, H)
+    _, _, rec = opt.maximize(eng, model, start, tol=1e-10, found=(target, 0.0))
     assert rec.status == "joined" and not rec.converged and rec.iterations == 0
-    _, _, other = opt.maximize(QuadraticEngine(target, H, H), model, start, tol=1e-10, found=1.2 * start)
-    assert other.converged and other.iterations >= 1
+    elsewhere = 1.2 * start
+    lower = eng.evaluate(elsewhere).loglik
+    _, ev, other = opt.maximize(eng, model, start, tol=1e-10, found=(elsewhere, lower))
+    assert other.converged and ev.loglik > lower
+
+
+def _record(lls, decs, steps=(0.0, 1.0), safeguard=""):
+    rec = opt.OptimizationRecord("iteration limit", False, 1, 2, 1e-8, 100, [])
+    rec.history = [opt.Iteration(k, ll, st, d, 0, safeguard if k else "")
+                   for k, (ll, d, st) in enumerate(zip(lls, decs, steps))]
+    return rec
+
+
+def test_a_later_start_headed_below_an_earlier_optimum_stops_once_the_model_says_so():
+    """``falls_short``: only after a full step that gained 0.5–2× its prediction, with the
+    decrement below 1 and ℓ + 10·decrement below the earlier optimum."""
+    assert opt.falls_short(_record([-10.0, -9.0], [1.0, 0.05]), 0.05, best=-8.0)  # −9 + 0.5 < −8
+    assert not opt.falls_short(_record([-10.0, -9.0], [1.0, 0.05]), 0.05, best=-8.6)  # −8.5 ≥ −8.6
+    assert not opt.falls_short(_record([-10.0, -9.0], [0.2, 0.05]), 0.05, best=-8.0)  # gained 5× the prediction
+    assert not opt.falls_short(_record([-10.0, -9.0], [1.0, 0.05], (0.0, 0.5), "shortened"), 0.05, best=-8.0)
+    assert not opt.falls_short(_record([-10.0, -9.0], [1.0, 2.0]), 2.0, best=1e9)  # decrement ≥ 1
+    # in a fit: an exact quadratic whose maximum (ℓ = 0) is below an optimum found elsewhere
+    model = _model(genetic="heterogeneous")
+    start = model.start()
+    H = np.diag(1.0 / np.maximum(np.abs(start), 1e-3) ** 2)
+    eng = QuadraticEngine(1.5 * start, H, 0.8 * H)  # AI off by a little: several steps
+    _, ev, rec = opt.maximize(eng, model, start, tol=1e-10, found=(2.0 * start, 5.0))
+    assert rec.status == "fell short" and not rec.converged and "below the optimum" in rec.message
+    assert ev.loglik < 4.0

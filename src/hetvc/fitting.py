@@ -233,19 +233,19 @@ def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheape
     eng, reason = choice or choose_engine(model, options.engine, eigen=eigen)
     starts = ([("given", _start_theta(model, start))] if start is not None
               else _starts(model, options, eigen, cheaper, eng.flops, notes))
-    tried = []
-    for label, theta0 in starts:
-        found = next((t[3] for t in tried if t[0]), None)  # a later start stops once it joins this optimum
+    tried, against = [], {}
+    for label, theta0 in starts:  # a later start stops on, or short of, the best optimum so far
+        best = max((t for t in tried if t[0]), key=lambda t: t[1], default=None)
+        against[label] = None if best is None else best[2]
         theta, ev, record = maximize(eng, model, theta0, tol=options.tol, max_iter=options.max_iter,
-                                     time_limit=options.time_limit, progress=progress, found=found)
+                                     time_limit=options.time_limit, progress=progress,
+                                     found=None if best is None else (best[3], best[1]))
         tried.append((record.converged, ev.loglik, label, theta, ev, record))
     if len(tried) > 1:
-        first = [t[2] for t in tried if t[0]][:1]
         tried.sort(key=lambda t: (t[0], t[1]), reverse=True)
         notes.append(f"starts of genetic={model.genetic.name!r}: " + "; ".join(
-            f"{label}: " + (f"joined the {first[0]} start's optimum after {rec.iterations} iterations"
-                            if rec.status == "joined" else f"ℓ = {ll:.4f}{'' if ok else ' (not converged)'}")
-            for ok, ll, label, _, _, rec in tried) + f"; kept the {tried[0][2]} start")
+            f"{label}: {_start_outcome(ll, ok, rec, against[label])}" for ok, ll, label, _, _, rec in tried)
+            + f"; kept the {tried[0][2]} start")
     _, _, _, theta, ev, record = tried[0]
     fixed = _fixed_at_zero(model, theta)
     ai_inv = _conditional_inverse(ev.ai, ev.score, fixed)
@@ -255,18 +255,34 @@ def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheape
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
 
 
+def _start_outcome(loglik: float, converged: bool, record, earlier: str | None) -> str:
+    """How one start of several ended, for the fit's note (``earlier``: the start whose optimum
+    it was measured against)."""
+    if record.status == "joined":
+        return f"joined the {earlier} start's optimum after {record.iterations} iterations"
+    if record.status == "fell short":
+        return (f"stopped after {record.iterations} iterations at ℓ = {loglik:.4f}, headed below the {earlier} "
+                "start's optimum")
+    return f"ℓ = {loglik:.4f}{'' if converged else ' (not converged)'}"
+
+
 _COSTLY_START = 1e10  # flops of an iteration below which an extra start is always fitted
 
 
 def _starts(model: Model, options: FitOptions, eigen, cheaper=(), flops=0.0, notes=None) -> list[tuple[str, np.ndarray]]:
-    """The starts of a fit: the default; for a nonlinear genetic structure (factor-analytic,
-    csh, separable) also its approximations (``CovStructure.theta``) of two cheaper fits' ΣG,
-    since ℓ of such a model has local maxima (an FA start is known to end on a worse one where
-    a column of Λ starts near the saddle Λ_j = 0):
+    """The starts of a fit, in the order they are run: for a nonlinear genetic structure
+    (factor-analytic, csh, separable) its approximations (``CovStructure.theta``) of two cheaper
+    fits' ΣG, since ℓ of such a model has local maxima (an FA start is known to end on a worse
+    one where a column of Λ starts near the saddle Λ_j = 0), then the default:
 
     * ``unstructured-fit``: the unstructured ΣG;
     * ``heterogeneous-fit``: ΣG_l per environment, with correlations between environments
-      from the heterogeneous fit's BLUPs of the phenotyped genotypes (a two-step estimate).
+      from the heterogeneous fit's BLUPs of the phenotyped genotypes (a two-step estimate);
+    * ``default``: :meth:`Model.start`.
+
+    The fitted starts are usually nearer the optimum; a later start stops once it joins the
+    best optimum so far or is plainly headed below it (:func:`maximize`'s ``found``), which the
+    default start, from furthest away, then does most often.
 
     A fit of the same model but its genetic structure among ``cheaper`` is used as it is;
     otherwise it is fitted here, and skipped where the design cannot carry it, or where its
@@ -304,7 +320,7 @@ def _starts(model: Model, options: FitOptions, eigen, cheaper=(), flops=0.0, not
         theta = _theta_from_result(model, fit)
         theta[:model.genetic.n_params] = model.genetic.theta(G)
         starts.append((f"{name}-fit", theta))
-    return starts
+    return starts[1:] + starts[:1]  # the fitted starts, nearer the optimum, first: the default is then cut short
 
 
 def _same_model_but_genetic(fit: FitResult, model: Model, genetic: str) -> bool:

@@ -67,6 +67,7 @@ FALLBACK_ITERATIONS = 30  # L-BFGS iterations of one fallback before AI steps ar
 POOR_STEPS = 3  # consecutive heavily shortened steps (α below 1/32 of its first value) before the fallback
 PRECISION = 10  # a decrement below PRECISION × the rounding of ℓ is all ℓ can resolve
 SUFFICIENT = 0.1  # a step gaining less than this × the gain the quadratic model predicts is shortened
+SHORT_MARGIN = 10.0  # a later start stops once ℓ + this × its decrement stays below an earlier optimum
 JOIN = 5e-3  # a start whose AI step lands this close (in units of ℓ) to an earlier start's optimum stops
 EXTEND_GAIN = 1.2  # a full step gaining more than this × the decrement is extended ...
 EXTEND_MAX = 8.0  # ... to at most this many times its length
@@ -94,7 +95,7 @@ class OptimizationRecord:
     the engine keeps its factor, the score and AI then at the accepted point only).
     ``finished_by`` names the method of the last iteration ("AI" or "L-BFGS")."""
 
-    status: str  # "converged", "iteration limit", "time limit", "stalled", "joined" (an earlier start's optimum)
+    status: str  # "converged", "iteration limit", "time limit", "stalled"; a later start: "joined", "fell short"
     converged: bool
     iterations: int
     evaluations: int
@@ -412,6 +413,20 @@ def joins(target: np.ndarray, found: np.ndarray, ai: np.ndarray) -> bool:
     return bool(0.5 * gap @ ai @ gap < JOIN)
 
 
+def falls_short(record: OptimizationRecord, decrement: float, best: float) -> bool:
+    """Whether a start is plainly headed for a lower optimum than ℓ = ``best``: its last step
+    was a full AI step that gained 0.5–2× what the quadratic model predicted (so the model is
+    trustworthy here), the decrement is below 1, and ℓ plus ``SHORT_MARGIN`` times the
+    decrement (the gain still to come, by the model, ten times over) stays below ``best``."""
+    if len(record.history) < 2:
+        return False
+    last, before = record.history[-1], record.history[-2]
+    if last.method != "AI" or last.step != 1.0 or last.safeguard or not 0 < before.decrement:
+        return False
+    ratio = (last.loglik - before.loglik) / before.decrement
+    return 0.5 <= ratio <= 2.0 and decrement < 1.0 and last.loglik + SHORT_MARGIN * decrement < best
+
+
 def stagnating(record: OptimizationRecord) -> bool:
     """True when the Newton decrement did not halve over the last ``STAGNATION_WINDOW`` AI
     iterations (a slow but steady AI, as on a nearly singular ΣG, keeps going: the fallback
@@ -507,15 +522,16 @@ class _Clock:
 
 def maximize(
     engine: Engine, model: Model, theta0: np.ndarray, tol: float = 1e-8, max_iter: int = 200,
-    time_limit: float | None = None, progress=None, found: np.ndarray | None = None,
+    time_limit: float | None = None, progress=None, found: tuple | None = None,
 ) -> tuple[np.ndarray, Evaluation, OptimizationRecord]:
     """AI-REML from θ0 to the maximum of ℓ; returns θ̂, the evaluation there, and the record.
 
     At most ``max_iter`` iterations (AI steps and fallback iterations together) and, when
     ``time_limit`` is given, about that many seconds (checked between evaluations).
     ``progress(record)`` is called after every iteration; ``record.history[-1]`` is the
-    iteration just taken.  ``found``: the optimum an earlier start reached; this start stops,
-    with status "joined", once its AI step lands on it (:func:`joins`)."""
+    iteration just taken.  ``found``: (θ̂, ℓ̂) of the optimum an earlier start reached; this
+    start stops once its AI step lands on it (status "joined", :func:`joins`), or once it is
+    plainly headed for a lower optimum (status "fell short", :func:`falls_short`)."""
     clock = _Clock(time_limit, progress)
     theta = np.asarray(theta0, dtype=float).copy()
     if not np.all(np.isfinite(theta)):
@@ -553,10 +569,16 @@ def maximize(
         if decrement < tol:
             record.status, record.converged = "converged", True
             break
-        if found is not None and joins(theta + step, found, ev.ai):
+        if found is not None and joins(theta + step, found[0], ev.ai):
             record.status = "joined"
             record.message = (f"the AI step from iteration {record.iterations} lands on the optimum an earlier "
                               "start reached: stopped there")
+            break
+        if found is not None and falls_short(record, decrement, found[1]):
+            record.status = "fell short"
+            record.message = (f"stopped at iteration {record.iterations}: ℓ = {ev.loglik:.4f} and the Newton "
+                              f"decrement {decrement:.2e} (its last step gained as predicted) leave it below the "
+                              f"optimum an earlier start reached (ℓ = {found[1]:.4f})")
             break
         if clock.expired():
             continue

@@ -575,13 +575,24 @@ class _SelectedInverse:
 
     @cached_property
     def gathers(self) -> list:
-        """Where Z_SS of every supernode is stored (s × s positions; int32 where they fit)."""
-        small = self.offset[-1] < 2 ** 31
-        out = []
+        """Where Z_SS of every supernode is stored (s × s positions; int32 where they fit),
+        looked up for many supernodes at a time (about 2²⁰ positions a batch)."""
+        dtype = np.int32 if self.offset[-1] < 2 ** 31 else np.int64
+        out = [None] * len(self.first)
+        batch, size = [], 0
         for K in range(len(self.first)):
             S = self.indices[self.indptr[self.last[K]]:self.indptr[self.last[K] + 1]]
-            pos = self.slots(np.repeat(S, len(S)), np.tile(S, len(S))) if len(S) else None
-            out.append(pos.astype(np.int32) if small and pos is not None else pos)
+            if len(S):
+                batch.append((K, S))
+                size += len(S) ** 2
+            if batch and (size >= 2 ** 20 or K == len(self.first) - 1):
+                rows = np.concatenate([np.repeat(S, len(S)) for _, S in batch])
+                cols = np.concatenate([np.tile(S, len(S)) for _, S in batch])
+                pos = self.slots(rows, cols).astype(dtype)
+                ends = np.cumsum([len(S) ** 2 for _, S in batch])
+                for (k, _), part in zip(batch, np.split(pos, ends[:-1])):
+                    out[k] = part
+                batch, size = [], 0
         return out
 
     def slots(self, i: np.ndarray, k: np.ndarray) -> np.ndarray:

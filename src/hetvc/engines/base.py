@@ -61,6 +61,7 @@ class Engine:
     #: whether the factor of an evaluation of ℓ alone is kept for the derivatives at the same θ
     #: (the optimizer then evaluates trial steps without them)
     keeps_factor = False
+    _kept = None  # (θ's bytes, its factor) of the θ last factored, where the engine keeps its factor
 
     def evaluate(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         """ℓ, score and AI by the parameters θ: the engine's evaluation by the matrix elements
@@ -70,6 +71,16 @@ class Engine:
     def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         """ℓ, and its score and AI by the elements σ of the matrices (``model.elements()``)."""
         raise NotImplementedError
+
+    def _kept_factor(self, theta: np.ndarray, make):
+        """``make(θ)``, kept for the θ last asked for, so that the derivatives at a θ whose ℓ was
+        evaluated alone (a trial step) reuse its factor; the one kept before is dropped first
+        (its memory is freed, or the storage it shares is overwritten, even if ``make`` fails)."""
+        key = np.asarray(theta, dtype=float).tobytes()
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None
+            self._kept = (key, make(theta))
+        return self._kept[1]
 
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
         raise NotImplementedError

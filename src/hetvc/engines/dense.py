@@ -207,7 +207,6 @@ class DenseEngine(Engine):
         self.flops = float(sum(len(b) ** 3 for b in self.blocks))
         self.params = model.elements()
         self.const = restricted_constant(len(d.y), d.X.shape[1], model.method)
-        self._factored = None  # (θ's bytes, its _Factor) of the θ last factored
         _check_memory(self)
         self.kobs = [[_observed_kernel(t, rows) for t in self.terms] for rows in self.blocks]
 
@@ -242,13 +241,9 @@ class DenseEngine(Engine):
         return out
 
     def _factor(self, theta: np.ndarray) -> _Factor:
-        """V factored at θ; kept for the θ last factored, so that the derivatives at a θ whose ℓ
-        was evaluated alone (a trial step) reuse the factor."""
-        key = np.asarray(theta, dtype=float).tobytes()
-        if self._factored is None or self._factored[0] != key:
-            self._factored = None  # freed before the next factor is formed
-            self._factored = (key, _Factor(list(zip(self.blocks, self.block_covariances(theta))), self.X, self.y))
-        return self._factored[1]
+        """V factored at θ (kept: :meth:`Engine._kept_factor`)."""
+        return self._kept_factor(
+            theta, lambda th: _Factor(list(zip(self.blocks, self.block_covariances(th))), self.X, self.y))
 
     def evaluate_elements(self, theta: np.ndarray, derivatives: bool = True) -> Evaluation:
         reml = self.model.method == "reml"

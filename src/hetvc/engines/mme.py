@@ -453,7 +453,7 @@ class _DenseC:
         for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
             r, M = rhs[s:s + n], self.block(self.store, g)
             if self.pieces[g] is None:
-                out[s:s + n] = sla.cho_solve((M, True), r, check_finite=False)
+                out[s:s + n] = sla.cho_solve((M.T, False), r, check_finite=False)  # M.T: U = L' in place, no copy
                 continue
             B = self._border(g)
             parts = [(P, sla.solve_triangular(M[P, P], r[P], lower=True, check_finite=False),
@@ -503,7 +503,7 @@ class _DenseC:
 def _rows(A: np.ndarray, index: np.ndarray) -> np.ndarray:
     """A[index]: a view where the index is a run of consecutive rows (a column of an atom's
     levels, laid out column-major), else a copy."""
-    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
+    if len(index) and np.all(np.diff(index) == 1):
         return A[index[0]:index[-1] + 1]
     return A[index]
 
@@ -826,7 +826,6 @@ class MMEEngine(Engine):
                                                        self.levels[0], self.patterns)
         self.n_lifted = 0 if W is None else len(W) * self.coords[0].dv  # W̄'s genotype columns
         self._equations(n)
-        self._factored = None  # (θ's bytes, what _factor returned) of the θ C now holds
         self.sparse = all(k.sparse for k in self.kernels)
         if self.sparse:
             self.C = _SparseC(self.rows, self.cols, self.q, self._values(model.start())[0])
@@ -1123,13 +1122,8 @@ class MMEEngine(Engine):
         return z if self.lowrank is None else self.lowrank.reduce(z)
 
     def _factor(self, theta: np.ndarray):
-        """C̃ factored at θ, with ŝ and y'Py; kept for the θ last factored, so that the
-        derivatives at a θ whose ℓ was evaluated alone (a trial step) reuse the factor."""
-        key = np.asarray(theta, dtype=float).tobytes()
-        if self._factored is None or self._factored[0] != key:
-            self._factored = None  # C is overwritten below: what it held is gone even if this fails
-            self._factored = (key, self._factor_at(theta))
-        return self._factored[1]
+        """C̃ factored at θ, with ŝ and y'Py (kept: :meth:`Engine._kept_factor`)."""
+        return self._kept_factor(theta, self._factor_at)
 
     def _factor_at(self, theta: np.ndarray):
         self.prepare()

@@ -277,3 +277,32 @@ def test_starts_cut_short_keep_the_optimum_of_starts_run_to_the_end(problem, mon
     assert "joined" not in full_note and "stopped after" not in full_note
     assert cut.loglik == pytest.approx(full.loglik, abs=1e-8)
     np.testing.assert_allclose(cut.genetic_covariance(), full.genetic_covariance(), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("first_wins", [True, False])
+def test_the_solution_is_that_of_the_kept_start(problem, monkeypatch, first_wins):
+    """BLUEs, BLUPs and PEVs are solved at the end of the best start so far (while the engine
+    holds its factor); whichever start is kept, they equal a fresh engine's at the kept θ.
+    ``first_wins`` False: the first start is cut to one iteration (not converged), so a later
+    start replaces it."""
+    from hetvc import fitting
+    from hetvc.engines import choose_engine
+
+    data, K, _, _ = problem
+    if not first_wins:
+        real, calls = fitting.maximize, []
+
+        def first_cut_short(*a, **k):
+            calls.append(1)
+            return real(*a, **(dict(k, max_iter=1) if len(calls) == 1 else k))
+        monkeypatch.setattr(fitting, "maximize", first_cut_short)
+    model = hetvc.build_model(data, K, TRAITS, env="env", genetic="fa1")
+    fit = hetvc.fit_model(model, hetvc.FitOptions(engine="dense", pev=True))
+    note = next(n for n in fit.notes if n.startswith("starts of genetic='fa1'"))
+    assert note.endswith("kept the unstructured-fit start" if first_wins else "start") and fit.converged
+    if not first_wins:
+        assert "kept the unstructured-fit start" not in note, note
+    fresh = choose_engine(model, "dense")[0].solve(fit.theta, pev=True)
+    np.testing.assert_allclose(fit.blup, fresh.blup, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fit.pev, fresh.pev, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fit.beta, fresh.beta, rtol=1e-10, atol=1e-12)

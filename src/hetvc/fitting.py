@@ -233,7 +233,7 @@ def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheape
     eng, reason = choice or choose_engine(model, options.engine, eigen=eigen)
     starts = ([("given", _start_theta(model, start))] if start is not None
               else _starts(model, options, eigen, cheaper, eng.flops, notes))
-    tried, against = [], {}
+    tried, against, kept = [], {}, None
     for label, theta0 in starts:  # a later start stops on, or short of, the best optimum so far
         best = max((t for t in tried if t[0]), key=lambda t: t[1], default=None)
         against[label] = None if best is None else best[2]
@@ -241,17 +241,21 @@ def _fit_model(model: Model, options: FitOptions, start, eigen, progress, cheape
                                      time_limit=options.time_limit, progress=progress,
                                      found=None if best is None else (best[3], best[1]))
         tried.append((record.converged, ev.loglik, label, theta, ev, record))
+        if kept is None or (record.converged, ev.loglik) > kept[0]:
+            # solved now, while the engine still holds this θ's factor (and C⁻¹): a later start
+            # would replace it
+            kept = ((record.converged, ev.loglik), eng.solve(theta, pev=options.pev))
     if len(tried) > 1:
         tried.sort(key=lambda t: (t[0], t[1]), reverse=True)
         notes.append(f"starts of genetic={model.genetic.name!r}: " + "; ".join(
             f"{label}: {_start_outcome(ll, ok, rec, against[label])}" for ok, ll, label, _, _, rec in tried)
             + f"; kept the {tried[0][2]} start")
     _, _, _, theta, ev, record = tried[0]
+    solution = kept[1]
     fixed = _fixed_at_zero(model, theta)
     ai_inv = _conditional_inverse(ev.ai, ev.score, fixed)
     singular = _singular(model, ev.ai, ai_inv) & ~fixed
     _mark_runaway(record, runaway(model, theta, ev.ai, ai_inv, skip=singular | fixed))
-    solution = eng.solve(theta, pev=options.pev)
     return _result(model, eng.name, reason, theta, ev, ai_inv, record, solution, notes, singular)
 
 

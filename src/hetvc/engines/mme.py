@@ -1179,14 +1179,22 @@ class MMEEngine(Engine):
         return kernel, self.C.slots(wcols[self.ea], wcols[self.eb]), cross
 
     def _derivatives(self, W, chols, r_inv, s, B, cxx, reml):
-        n = len(self.y)
         e = self.y - W @ self._lift(s)
         w = self.patterns.apply(r_inv, e)  # Py
+        Q = None if reml else np.linalg.inv(cxx)
+        linvs = [co.right_inverse(L) for co, L in zip(self.coords, chols)]
+        kts = []  # per term Û Σ⁻¹ = V̂ F⁺; per genotype: V_k Py = Z_G vec(W Â Σ⁻¹ ∂Σ)
+        for t, (kern, linv) in enumerate(zip(self.kernels, linvs)):
+            kt = s[self.pos[t]] @ linv
+            kts.append(kt if kern.W is None else kern.W @ kt)
+        wrec = np.zeros((self.patterns.n_records, self.residual.structure.dim))
+        wrec[self.residual.unit, self.residual.index] = w
+        kts.append(wrec)
+        ai = self._average_information(W, r_inv, kts, B, Q)  # by the factor, before C⁻¹ is formed
         zinv = self.C.selected()
         kernel_slots, pair_slots, cross_slots = self._queries
-        Q = None if reml else np.linalg.inv(cxx)
-        mats, kts = [], []  # per term: tr(P V_k) − y'P V_k P y as a matrix; Û Σ⁻¹ = V̂ F⁺
-        for t, (co, kern, L) in enumerate(zip(self.coords, self.kernels, chols)):
+        mats = []  # per term: tr(P V_k) − y'P V_k P y as a matrix
+        for t, (co, kern, linv) in enumerate(zip(self.coords, self.kernels, linvs)):
             dim = co.dv
             A = np.zeros((dim, dim))  # Ã[a,b] = Σ_jj' 𝒦⁻¹_jj' Ĉ̃[(j,a),(j',b)]
             entries = self.kernel_entries[t]
@@ -1203,9 +1211,7 @@ class MMEEngine(Engine):
                 Bt = B[self.pos[t]]  # (levels, d, p)
                 KB = kern.times(Bt.reshape(kern.n, -1)).reshape(Bt.shape)
                 A -= np.einsum("jap,pq,jbq->ab", Bt, Q, KB)
-            linv = co.right_inverse(L)
             kt = s[self.pos[t]] @ linv
-            kts.append(kt if kern.W is None else kern.W @ kt)  # per genotype: V_k Py = Z_G vec(W Â Σ⁻¹ ∂Σ)
             mats.append(linv.T @ (kern.n * np.eye(dim) - A) @ linv - kt.T @ kern.times(kt))
         # the residual: Σ_p n_p S_p⁻¹ − S_p⁻¹ (Σ_r Q_r + ê_r ê_r') S_p⁻¹, embedded in ΣE's rows
         qsum = np.bincount(self.s_coef, weights=W.data[self.ea] * W.data[self.eb] * zinv[pair_slots],
@@ -1224,16 +1230,17 @@ class MMEEngine(Engine):
                 S -= np.einsum("rip,pq,rjq->ij", wb, Q, wb)
             ME[np.ix_(prow, prow)] += len(vals) * inv - inv @ S @ inv
         mats.append(ME)
-        # score and F = [V_k Py]
-        wrec = np.zeros((self.patterns.n_records, dimE))
-        wrec[self.residual.unit, self.residual.index] = w
-        kts.append(wrec)
+        score = np.array([-0.5 * (1.0 if a == b else 2.0) * mats[t][a, b] for t, a, b in self.params])
+        return score, ai
+
+    def _average_information(self, W, r_inv, kts, B, Q) -> np.ndarray:
+        """AI = ½ F'PF with F = [V_k Py] (a column per parameter; ``kts``: per term the V̂F⁺ whose
+        rows give V_k Py, then the residual's Py per record): F'R⁻¹F − (W̃'R⁻¹F)'C̃⁻¹(W̃'R⁻¹F)
+        (ML: + the fixed effects' part through B̃ and Q = (C^XX)⁻¹)."""
         units = self.levels + [self.residual.unit]
         idx = [t.index for t in self.terms] + [self.residual.index]
-        score = np.empty(len(self.params))
-        F = np.empty((n, len(self.params)))
+        F = np.empty((len(self.y), len(self.params)))
         for k, (t, a, b) in enumerate(self.params):
-            score[k] = -0.5 * (1.0 if a == b else 2.0) * mats[t][a, b]
             kt, unit, index = kts[t], units[t], idx[t]
             col = np.where(index == a, kt[unit, b], 0.0)
             if a != b:
@@ -1242,11 +1249,11 @@ class MMEEngine(Engine):
         RF = self.patterns.apply(r_inv, F)
         WRF = self._reduce(W.T @ RF)
         ai = F.T @ RF - WRF.T @ self.C.solve(WRF)
-        if not reml:
+        if Q is not None:
             BW = B.T @ WRF
             ai += BW.T @ Q @ BW
         ai *= 0.5
-        return score, (ai + ai.T) / 2
+        return (ai + ai.T) / 2
 
     def solve(self, theta: np.ndarray, pev: bool = False) -> Solution:
         """BLUEs b̂ with Cov(b̂) = C^XX, BLUPs û_t = (I ⊗ F_t) v̂_t of every level of every term,

@@ -290,74 +290,143 @@ class _DenseC:
         C⁻¹[B,B] = T,   C⁻¹[P_i,B] = −Y_iT,   C⁻¹[P_i,P_i] = C_P_i⁻¹ + Y_iTY_i'.
 
     Y_iTY_i' = G_iG_i' and Y_iT = G_iL_S⁻¹ with G_i = Y_iL_S⁻ᵀ: triangular solves and a
-    symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored (zero in the storage):
-    :meth:`solve` and :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost Σ_i (p_i³ + 3p_i²b
-    + 2p_ib²) + b³ against (Σ_i p_i + b)³ whole; the factor alone Σ_i (p_i³/3 + p_i²b + p_ib²)
-    + b³/3."""
+    symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored: :meth:`solve` and
+    :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost Σ_i (p_i³ + 3p_i²b + 2p_ib²) + b³
+    against (Σ_i p_i + b)³ whole; the factor alone Σ_i (p_i³/3 + p_i²b + p_ib²) + b³/3.
+
+    Storage (one flat array, kept from one θ to the next): a whole group's n × n block; a
+    bordered group's blocks one after the other, P_i × P_i then B × P_i for every piece, then
+    B × B — its pattern only, each block contiguous so that LAPACK works on it in place (a
+    C-ordered block's transpose is the Fortran-ordered one LAPACK takes, its upper triangle the
+    block's lower).  C[P_i, B] is read as C[B, P_i]' (:meth:`slots` and :meth:`region` give
+    its place)."""
+
+    WHOLE, PIECE, BORDER = 0, 1, 2
 
     def __init__(self, starts: np.ndarray, sizes: np.ndarray, pieces, rows, cols, q: int):
         self.starts, self.sizes, self.pieces = starts, sizes, pieces
-        self.offsets = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) ** 2)])
         self.group = np.repeat(np.arange(len(sizes)), sizes)
         self.local = np.arange(q) - starts[self.group]
+        # per unknown: its kind, the offset and width of its own block (its group's, piece's or
+        # border's), its index within that block; for a piece's unknown, the offset of C[B, P_i]
+        self.kind, self.own, self.width, self.within = (np.zeros(q, dtype=np.int64) for _ in range(4))
         self.piece_of = np.full(q, -1, dtype=np.int64)  # the piece of an unknown (−1: none, or the border)
-        for g, ps in enumerate(pieces):
-            if ps is not None:
-                self.piece_of[starts[g]:starts[g] + int(ps.sum())] = np.repeat(np.arange(len(ps)), ps)
-        self.slots_of_c = self.slots(rows, cols)
+        self.cross_at = np.full(q, -1, dtype=np.int64)
+        self.layout = []  # per group: None (whole), or ([(P_i, its offset, offset of B × P_i)], (B, offset))
+        offset = 0
+        for g, (s, n, ps) in enumerate(zip(starts.tolist(), sizes.tolist(), pieces)):
+            if ps is None:
+                self._place(slice(s, s + n), self.WHOLE, offset, n)
+                self.layout.append(None)
+                offset += n * n
+                continue
+            b = n - int(ps.sum())
+            parts = []
+            for i, P in enumerate(_slices(ps)):
+                p = P.stop - P.start
+                u = slice(s + P.start, s + P.stop)
+                self._place(u, self.PIECE, offset, p)
+                self.piece_of[u], self.cross_at[u] = i, offset + p * p
+                parts.append((P, offset, offset + p * p))
+                offset += p * p + b * p
+            B = slice(n - b, n)
+            self._place(slice(s + B.start, s + n), self.BORDER, offset, b)
+            self.layout.append((parts, (B, offset)))
+            offset += b * b
+        self.size = offset
+        upper = (self.kind[rows] == self.PIECE) & (self.kind[cols] == self.BORDER)
+        self.keep = None if not upper.any() else ~upper  # C[P_i, B]: assembled as its mirror C[B, P_i]
+        self.slots_of_c = self.slots(rows, cols) if self.keep is None else self.slots(rows[~upper], cols[~upper])
         self.q = q
         self.cross, self.store, self.inverted, self._arrays = {}, None, False, {}
 
+    def _place(self, unknowns: slice, kind: int, offset: int, width: int) -> None:
+        self.kind[unknowns], self.own[unknowns], self.width[unknowns] = kind, offset, width
+        self.within[unknowns] = np.arange(width)
+
     def slots(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Positions of C[i, j] (i, j in one group, not in two of its pieces) in the flat storage."""
+        """Positions of C[i, j] (i, j in one group, not in two of its pieces) in the flat
+        storage; C[P_k, B] at C[B, P_k]'s."""
         pi, pj = self.piece_of[i], self.piece_of[j]
         if np.any((pi >= 0) & (pj >= 0) & (pi != pj)):
             raise AssertionError("an element of C⁻¹ between two pieces was asked for")
-        g = self.group[i]
-        return self.offsets[g] + self.local[i].astype(np.int64) * self.sizes[g] + self.local[j]
+        ki, kj = self.kind[i], self.kind[j]
+        out = self.own[i] + self.within[i] * self.width[i] + self.within[j]
+        lower = (ki == self.BORDER) & (kj == self.PIECE)
+        out = np.where(lower, self.cross_at[j] + self.within[i] * self.width[j] + self.within[j], out)
+        upper = (ki == self.PIECE) & (kj == self.BORDER)
+        return np.where(upper, self.cross_at[i] + self.within[j] * self.width[i] + self.within[i], out)
 
     def block(self, flat: np.ndarray, g: int) -> np.ndarray:
-        n = int(self.sizes[g])
-        return flat[self.offsets[g]:self.offsets[g + 1]].reshape(n, n)
+        """A whole group's n × n block."""
+        n, o = int(self.sizes[g]), int(self.own[self.starts[g]])
+        return flat[o:o + n * n].reshape(n, n)
+
+    def _bordered(self, flat: np.ndarray, g: int) -> tuple:
+        """([(P_i, C[P_i, P_i], C[B, P_i])], B, C[B, B]) of a bordered group, as views of ``flat``."""
+        parts, (B, at) = self.layout[g]
+        b = B.stop - B.start
+        views = [(P, _matrix(flat, o, P.stop - P.start, P.stop - P.start), _matrix(flat, c, b, P.stop - P.start))
+                 for P, o, c in parts]
+        return views, B, _matrix(flat, at, b, b)
+
+    def region(self, flat: np.ndarray, g: int, i: int, j: int):
+        """(V, i0, j0, upper): the stored block that holds C[i, j] (local to group g), as a view
+        whose element [a, b] is C[i0 + a, j0 + b] (C[P_k, B] as the transpose of C[B, P_k]:
+        ``upper``); None for two pieces."""
+        u, v = int(self.starts[g]) + int(i), int(self.starts[g]) + int(j)
+        ku, kv = self.kind[u], self.kind[v]
+        i0, j0 = int(self.local[u] - self.within[u]), int(self.local[v] - self.within[v])
+        if ku == self.WHOLE:
+            return self.block(flat, g), 0, 0, False
+        if ku == self.PIECE and kv == self.PIECE:
+            if self.piece_of[u] != self.piece_of[v]:
+                return None
+            return _matrix(flat, self.own[u], self.width[u], self.width[u]), i0, j0, False
+        if ku == self.BORDER and kv == self.BORDER:
+            return _matrix(flat, self.own[u], self.width[u], self.width[u]), i0, j0, False
+        if ku == self.BORDER:
+            return _matrix(flat, self.cross_at[v], self.width[u], self.width[v]), i0, j0, False
+        return _matrix(flat, self.cross_at[u], self.width[v], self.width[u]).T, i0, j0, True
+
+    def sub(self, flat: np.ndarray, g: int, i: int, j: int, n: int) -> np.ndarray:
+        """C[i:i+n, j:j+n] (local to group g, within one stored block) as a view."""
+        V, i0, j0, _ = self.region(flat, g, i, j)
+        return V[i - i0:i - i0 + n, j - j0:j - j0 + n]
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
-        """Factor C from its sparse ``values`` (at ``slots_of_c``) and ``dense_parts`` [(group,
-        index of its block, matrix)]; return log|C|.  The storage (the factor, then C⁻¹) and the
-        work arrays are kept from one θ to the next (fresh memory is slow to touch), and LAPACK
-        works in place."""
+        """Factor C from its sparse ``values`` (at the rows and columns given to the
+        constructor) and ``dense_parts`` [(group, index of its block, matrix)]; return log|C|.
+        The storage (the factor, then C⁻¹) and the work arrays are kept from one θ to the next
+        (fresh memory is slow to touch), and LAPACK works in place."""
         if self.store is None:
-            self.store = np.zeros(int(self.offsets[-1]))
+            self.store = np.zeros(self.size)
             self.uniq_slots, self.slot_index = np.unique(self.slots_of_c, return_inverse=True)
         flat = self.store
-        for g in range(len(self.sizes)):  # zero what the last θ wrote
-            M = self.block(flat, g)
-            if self.pieces[g] is None:
-                M[...] = 0.0
-            else:
-                for P in self._piece_slices(g):
-                    M[P, P] = 0.0
-                B = self._border(g)
-                M[B, :] = 0.0
-                M[:, B] = 0.0
+        flat.fill(0.0)  # what the last θ wrote
+        if self.keep is not None:
+            values = values[self.keep]
         flat[self.uniq_slots] += np.bincount(self.slot_index, weights=values, minlength=len(self.uniq_slots))
         for g, ix, part in dense_parts:
-            self.block(flat, g)[ix] += part
+            self._add(flat, g, ix, part)
         logdet = 0.0
         self.cross, self.inverted = {}, False
         for g in range(len(self.sizes)):
-            M = self.block(flat, g)
             if self.pieces[g] is None:  # in place: M.T is M in Fortran order, its upper triangle M's lower
-                logdet += _potrf(M.T, lower=0)
+                logdet += _potrf(self.block(flat, g).T, lower=0)
             else:
-                logdet += self._factor_bordered(g, M)
+                logdet += self._factor_bordered(g, flat)
         return logdet
 
-    def _piece_slices(self, g: int) -> list:
-        ends = np.cumsum(self.pieces[g])
-        return [slice(int(e - n), int(e)) for e, n in zip(ends, self.pieces[g])]
-
-    def _border(self, g: int) -> slice:
-        return slice(int(self.pieces[g].sum()), None)
+    def _add(self, flat: np.ndarray, g: int, ix: tuple, part: np.ndarray) -> None:
+        """C[ix] += part, ix (rows, columns local to group g: slices or np.ix_ arrays) within one
+        stored block; a part of C[P_k, B] is skipped (its mirror in C[B, P_k] is added)."""
+        first = [int(x.start) if isinstance(x, slice) else int(np.ravel(x)[0]) for x in ix]
+        V, i0, j0, upper = self.region(flat, g, *first)
+        if upper:
+            return
+        rows, cols = (_shifted(x, o, n) for x, o, n in zip(ix, (i0, j0), V.shape))
+        V[rows, cols] += part
 
     def _work(self, name: str, shape: tuple) -> np.ndarray:
         """A Fortran-ordered work array kept for the next θ."""
@@ -366,65 +435,57 @@ class _DenseC:
             self._arrays[key] = np.zeros(shape, order="F")
         return self._arrays[key]
 
-    def _factor_bordered(self, g: int, M: np.ndarray) -> float:
-        """L_i into M[P_i,P_i] (lower), H_i into the work array Y_i, L_S into the work array S."""
-        B = self._border(g)
-        b = int(self.sizes[g]) - B.start
+    def _factor_bordered(self, g: int, flat: np.ndarray) -> float:
+        """L_i in place of C[P_i, P_i] (its lower triangle), H_i into the work array Y_i, L_S into
+        the work array S."""
+        parts, B, border = self._bordered(flat, g)
+        b = B.stop - B.start
         schur = self._work(("S", g), (b, b))
-        schur[...] = M[B, B]
+        schur[...] = border
         logdet = 0.0
-        for i, P in enumerate(self._piece_slices(g)):
-            p = P.stop - P.start
-            A = self._work("A", (p, p))
-            A[...] = M[P, P]
-            logdet += _potrf(A, lower=1)
-            M[P, P] = A
-            H = self._work(("Y", g, i), (p, b))
-            H[...] = M[P, B]
-            blas.dtrsm(1.0, A, H, lower=1, overwrite_b=1)  # H = L_P⁻¹ C_PB
+        for i, (P, piece, cross) in enumerate(parts):
+            logdet += _potrf(piece.T, lower=0)  # piece.T's upper triangle U = L'
+            H = self._work(("Y", g, i), (P.stop - P.start, b))
+            H[...] = cross.T
+            blas.dtrsm(1.0, piece.T, H, lower=0, trans_a=1, overwrite_b=1)  # H = U⁻ᵀ C_PB = L⁻¹ C_PB
             blas.dsyrk(-1.0, H, beta=1.0, c=schur, trans=1, lower=1, overwrite_c=1)  # S −= H'H
         return logdet + _potrf(schur, lower=1)  # S = L_SL_S'
 
     def _invert(self) -> None:
         """C⁻¹ (on the pattern of a bordered group) in place of the factor."""
         for g in range(len(self.sizes)):
-            M = self.block(self.store, g)
             if self.pieces[g] is None:
+                M = self.block(self.store, g)
                 _potri(M.T, lower=0)
                 _mirror_lower(M)
             else:
-                self._invert_bordered(g, M)
+                self._invert_bordered(g)
         self.inverted = True
 
-    def _invert_bordered(self, g: int, M: np.ndarray) -> None:
-        B = self._border(g)
-        b = int(self.sizes[g]) - B.start
+    def _invert_bordered(self, g: int) -> None:
+        parts, B, border = self._bordered(self.store, g)
+        b = B.stop - B.start
         schur = self._work(("S", g), (b, b))
         T = self._work(("T", g), (b, b))
         T[...] = schur
         _potri(T, lower=1)  # T = S⁻¹ in the lower triangle, zeros above
-        _full_from_lower(T, M[B, B])
+        _full_from_lower(T, border)
         self.cross[g] = []
-        for i, P in enumerate(self._piece_slices(g)):
+        for i, (P, piece, cross) in enumerate(parts):
             p = P.stop - P.start
-            A = self._work("A", (p, p))
-            A[...] = M[P, P]  # L_P
             Y = self._work(("Y", g, i), (p, b))
-            blas.dtrsm(1.0, A, Y, lower=1, trans_a=1, overwrite_b=1)  # Y = L_P⁻ᵀ H = C_P⁻¹ C_PB
-            _potri(A, lower=1)
-            _full_from_lower(A, M[P, P])
+            blas.dtrsm(1.0, piece.T, Y, lower=0, overwrite_b=1)  # Y = U⁻¹H = L⁻ᵀH = C_P⁻¹ C_PB
+            _potri(piece.T, lower=0)  # C_P⁻¹ in piece's lower triangle (zeros above, from the factor)
             Z = self._work(("Z", g, i), (p, b))
             Z[...] = Y
             blas.dtrsm(1.0, schur, Z, side=1, lower=1, trans_a=1, overwrite_b=1)  # G = YL_S⁻ᵀ
+            A = self._work("A", (p, p))
             A.fill(0.0)
-            blas.dsyrk(1.0, Z, beta=0.0, c=A, lower=1, overwrite_c=1)  # YTY' = GG' (lower)
-            MP = M[P, P]
-            MP += A
-            MP += A.T
-            MP[np.diag_indices(p)] -= np.diag(A)
+            blas.dsyrk(1.0, Z, beta=0.0, c=A, lower=0, overwrite_c=1)  # GG' = YTY' (A's upper)
+            piece.T[...] += A  # Fortran-ordered both: piece's lower triangle += YTY'
+            _mirror_lower(piece)
             blas.dtrsm(1.0, schur, Z, side=1, lower=1, overwrite_b=1)  # Z = GL_S⁻¹ = YT
-            M[P, B] = -Z
-            M[B, P] = -Z.T
+            cross[...] = -Z.T  # C⁻¹[B, P_i] = −(YT)'
             self.cross[g].append((P, Y, Z))
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
@@ -433,17 +494,17 @@ class _DenseC:
             return self._solve_factored(rhs)
         out = np.empty_like(rhs)
         for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
-            r, M = rhs[s:s + n], self.block(self.store, g)
+            r = rhs[s:s + n]
             if g not in self.cross:
-                out[s:s + n] = M @ r
+                out[s:s + n] = self.block(self.store, g) @ r
                 continue
-            B = self._border(g)  # the stored blocks, then C⁻¹[P_i,P_j] r_j = Y_iT (Y_j'r_j), j ≠ i
+            parts, B, border = self._bordered(self.store, g)  # then C⁻¹[P_i,P_j] r_j = Y_iT (Y_j'r_j), j ≠ i
             o = out[s:s + n]
-            o[B] = M[B] @ r
+            o[B] = border @ r[B] + sum(cross @ r[P] for P, _, cross in parts)
             w = [Y.T @ r[P] for P, Y, _ in self.cross[g]]
             total = sum(w)
-            for (P, _, Z), wi in zip(self.cross[g], w):
-                o[P] = M[P, P] @ r[P] + M[P, B] @ r[B] + Z @ (total - wi)
+            for (P, piece, cross), (_, _, Z), wi in zip(parts, self.cross[g], w):
+                o[P] = piece @ r[P] + cross.T @ r[B] + Z @ (total - wi)
         return out
 
     def _solve_factored(self, rhs: np.ndarray) -> np.ndarray:
@@ -451,20 +512,21 @@ class _DenseC:
         x_i = L_i⁻ᵀ(L_i⁻¹r_i − H_i x_B)."""
         out = np.empty_like(rhs)
         for g, (s, n) in enumerate(zip(self.starts, self.sizes)):
-            r, M = rhs[s:s + n], self.block(self.store, g)
-            if self.pieces[g] is None:
-                out[s:s + n] = sla.cho_solve((M.T, False), r, check_finite=False)  # M.T: U = L' in place, no copy
+            r = rhs[s:s + n]
+            if self.pieces[g] is None:  # M.T: U = L' in place, no copy
+                out[s:s + n] = sla.cho_solve((self.block(self.store, g).T, False), r, check_finite=False)
                 continue
-            B = self._border(g)
-            parts = [(P, sla.solve_triangular(M[P, P], r[P], lower=True, check_finite=False),
-                      self._work(("Y", g, i), (P.stop - P.start, int(n) - B.start)))
-                     for i, P in enumerate(self._piece_slices(g))]
-            rb = r[B] - sum(H.T @ w for _, w, H in parts)
-            xb = sla.cho_solve((self._work(("S", g), (int(n) - B.start,) * 2), True), rb, check_finite=False)
+            parts, B, _ = self._bordered(self.store, g)
+            b = B.stop - B.start
+            solved = [(P, piece, sla.solve_triangular(piece.T, r[P], trans=1, check_finite=False),
+                       self._work(("Y", g, i), (P.stop - P.start, b)))
+                      for i, (P, piece, _) in enumerate(parts)]  # L_i w_i = r_i (piece.T: U_i = L_i', no copy)
+            rb = r[B] - sum(H.T @ w for _, _, w, H in solved)
+            xb = sla.cho_solve((self._work(("S", g), (b, b)), True), rb, check_finite=False)
             o = out[s:s + n]
             o[B] = xb
-            for P, w, H in parts:
-                o[P] = sla.solve_triangular(M[P, P], w - H @ xb, lower=True, trans=1, check_finite=False)
+            for P, piece, w, H in solved:
+                o[P] = sla.solve_triangular(piece.T, w - H @ xb, check_finite=False)
         return out
 
     def selected(self) -> np.ndarray:
@@ -476,15 +538,17 @@ class _DenseC:
     def kernel_trace(self, g: int, loc: np.ndarray, kinv: np.ndarray | None) -> np.ndarray:
         """Ã[a, b] = Σ_jj' 𝒦⁻¹_jj' C⁻¹[loc[j,a], loc[j',b]] (``loc``: levels × columns, local to
         group g; ``kinv`` None: 𝒦 = I)."""
-        M = self.block(self.selected(), g)
+        flat = self.selected()
         n_lv, nc = loc.shape
-        if kinv is None:
-            out = M[loc[:, :, None], loc[:, None, :]].sum(0)
-        else:
-            out = np.empty((nc, nc))
-            for a in range(nc):
-                for b in range(a + 1):
-                    out[a, b] = out[b, a] = np.sum(kinv * M[np.ix_(loc[:, a], loc[:, b])])
+        out = np.zeros((nc, nc))
+        for a in range(nc):
+            for b in range(a + 1):
+                reg = self.region(flat, g, loc[0, a], loc[0, b])
+                if reg is None:  # two pieces: from Y_i and Y_iT below
+                    continue
+                V, i0, j0, _ = reg
+                ra, cb = loc[:, a] - i0, loc[:, b] - j0
+                out[a, b] = out[b, a] = V[ra, cb].sum() if kinv is None else np.sum(kinv * V[np.ix_(ra, cb)])
         if g in self.cross:  # + Σ_jj' 𝒦⁻¹_jj' (Y_iTY_i'')[(j,a),(j',b)] for columns in two pieces
             parts = self.cross[g]
             piece = self.piece_of[self.starts[g] + loc[0]]
@@ -498,6 +562,32 @@ class _DenseC:
                 for b in cols[piece[cols] != piece[a]]:
                     out[a, b] += np.einsum("js,js->", Za, ys[b])
         return out
+
+
+def _slices(sizes) -> list[slice]:
+    """Consecutive slices of the given sizes."""
+    ends = np.cumsum(sizes)
+    return [slice(int(e - n), int(e)) for e, n in zip(ends, sizes)]
+
+
+def _matrix(flat: np.ndarray, offset, rows, cols) -> np.ndarray:
+    """flat[offset : offset + rows·cols] as a C-ordered rows × cols view."""
+    o, r, c = int(offset), int(rows), int(cols)
+    return flat[o:o + r * c].reshape(r, c)
+
+
+def _shifted(index, offset: int, n: int):
+    """A slice or index array of a stored block's rows (columns), ``offset`` its first; checked
+    to lie within the block's n."""
+    if isinstance(index, slice):
+        out = slice(index.start - offset, index.stop - offset)
+        if out.start < 0 or out.stop > n:
+            raise AssertionError("a dense part crosses a stored block")
+        return out
+    out = index - offset
+    if out.min() < 0 or out.max() >= n:
+        raise AssertionError("a dense part crosses a stored block")
+    return out
 
 
 def _rows(A: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -771,11 +861,10 @@ class _LowRank:
                         minlength=n_scoef)
         r = self.W.shape[1]
         for (cs, classes, Gs), (g, starts) in zip(self.groups, self.ix):
-            M = C.block(zinv, g)
             H = np.empty((len(classes), len(cs), len(cs)))  # Σ_kk' G_κ[k,k'] Ĉ[(k,a),(k',b)]
             for a, sa in enumerate(starts):
                 for b, sb in enumerate(starts):
-                    H[:, a, b] = np.tensordot(Gs, M[sa:sa + r, sb:sb + r], axes=([1, 2], [0, 1]))
+                    H[:, a, b] = np.tensordot(Gs, C.sub(zinv, g, sa, sb, r), axes=([1, 2], [0, 1]))
             for (p, a), h in zip(classes, H):
                 La = L[np.ix_(a, cs)]
                 q[pattern_coef[p]:pattern_coef[p] + len(a) ** 2] += (La @ h @ La.T).ravel()
@@ -791,9 +880,8 @@ class _LowRank:
         for k, f in enumerate(first):
             rows, cs = np.flatnonzero(which.ravel() == k), np.flatnonzero(pattern[f])
             g, starts = self._columns(C, cs)
-            M = C.block(zinv, g)
             for a in rows:  # S = Σ_cc' L[a,c] L[a,c'] Ĉ[(·,c),(·,c')] (r × r)
-                S = sum(L[a, c] * L[a, c2] * M[sa:sa + r, sb:sb + r]
+                S = sum(L[a, c] * L[a, c2] * C.sub(zinv, g, sa, sb, r)
                         for c, sa in zip(cs, starts) for c2, sb in zip(cs, starts))
                 out[:, a] = np.einsum("jk,jk->j", self.W @ S, self.W)
         return out
@@ -839,11 +927,10 @@ class MMEEngine(Engine):
                 if pieces is None:  # the storage, and as much again for LAPACK's and numpy's temporaries
                     self.flops += float(size) ** 3
                     blocks_work += 2.0 * float(size) ** 2
-                else:  # the storage; Y_i and Z_i, S and T, one piece's block and a copy of one in a solve
-                    b = size - int(pieces.sum())
+                else:  # the storage (its pattern); Y_i and Z_i, S and T, one piece's block
+                    b, ps = size - int(pieces.sum()), pieces.astype(float)
                     self.flops += _bordered_flops(pieces, b)
-                    blocks_work += (float(size) ** 2 + 2.0 * float(pieces.sum()) * b + 2.0 * b * b
-                                    + 2.0 * float(pieces.max()) ** 2)
+                    blocks_work += float((ps ** 2).sum() + 3.0 * ps.sum() * b + 3.0 * b * b + ps.max() ** 2)
             work = 8.0 * (blocks_work + sum(k.n ** 2 for k in self.kernels if not k.sparse))
             if self.lowrank is not None:  # forming the genetic blocks and the sums of the residual's score
                 lr = self.lowrank

@@ -392,7 +392,7 @@ class _DenseC:
     def sub(self, flat: np.ndarray, g: int, i: int, j: int, n: int) -> np.ndarray:
         """C[i:i+n, j:j+n] (local to group g, within one stored block) as a view."""
         V, i0, j0, _ = self.region(flat, g, i, j)
-        return V[i - i0:i - i0 + n, j - j0:j - j0 + n]
+        return V[_shifted(slice(i, i + n), i0, V.shape[0]), _shifted(slice(j, j + n), j0, V.shape[1])]
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
         """Factor C from its sparse ``values`` (at the rows and columns given to the
@@ -554,7 +554,7 @@ class _DenseC:
                 if reg is None:  # two pieces: from Y_i and Y_iT below
                     continue
                 V, i0, j0, _ = reg
-                ra, cb = loc[:, a] - i0, loc[:, b] - j0
+                ra, cb = _shifted(loc[:, a], i0, V.shape[0]), _shifted(loc[:, b], j0, V.shape[1])
                 out[a, b] = out[b, a] = V[ra, cb].sum() if kinv is None else np.sum(kinv * V[np.ix_(ra, cb)])
         if g in self.cross:  # + Σ_jj' 𝒦⁻¹_jj' (Y_iTY_i'')[(j,a),(j',b)] for columns in two pieces
             parts = self.cross[g]
@@ -584,8 +584,8 @@ def _matrix(flat: np.ndarray, offset, rows, cols) -> np.ndarray:
 
 
 def _shifted(index, offset: int, n: int):
-    """A slice or index array of a stored block's rows (columns), ``offset`` its first; checked
-    to lie within the block's n."""
+    """Rows (columns) of C, a slice or an index array, as those of the stored block whose
+    first is ``offset``; checked to lie within its n."""
     if isinstance(index, slice):
         out = slice(index.start - offset, index.stop - offset)
         if out.start < 0 or out.stop > n:

@@ -685,25 +685,34 @@ class _SelectedInverse:
         self.flops = float((below.astype(float) ** 2 * width + below * width.astype(float) ** 2 + width ** 3.0).sum())
 
     @cached_property
-    def gathers(self) -> list:
-        """Where Z_SS of every supernode is stored (s × s positions; int32 where they fit),
-        looked up for many supernodes at a time (about 2²⁰ positions a batch)."""
+    def schedule(self) -> list:
+        """The supernodes in batches that Takahashi's recurrences can take together: by depth
+        in the elimination tree (a supernode's Z_SS lies in its ancestors, all shallower), then
+        by shape (w, s).  Per batch: (w, s, positions of the blocks (m × (w + s)w), positions of
+        their first columns' d (m × w), positions of their Z_SS (m × s²)); Z_SS's positions are
+        looked up for many supernodes at a time (about 2²⁰ a call)."""
+        n_s = len(self.first)
+        below = [self.indices[self.indptr[self.last[K]]:self.indptr[self.last[K] + 1]] for K in range(n_s)]
+        depth = np.zeros(n_s, dtype=np.int64)
+        for K in range(n_s - 1, -1, -1):  # a parent (the supernode of S's first row) comes later
+            if len(below[K]):
+                depth[K] = depth[self.snode[below[K][0]]] + 1
+        order = np.lexsort((self.below, self.width, depth))
+        key = np.stack([depth[order], self.width[order], self.below[order]], axis=1)
+        cuts = np.flatnonzero(np.any(np.diff(key, axis=0) != 0, axis=1)) + 1
         dtype = np.int32 if self.offset[-1] < 2 ** 31 else np.int64
-        out = [None] * len(self.first)
-        batch, size = [], 0
-        for K in range(len(self.first)):
-            S = self.indices[self.indptr[self.last[K]]:self.indptr[self.last[K] + 1]]
-            if len(S):
-                batch.append((K, S))
-                size += len(S) ** 2
-            if batch and (size >= 2 ** 20 or K == len(self.first) - 1):
-                rows = np.concatenate([np.repeat(S, len(S)) for _, S in batch])
-                cols = np.concatenate([np.tile(S, len(S)) for _, S in batch])
-                pos = self.slots(rows, cols).astype(dtype)
-                ends = np.cumsum([len(S) ** 2 for _, S in batch])
-                for (k, _), part in zip(batch, np.split(pos, ends[:-1])):
-                    out[k] = part
-                batch, size = [], 0
+        out = []
+        for Ks in np.split(order, cuts):
+            w, s = int(self.width[Ks[0]]), int(self.below[Ks[0]])
+            pos = (self.offset[Ks][:, None] + np.arange((w + s) * w)).astype(dtype)
+            dpos = self.first[Ks][:, None] + np.arange(w)
+            zss = np.zeros((len(Ks), s * s), dtype=dtype)
+            chunk = max(1, 2 ** 20 // max(s * s, 1))
+            for lo in range(0, len(Ks) if s else 0, chunk):
+                S = np.stack([below[K] for K in Ks[lo:lo + chunk]])
+                rows, cols = np.repeat(S, s, axis=1), np.tile(S, (1, s))
+                zss[lo:lo + len(S)] = self.slots(rows.ravel(), cols.ravel()).reshape(len(S), -1)
+            out.append((w, s, pos, dpos, zss))
         return out
 
     def slots(self, i: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -719,22 +728,24 @@ class _SelectedInverse:
         return self.offset[K] + lrow * self.width[K] + (k - self.first[K])
 
     def compute(self, ldata: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Z from L's values (``ldata``, on its pattern) and D, a batch of supernodes at a time
+        (:attr:`schedule`): stacked blocks, batched products."""
         lflat = np.zeros(self.offset[-1])
         lflat[self.l_slots] = ldata
         lflat[self.diag_slots] = 1.0
         z = np.zeros(self.offset[-1])
-        for K in range(len(self.first) - 1, -1, -1):
-            w, s, f = int(self.width[K]), int(self.below[K]), int(self.first[K])
-            block = lflat[self.offset[K]:self.offset[K + 1]].reshape(w + s, w)
-            linv = dtrtri(block[:w], lower=1, unitdiag=1)[0]  # L_JJ⁻¹ (its unit diagonal is stored)
-            out = z[self.offset[K]:self.offset[K + 1]].reshape(w + s, w)
-            top = linv / d[f:f + w, None]
+        for w, s, pos, dpos, zss in self.schedule:
+            block = lflat[pos].reshape(len(pos), w + s, w)
+            linv = np.linalg.inv(block[:, :w])  # L_JJ⁻¹ (unit lower triangular: its diagonal is stored)
+            top = linv / d[dpos][:, :, None]
+            out = np.empty_like(block)
             if s:
-                LS = block[w:]
-                zsj = -(z[self.gathers[K]].reshape(s, s) @ (LS @ linv))
-                out[w:] = zsj
-                top -= LS.T @ zsj
-            out[:w] = linv.T @ top
+                LS = block[:, w:]
+                zsj = -(z[zss].reshape(len(pos), s, s) @ (LS @ linv))
+                out[:, w:] = zsj
+                top -= LS.transpose(0, 2, 1) @ zsj
+            out[:, :w] = linv.transpose(0, 2, 1) @ top
+            z[pos] = out.reshape(len(pos), -1)
         return z
 
 

@@ -359,3 +359,51 @@ def test_a_later_start_headed_below_an_earlier_optimum_stops_once_the_model_says
     _, ev, rec = opt.maximize(eng, model, start, tol=1e-10, found=(2.0 * start, 5.0))
     assert rec.status == "fell short" and not rec.converged and "below the optimum" in rec.message
     assert ev.loglik < 4.0
+
+
+class MisleadingFloorEngine(QuadraticEngine):
+    """ℓ = −½|θ − θ*|² with θ* outside the cone (ΣG's scaled matrix has an eigenvalue −0.2 there,
+    so the maximum holds that direction q at the floor) — but wherever ΣG has an eigenvalue at
+    the floor its score says ℓ increases inwards along it (q'∂ℓ/∂C̃q = +1), as rounding can
+    make it where the score is a difference of terms of order 1/FLOOR."""
+
+    def __init__(self, model, target):
+        n = model.n_params
+        super().__init__(target, np.eye(n), np.eye(n))
+        self.model, self.blk = model, model.blocks()[0]
+
+    def evaluate(self, theta, derivatives=True):
+        ev = super().evaluate(theta, derivatives)
+        if not derivatives:
+            return ev
+        blk = self.blk
+        vals, vecs = np.linalg.eigh(blk.scaled(theta))
+        halve = np.where(blk.ia == blk.ib, 1.0, 0.5)
+        for k in np.flatnonzero(vals <= opt.FLOOR * (1 + 1e-6)):
+            q = vecs[:, k]
+            push = np.zeros(len(theta))  # a score whose scaled gradient is qq'
+            push[blk.theta_index] = np.outer(q, q)[blk.ia, blk.ib] / halve / np.outer(blk.sd, blk.sd)[blk.ia, blk.ib]
+            ev.score += (1.0 - q @ blk.scaled_gradient(ev.score) @ q) * push  # q'∂ℓ/∂C̃q = +1
+        return ev
+
+
+def test_a_step_that_fails_because_the_score_freed_a_floor_direction_is_retried_with_it_held():
+    """Where the score's sign along a direction at the floor is wrong, the AI step frees it and
+    ℓ falls at every length; the step is retried with that block's floor held ("floor held"),
+    and the fit reaches the constrained maximum without the L-BFGS fallback, the floor kept."""
+    model = _model()
+    blk = model.blocks()[0]
+    start = model.start()
+    vals, vecs = np.linalg.eigh(blk.scaled(start))
+    target = start.copy()
+    shifted = blk.scaled(start) - (vals[0] + 0.2) * np.outer(vecs[:, 0], vecs[:, 0])  # eigenvalue −0.2
+    target[blk.theta_index] = blk.unscaled_theta(shifted)
+    honest = QuadraticEngine(target, np.eye(model.n_params), np.eye(model.n_params))
+    theta_h, ev_h, rec_h = opt.maximize(honest, model, start, tol=1e-12)
+    assert rec_h.converged and np.linalg.eigvalsh(blk.scaled(theta_h))[0] <= opt.FLOOR * (1 + 1e-6)
+    engine = MisleadingFloorEngine(model, target)
+    theta, ev, rec = opt.maximize(engine, model, start, tol=1e-12)
+    assert rec.converged and rec.fallback_iterations == 0
+    assert any("floor held" in h.safeguard for h in rec.history)
+    assert ev.loglik == pytest.approx(ev_h.loglik, abs=1e-9)
+    np.testing.assert_allclose(theta, theta_h, atol=1e-6)

@@ -607,8 +607,7 @@ def maximize(
             if clock.expired():
                 break
             if retried is None and accepted is None and tried < HOLD_AFTER * first_alpha:
-                retried = set()  # the step fails even short: hold the floor directions it freed
-                every = frozenset(range(len(active)))
+                every = frozenset(range(len(active)))  # the step fails even short: hold the floor
                 hstep, hdec, hactive = restricted_step(model, theta, ev, secant.matrix, every)
                 retried = {b for b, (was, now) in enumerate(zip(active, hactive)) if now > was}
                 if retried:
@@ -616,7 +615,7 @@ def maximize(
                     record.history[-1].decrement, record.history[-1].active = decrement, sum(active)
                     first_alpha = tried = max_feasible_step(model, theta, step, active)
                     slope = float(ev.score @ step)
-                    safeguard.append("floor held")
+                    safeguard = ["floor held"] + (["to boundary"] if first_alpha < 1.0 else [])
             cand = model.project(theta + tried * step, FLOOR)
             ev_c = _trial(engine, cand)
             record.evaluations += 1

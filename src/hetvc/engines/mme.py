@@ -289,8 +289,8 @@ class _DenseC:
         Y_i = L_i⁻ᵀH_i = C_P_i⁻¹C_P_iB,   T = S⁻¹,
         C⁻¹[B,B] = T,   C⁻¹[P_i,B] = −Y_iT,   C⁻¹[P_i,P_i] = C_P_i⁻¹ + Y_iTY_i'.
 
-    Y_iTY_i' = G_iG_i' and Y_iT = G_iL_S⁻¹ with G_i = Y_iL_S⁻ᵀ: triangular solves and a
-    symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored: :meth:`solve` and
+    Y_iTY_i' = G_iG_i' and Y_iT = G_iL_S⁻¹ with G_i = Y_iL_S⁻ᵀ: products with the inverses of
+    the triangular factors (trtri, trmm, lauum) and a symmetric product.  C⁻¹[P_i,P_j] = Y_iTY_j' (i ≠ j) is not stored: :meth:`solve` and
     :meth:`kernel_trace` take it from Y_i and Y_iT.  Cost Σ_i (p_i³ + 3p_i²b + 2p_ib²) + b³
     against (Σ_i p_i + b)³ whole; the factor alone Σ_i (p_i³/3 + p_i²b + p_ib²) + b³/3.
 
@@ -391,7 +391,10 @@ class _DenseC:
 
     def sub(self, flat: np.ndarray, g: int, i: int, j: int, n: int) -> np.ndarray:
         """C[i:i+n, j:j+n] (local to group g, within one stored block) as a view."""
-        V, i0, j0, _ = self.region(flat, g, i, j)
+        reg = self.region(flat, g, i, j)
+        if reg is None:
+            raise AssertionError("a block of C⁻¹ between two pieces was asked for")
+        V, i0, j0, _ = reg
         return V[_shifted(slice(i, i + n), i0, V.shape[0]), _shifted(slice(j, j + n), j0, V.shape[1])]
 
     def factor(self, values: np.ndarray, dense_parts) -> float:
@@ -420,15 +423,20 @@ class _DenseC:
 
     def _add(self, flat: np.ndarray, g: int, ix: tuple, part: np.ndarray) -> None:
         """C[ix] += part, ix (rows, columns local to group g: slices or np.ix_ arrays) within one
-        stored block; a part of C[P_k, B] is skipped (its mirror in C[B, P_k] is added)."""
+        stored block.  A part of C[P_k, B] is skipped: the caller gives its mirror in C[B, P_k]
+        too (the low-rank genetic blocks come in both orders; a dense kernel's lie within one
+        column's block)."""
         first = [int(x.start) if isinstance(x, slice) else int(np.ravel(x)[0]) for x in ix]
-        V, i0, j0, upper = self.region(flat, g, *first)
+        reg = self.region(flat, g, *first)
+        if reg is None:
+            raise AssertionError("a dense part of C between two pieces")
+        V, i0, j0, upper = reg
         if upper:
             return
         rows, cols = (_shifted(x, o, n) for x, o, n in zip(ix, (i0, j0), V.shape))
         V[rows, cols] += part
 
-    def _work(self, name: str, shape: tuple) -> np.ndarray:
+    def _work(self, name, shape: tuple) -> np.ndarray:
         """A Fortran-ordered work array kept for the next θ."""
         key = (name, shape)
         if key not in self._arrays:
@@ -1302,10 +1310,9 @@ class MMEEngine(Engine):
         w = self.patterns.apply(r_inv, e)  # Py
         Q = None if reml else np.linalg.inv(cxx)
         linvs = [co.right_inverse(L) for co, L in zip(self.coords, chols)]
-        kts = []  # per term Û Σ⁻¹ = V̂ F⁺; per genotype: V_k Py = Z_G vec(W Â Σ⁻¹ ∂Σ)
-        for t, (kern, linv) in enumerate(zip(self.kernels, linvs)):
-            kt = s[self.pos[t]] @ linv
-            kts.append(kt if kern.W is None else kern.W @ kt)
+        vfs = [s[pos] @ linv for pos, linv in zip(self.pos, linvs)]  # per term Û Σ⁻¹ = V̂ F⁺
+        kts = [vf if kern.W is None else kern.W @ vf  # per genotype: V_k Py = Z_G vec(W Â Σ⁻¹ ∂Σ)
+               for vf, kern in zip(vfs, self.kernels)]
         wrec = np.zeros((self.patterns.n_records, self.residual.structure.dim))
         wrec[self.residual.unit, self.residual.index] = w
         kts.append(wrec)
@@ -1330,8 +1337,7 @@ class MMEEngine(Engine):
                 Bt = B[self.pos[t]]  # (levels, d, p)
                 KB = kern.times(Bt.reshape(kern.n, -1)).reshape(Bt.shape)
                 A -= np.einsum("jap,pq,jbq->ab", Bt, Q, KB)
-            kt = s[self.pos[t]] @ linv
-            mats.append(linv.T @ (kern.n * np.eye(dim) - A) @ linv - kt.T @ kern.times(kt))
+            mats.append(linv.T @ (kern.n * np.eye(dim) - A) @ linv - vfs[t].T @ kern.times(vfs[t]))
         # the residual: Σ_p n_p S_p⁻¹ − S_p⁻¹ (Σ_r Q_r + ê_r ê_r') S_p⁻¹, embedded in ΣE's rows
         qsum = np.bincount(self.s_coef, weights=W.data[self.ea] * W.data[self.eb] * zinv[pair_slots],
                            minlength=self.n_scoef)
